@@ -1,0 +1,62 @@
+"""llamahub: load Llama models by name, with license compliance built in.
+
+Public API only; importing llamahub has no side effects (plugins load on first use).
+"""
+
+from __future__ import annotations
+
+from llamahub.api import load
+from llamahub.errors import (
+    AcceptableUseError,
+    ChatFormatError,
+    CheckpointError,
+    ContextLengthError,
+    CorruptCheckpointError,
+    GenerationError,
+    LicenseError,
+    LicenseNotAcceptedError,
+    LlamahubError,
+    MauLimitError,
+    MissingShardError,
+    NoBackendError,
+    NotACheckpointError,
+    PluginError,
+    RegistryError,
+    TokenizerError,
+    UnknownVariantError,
+    UnsafeCheckpointError,
+)
+from llamahub.hookspecs import hookimpl
+from llamahub.interfaces import LoadOptions
+from llamahub.registry import Variant, variants
+from llamahub.registry import resolve as variant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcceptableUseError",
+    "ChatFormatError",
+    "CheckpointError",
+    "ContextLengthError",
+    "CorruptCheckpointError",
+    "GenerationError",
+    "LicenseError",
+    "LicenseNotAcceptedError",
+    "LlamahubError",
+    "LoadOptions",
+    "MauLimitError",
+    "MissingShardError",
+    "NoBackendError",
+    "NotACheckpointError",
+    "PluginError",
+    "RegistryError",
+    "TokenizerError",
+    "UnknownVariantError",
+    "UnsafeCheckpointError",
+    "Variant",
+    "__version__",
+    "hookimpl",
+    "load",
+    "variant",
+    "variants",
+]

@@ -1,0 +1,178 @@
+"""The ``llamahub`` command line: a thin layer over the SDK. Errors are reported in one place."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llamahub import plugins, registry
+from llamahub.errors import LlamahubError
+
+
+@click.group()
+@click.version_option(package_name="llamahub")
+def cli() -> None:
+    """Load and run Llama models, with license compliance built in."""
+
+
+@cli.command("list")
+@click.option("--family", help="only this family, e.g. llama-3.1")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_cmd(family: str | None, as_json: bool) -> None:
+    """Every registered variant."""
+    rows = [v for v in registry.variants() if family in (None, v.family)]
+    if as_json:
+        click.echo(json.dumps([v.summary() for v in rows], indent=2))
+        return
+    click.echo(f"{'NAME':28} {'FAMILY':12} {'SIZE':6} {'KIND':5} {'PARAMS':>8} {'CONTEXT':>8}  LICENSE")
+    for v in rows:
+        tag = "  (debug: random weights)" if v.debug else ""
+        click.echo(f"{v.name:28} {v.family:12} {v.size:6} {v.kind:5} {_human(v.param_count()):>8} "
+                   f"{v.context_length:>8}  {v.license}{tag}")
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "B", "T"):
+        if n < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(name: str, as_json: bool) -> None:
+    """Details of one variant: architecture, files, memory, license."""
+    v = registry.resolve(name)
+    data: dict[str, Any] = v.summary() | {"architecture": v.arch.as_dict(),
+                                          "ffn_hidden_dim": v.arch.hidden_dim,
+                                          "memory_bf16": v.memory_estimate("bf16"),
+                                          "memory_fp32": v.memory_estimate("fp32"),
+                                          "meta_files": v.meta_files()}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{v.name}  ({v.family_title}, {v.kind}, {_human(v.param_count())} parameters)")
+    if v.debug:
+        click.echo("  NOT A REAL MODEL: tiny random weights for demos and tests")
+    a = v.arch
+    click.echo(f"  architecture  dim {a.dim}, {a.n_layers} layers, {a.n_heads} heads, "
+               f"{a.kv_heads} kv heads, ffn {a.hidden_dim}, vocab {a.vocab_size}")
+    scaling = f", scaled x{a.rope_scaling.factor:g}" if a.rope_scaling else ""
+    click.echo(f"  rope          theta {a.rope_theta:g}{scaling}; context {v.context_length} tokens")
+    click.echo(f"  tokenizer     {v.tokenizer}; chat format {v.chat_format or '-'}")
+    click.echo(f"  memory        {data['memory_bf16'] / 2**30:.1f} GiB bf16, "
+               f"{data['memory_fp32'] / 2**30:.1f} GiB fp32 (weights + full-context KV cache)")
+    click.echo(f"  license       {v.license} (released {v.release_date})")
+    click.echo(f"  aliases       {', '.join(v.aliases) or '-'}")
+    if v.hf_repo:
+        click.echo(f"  hugging face  {v.hf_repo}")
+    click.echo(f"  meta layout   {v.shards} shard(s) in {v.meta_folder}/")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("prompt")
+@click.option("--variant", help="registry name of a local folder that is not recognised")
+@click.option("--backend", help="backend to use (see `llamahub plugins`)")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="weights dtype")
+@click.option("--threads", type=int, help="CPU threads")
+@click.option("-n", "--max-new-tokens", default=128, show_default=True)
+@click.option("-t", "--temperature", default=0.6, show_default=True)
+@click.option("--top-p", default=0.9, show_default=True)
+@click.option("--seed", type=int)
+@click.option("--chat", "as_chat", is_flag=True, help="send PROMPT as a user message in the chat format")
+def run(model: str, prompt: str, variant: str | None, backend: str | None, dtype: str | None,
+        threads: int | None, max_new_tokens: int, temperature: float, top_p: float,
+        seed: int | None, as_chat: bool) -> None:
+    """Generate from MODEL (a name or a checkpoint folder), streaming to stdout."""
+    from llamahub.api import load
+
+    m = load(model, variant=variant, backend=backend, dtype=dtype, threads=threads)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+              stream=True)
+    if as_chat:
+        pieces = m.chat([{"role": "user", "content": prompt}], **kw)
+    else:
+        click.echo(prompt, nl=False)
+        pieces = m.generate(prompt, **kw)
+    for piece in pieces:
+        click.echo(piece, nl=False)
+    click.echo()
+    m.close()
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins_cmd(as_json: bool) -> None:
+    """Installed plugins, where they come from, and which backends can run here."""
+    recs = plugins.records()
+    backends = plugins.backends()
+    status = {n: b.unavailable_reason() for n, b in backends.items()}
+    if as_json:
+        click.echo(json.dumps({
+            "plugins": [r.__dict__ for r in recs],
+            "backends": {n: {"priority": b.priority, "description": b.description,
+                             "available": status[n] is None, "reason": status[n]}
+                         for n, b in backends.items()},
+        }, indent=2))
+        return
+    click.echo("plugins (entry-point group 'llamahub'):")
+    for r in recs:
+        where = f"{r.distribution} {r.version}" if r.distribution else "?"
+        state = f"FAILED: {r.error}" if r.error else "ok"
+        click.echo(f"  {r.name:14} {r.module:28} from {where:20} {state}")
+    if not recs:
+        click.echo(f"  (none loaded; check {plugins.ALLOWLIST_ENV})")
+    click.echo("backends:")
+    for n, b in sorted(backends.items(), key=lambda kv: -kv[1].priority):
+        state = "available" if status[n] is None else f"unavailable: {status[n]}"
+        click.echo(f"  {n:14} priority {b.priority:<4} {state}  - {b.description}")
+
+
+@cli.command()
+@click.option("--dir", "workdir", type=click.Path(path_type=Path),
+              help="where to write the demo checkpoint (default: the user data dir)")
+@click.option("-n", "--max-new-tokens", default=24, show_default=True)
+def demo(workdir: Path | None, max_new_tokens: int) -> None:
+    """Generate a tiny llama-debug checkpoint, load it on the CPU and generate from it."""
+    from llamahub.demo import run_demo
+
+    run_demo(workdir, max_new_tokens=max_new_tokens, echo=click.echo)
+
+
+def _add_plugin_commands() -> None:
+    try:
+        plugins.manager().hook.register_commands(cli=cli)
+    except LlamahubError:
+        raise
+    except Exception as e:  # a plugin's command must not break the CLI
+        click.echo(f"warning: a plugin failed to add commands: {e}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn llamahub errors into a message and exit code 1."""
+    try:
+        _add_plugin_commands()
+        cli.main(args=argv, prog_name="llamahub", standalone_mode=False)
+    except LlamahubError as e:
+        click.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"  next: {e.hint}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

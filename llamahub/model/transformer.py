@@ -1,0 +1,182 @@
+"""The one reference Llama transformer.
+
+Pre-norm RMSNorm, SwiGLU feed-forward, rotary position embeddings (Meta's interleaved layout,
+with Llama 3.1 frequency scaling), grouped-query attention and a preallocated KV cache. Every
+projection is a plain ``nn.Linear`` named as in Meta's checkpoints, so a Meta state dict loads
+as it is; backends quantize or shard the linears after construction.
+
+Build it on the meta device and assign memory-mapped weights (``build_model``): no random
+init, no second copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llamahub.model.args import ModelArgs, RopeScaling
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies of RoPE, with Llama 3.1's smooth low-frequency scaling when given."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling is None:
+        return freqs.float()
+    low_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / freqs
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    blended = (1 - smooth) * freqs / scaling.factor + smooth * freqs
+    out = torch.where(wavelen > low_wavelen, freqs / scaling.factor, blended)
+    out = torch.where(wavelen < high_wavelen, freqs, out)
+    return out.float()
+
+
+def rope_table(args: ModelArgs, length: int) -> torch.Tensor:
+    """cos/sin for positions [0, length): shape [length, head_dim/2, 2] in float32."""
+    freqs = rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), freqs)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x0, x1) of x [B, T, H, D] by the angles in table [T, D/2, 2]."""
+    xp = x.float().unflatten(-1, (-1, 2))
+    x0, x1 = xp[..., 0], xp[..., 1]
+    cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.kv_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.cache_k: torch.Tensor | None = None
+        self.cache_v: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, start: int, table: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
+        q, k = apply_rope(q, table), apply_rope(k, table)
+        if self.cache_k is None or self.cache_v is None:
+            raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
+        end = start + seqlen
+        self.cache_k[:bsz, :, start:end] = k.transpose(1, 2)
+        self.cache_v[:bsz, :, start:end] = v.transpose(1, 2)
+        keys, values = self.cache_k[:bsz, :, :end], self.cache_v[:bsz, :, :end]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), keys, values, attn_mask=mask,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, x: torch.Tensor, start: int, table: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), start, table, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.rope: torch.Tensor | None = None
+        self.cache_batch = 0
+        self.cache_len = 0
+
+    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
+        """Preallocate the KV cache (in the weights' dtype) and the RoPE table."""
+        if max_batch <= self.cache_batch and max_seq_len <= self.cache_len:
+            return
+        dtype = self.output.weight.dtype
+        shape = (max_batch, self.args.kv_heads, max_seq_len, self.args.head_dim)
+        for layer in self.layers:
+            layer.attention.cache_k = torch.zeros(shape, dtype=dtype)
+            layer.attention.cache_v = torch.zeros(shape, dtype=dtype)
+        self.rope = rope_table(self.args, max_seq_len)
+        self.cache_batch, self.cache_len = max_batch, max_seq_len
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Logits [B, T, vocab] (float32) for tokens [B, T] placed at positions start..start+T-1."""
+        bsz, seqlen = tokens.shape
+        if self.rope is None or bsz > self.cache_batch or start + seqlen > self.cache_len:
+            self.setup_cache(max(bsz, self.cache_batch), max(start + seqlen, self.cache_len))
+        assert self.rope is not None
+        table = self.rope[start:start + seqlen]
+        mask = None
+        if seqlen > 1:
+            pos = torch.arange(start + seqlen)
+            mask = pos[None, :] <= (pos[start:, None])
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, start, table, mask)
+        return self.output(self.norm(h)).float()
+
+
+def build_model(args: ModelArgs, state_dict: dict[str, torch.Tensor],
+                dtype: torch.dtype | None = None) -> Transformer:
+    """Construct on the meta device and assign ``state_dict`` tensors without copying them.
+
+    Tensors already in ``dtype`` (e.g. memory-mapped from the checkpoint) are used in place;
+    others are converted once. Missing or unexpected keys raise (strict loading).
+    """
+    with torch.device("meta"):
+        model = Transformer(args)
+    if args.tie_embeddings and "output.weight" not in state_dict:
+        state_dict = {**state_dict, "output.weight": state_dict["tok_embeddings.weight"]}
+    if dtype is not None:
+        state_dict = {k: v if v.dtype == dtype else v.to(dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.eval()

@@ -1,0 +1,302 @@
+"""The license gates: pure functions ``(profile, variant, grants, now) -> Decision``.
+
+:func:`check` runs the gates in a fixed order and returns the first refusal, or an allowed
+decision naming the enterprise grant it relied on:
+
+1. the variant's license version was accepted (each version separately);
+   then the Llama 3.2 territorial rule (multimodal variants are not licensed to EU-domiciled
+   organisations);
+2. the declared intended uses: none declared, an unknown id, or a category the variant's
+   acceptable use policy prohibits are all refused (no certification lifts a prohibition);
+3. monthly active users: more than the license threshold needs a current enterprise grant for
+   this organisation and family, whose ``max_mau`` (if any) covers the declared number.
+
+Nothing here reads a clock, a file other than the registry data, or the network: ``now`` is
+always passed in and must be timezone-aware. The hub and the client call the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from llamahub.errors import (
+    AcceptableUseError,
+    ConfigError,
+    LicenseError,
+    LicenseNotAcceptedError,
+    MauLimitError,
+)
+from llamahub.policy.terms import Aup, LicenseTerms, aup_terms, known_uses, license_terms, load_aups
+
+OK = "ok"
+_ERRORS: dict[str, type[LicenseError]] = {
+    "license_not_accepted": LicenseNotAcceptedError,
+    "eu_multimodal_restricted": LicenseError,
+    "no_intended_use": AcceptableUseError,
+    "unknown_use": AcceptableUseError,
+    "prohibited_use": AcceptableUseError,
+    "mau_over_threshold": MauLimitError,
+    "grant_mau_exceeded": MauLimitError,
+    "grant_expired": MauLimitError,
+    "grant_not_yet_valid": MauLimitError,
+    "grant_revoked": MauLimitError,
+}
+CODES = (OK, *_ERRORS)
+# When several grants match but none is usable, report the most actionable reason.
+_GRANT_REASON_RANK = ("grant_mau_exceeded", "grant_expired", "grant_not_yet_valid", "grant_revoked")
+
+
+class VariantLike(Protocol):
+    """What the gates read from a variant (``llamahub.registry.Variant`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def license(self) -> str: ...
+
+
+def _require_aware(value: dt.datetime, what: str) -> None:
+    if not isinstance(value, dt.datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Who is asking and for what: the local profile or the hub's record of an account."""
+
+    organisation: str
+    mau: int
+    intended_uses: tuple[str, ...]
+    accepted: Mapping[str, str] = field(hash=False)
+    country: str | None = None
+    eu_domiciled: bool = False
+    certifications: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mau, bool) or not isinstance(self.mau, int) or self.mau < 0:
+            raise ConfigError(f"declared MAU must be a whole number of users >= 0, got {self.mau!r}",
+                              hint="run `llamahub profile set --mau N`")
+        object.__setattr__(self, "intended_uses", tuple(self.intended_uses))
+        object.__setattr__(self, "certifications", tuple(self.certifications))
+        object.__setattr__(self, "accepted", MappingProxyType(dict(self.accepted)))
+
+    def has_accepted(self, license_id: str) -> bool:
+        return bool(self.accepted.get(license_id))
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An enterprise license grant: lets one organisation exceed the MAU threshold for some families."""
+
+    id: str
+    organisation: str
+    families: tuple[str, ...]
+    max_mau: int | None
+    not_before: dt.datetime
+    expires: dt.datetime | None
+    revoked: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "families", tuple(self.families))
+        _require_aware(self.not_before, f"grant {self.id} not_before")
+        if self.expires is not None:
+            _require_aware(self.expires, f"grant {self.id} expires")
+            if self.expires <= self.not_before:
+                raise ValueError(f"grant {self.id} expires before it starts")
+        if self.max_mau is not None and (isinstance(self.max_mau, bool) or self.max_mau <= 0):
+            raise ValueError(f"grant {self.id} max_mau must be positive or None, got {self.max_mau!r}")
+
+    def applies_to(self, organisation: str, family: str) -> bool:
+        """True when the grant names this organisation (case-insensitive) and family."""
+        return _same_org(self.organisation, organisation) and family in self.families
+
+    def status(self, now: dt.datetime, mau: int) -> str:
+        """``"ok"`` when usable at ``now`` for ``mau`` users, else the ``grant_*`` code that says why not."""
+        if self.revoked:
+            return "grant_revoked"
+        if now < self.not_before:
+            return "grant_not_yet_valid"
+        if self.expires is not None and now >= self.expires:
+            return "grant_expired"
+        if self.max_mau is not None and mau > self.max_mau:
+            return "grant_mau_exceeded"
+        return OK
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of the gates. ``code`` is machine-readable; ``hint`` names the fixing command."""
+
+    allowed: bool
+    code: str
+    message: str
+    hint: str | None = None
+    grant_id: str | None = None
+
+    def raise_if_denied(self) -> None:
+        """Raise the LicenseError subclass matching ``code`` (its ``code`` set to this one)."""
+        if self.allowed:
+            return
+        error = _ERRORS.get(self.code, LicenseError)(self.message, hint=self.hint)
+        error.code = self.code
+        raise error
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _deny(code: str, message: str, hint: str) -> Decision:
+    return Decision(allowed=False, code=code, message=message, hint=hint)
+
+
+def _same_org(a: str, b: str) -> bool:
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def _use_flags(uses: Iterable[str]) -> str:
+    flags = " ".join(f"--use {u}" for u in uses)
+    return flags or "--use <id>"
+
+
+# --- gate 1: license acceptance and territory ------------------------------------------------------
+
+
+def _acceptance_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms) -> Decision | None:
+    if profile.has_accepted(terms.id):
+        return None
+    return _deny("license_not_accepted",
+                 f"{variant.name} is under the {terms.title} ({terms.id}), which this profile has not "
+                 "accepted",
+                 f"run `llamahub license accept {terms.id}` (each license version is accepted separately)")
+
+
+def _territory_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms) -> Decision | None:
+    if not (terms.eu_multimodal_restriction and profile.eu_domiciled and terms.is_multimodal(variant.name)):
+        return None
+    return _deny("eu_multimodal_restricted",
+                 f"the {terms.title} does not license the multimodal model {variant.name} to individuals "
+                 "domiciled or companies based in the EU",
+                 "use a text-only variant of the same family instead (`llamahub list` shows them)")
+
+
+# --- gate 2: intended uses -------------------------------------------------------------------------
+
+
+def _uses_gate(profile: Profile, terms: LicenseTerms) -> Decision | None:
+    aup = aup_terms(terms.aup)
+    uses = profile.intended_uses
+    if not uses:
+        return _deny("no_intended_use", "this profile declares no intended use",
+                     f"run `llamahub profile set --use <id>`; known ids: {', '.join(aup.allowed_uses)}")
+    prohibited = [u for u in uses if u in aup.prohibited]
+    if prohibited:
+        return _prohibited(profile, aup, prohibited[0])
+    unknown = [u for u in uses if u not in aup.known_uses]
+    if unknown:
+        keep = [u for u in uses if u in aup.allowed_uses]
+        return _deny("unknown_use",
+                     f"unknown intended use {unknown[0]!r} (not a use or category of {aup.id})",
+                     f"run `llamahub profile set {_use_flags(keep)}`; "
+                     f"known ids: {', '.join(aup.allowed_uses)}")
+    return None
+
+
+def _prohibited(profile: Profile, aup: Aup, use: str) -> Decision:
+    category = aup.category(use)
+    description = category.description if category else use
+    held = ""
+    if profile.certifications:
+        held = f"; certifications held ({', '.join(profile.certifications)}) do not lift it"
+    keep = [u for u in profile.intended_uses if u in aup.allowed_uses]
+    return _deny("prohibited_use",
+                 f"intended use {use!r} is prohibited by the acceptable use policy {aup.id}: "
+                 f"{description}{held}",
+                 f"declare only permitted uses: `llamahub profile set {_use_flags(keep)}`")
+
+
+# --- gate 3: monthly active users ------------------------------------------------------------------
+
+
+def _request_hint(family: str, mau: int) -> str:
+    return f"run `llamahub enterprise request --family {family} --mau {mau}`"
+
+
+def _mau_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms,
+              grants: Iterable[Grant], now: dt.datetime) -> Decision:
+    if profile.mau <= terms.mau_threshold:
+        return Decision(allowed=True, code=OK, message=f"{variant.name}: every license gate passed")
+    matching = [g for g in grants if g.applies_to(profile.organisation, variant.family)]
+    for grant in matching:
+        if grant.status(now, profile.mau) == OK:
+            return Decision(allowed=True, code=OK, grant_id=grant.id,
+                            message=f"{variant.name}: every license gate passed under enterprise grant "
+                                    f"{grant.id}")
+    if not matching:
+        return _deny("mau_over_threshold",
+                     f"{profile.organisation} declares {profile.mau:,} monthly active users; above "
+                     f"{terms.mau_threshold:,} (counted over the calendar month before "
+                     f"{terms.mau_measured_on.isoformat()}) the {terms.title} requires a separate license "
+                     f"from Meta, and no enterprise grant covers {variant.family}",
+                     _request_hint(variant.family, profile.mau))
+    return _grant_refusal(profile, variant, matching, now)
+
+
+def _grant_refusal(profile: Profile, variant: VariantLike, matching: list[Grant],
+                   now: dt.datetime) -> Decision:
+    def rank(g: Grant) -> int:
+        return _GRANT_REASON_RANK.index(g.status(now, profile.mau))
+
+    grant = min(matching, key=rank)
+    code = grant.status(now, profile.mau)
+    hint = _request_hint(variant.family, profile.mau)
+    if code == "grant_mau_exceeded":
+        message = (f"enterprise grant {grant.id} covers up to {grant.max_mau:,} monthly active users; "
+                   f"{profile.organisation} declares {profile.mau:,}")
+    elif code == "grant_expired":
+        expired = grant.expires.isoformat() if grant.expires else "an unknown time"
+        message = f"enterprise grant {grant.id} for {variant.family} expired at {expired}"
+    elif code == "grant_not_yet_valid":
+        message = (f"enterprise grant {grant.id} for {variant.family} is valid only from "
+                   f"{grant.not_before.isoformat()}")
+        hint = f"wait until then, or {hint}"
+    else:
+        message = f"enterprise grant {grant.id} for {variant.family} was revoked"
+    return _deny(code, message, hint)
+
+
+# --- entry points ----------------------------------------------------------------------------------
+
+
+def check(profile: Profile, variant: VariantLike, grants: Iterable[Grant], now: dt.datetime) -> Decision:
+    """Run every gate for ``variant`` and return the first refusal, or an allowed Decision."""
+    _require_aware(now, "now")
+    terms = license_terms(variant.license)
+    early = (_acceptance_gate(profile, variant, terms)
+             or _territory_gate(profile, variant, terms)
+             or _uses_gate(profile, terms))
+    return early or _mau_gate(profile, variant, terms, tuple(grants), now)
+
+
+def validate_uses(uses: Iterable[str]) -> tuple[str, ...]:
+    """Check intended-use ids a profile is about to declare; unknown ids raise AcceptableUseError.
+
+    Known ids are the allowed uses and prohibited categories of every shipped AUP. A prohibited id
+    is accepted here on purpose: the profile records it truthfully and :func:`check` refuses it.
+    """
+    uses = tuple(uses)
+    known = set().union(*(aup.known_uses for aup in load_aups().values()))
+    unknown = [u for u in uses if u not in known]
+    if unknown:
+        error = AcceptableUseError(f"unknown intended use {unknown[0]!r}",
+                                   hint=f"use one of: {', '.join(known_uses())}")
+        error.code = "unknown_use"
+        raise error
+    return uses

@@ -1,0 +1,1 @@
+"""Registry data (TOML files) shipped as package data; no code."""
