@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llamahub.errors import RegistryError, UnknownVariantError
+from llamahub.errors import CheckpointError, RegistryError, UnknownVariantError
 from llamahub.model.args import ModelArgs, RopeScaling
 
 KINDS = ("base", "chat")
@@ -105,10 +105,12 @@ def _arch(table: dict[str, Any], where: str) -> ModelArgs:
     rs = table.pop("rope_scaling", None)
     try:
         args = ModelArgs(**table, rope_scaling=RopeScaling(**rs) if rs else None)
+        args.validate()
     except TypeError as e:
         raise RegistryError(f"{where}: bad arch table: {e}",
                             hint="arch keys are the fields of llamahub.model.args.ModelArgs") from e
-    args.validate()
+    except CheckpointError as e:
+        raise RegistryError(f"{where}: {e.message}", hint="fix the arch table") from e
     return args
 
 

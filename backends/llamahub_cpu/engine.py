@@ -6,28 +6,34 @@ import time
 
 import torch
 
+from llamahub.errors import GenerationError
 from llamahub.interfaces import LoadOptions
 from llamahub.model.checkpoint import Checkpoint
 from llamahub.model.llm import LlamaModel
 from llamahub.model.tokenizer import Tokenizer
-from llamahub.model.transformer import build_model
+from llamahub.model.transformer import Transformer, build_model
 from llamahub.registry import Variant
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_DTYPE = "bf16"  # half the memory of fp32; pass dtype="fp32" for exact fp32 math
 
 
-def default_dtype(checkpoint: Checkpoint) -> str:
-    """bf16 by default (half the memory); fp32 when asked for."""
-    return "bf16"
+def build_decoder(checkpoint: Checkpoint, dtype: str = DEFAULT_DTYPE,
+                  threads: int | None = None) -> Transformer:
+    """The model as a decoder callable ``(tokens, start) -> logits``, weights memory-mapped."""
+    if dtype not in TORCH_DTYPES:
+        raise GenerationError(f"the cpu backend has no dtype {dtype!r}",
+                              hint=f"use one of {', '.join(TORCH_DTYPES)}")
+    if threads:
+        torch.set_num_threads(threads)
+    return build_model(checkpoint.args, checkpoint.state_dict(), TORCH_DTYPES[dtype])
 
 
 def load_cpu_model(checkpoint: Checkpoint, variant: Variant, tokenizer: Tokenizer,
                    options: LoadOptions) -> LlamaModel:
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    dtype = options.dtype or default_dtype(checkpoint)
+    dtype = options.dtype or DEFAULT_DTYPE
     started = time.perf_counter()
-    model = build_model(checkpoint.args, checkpoint.state_dict(), TORCH_DTYPES[dtype])
+    model = build_decoder(checkpoint, dtype, options.threads)
     info = {"load_seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
             "checkpoint": str(checkpoint.path), "format": checkpoint.format}
     return LlamaModel(model, tokenizer, variant, backend="cpu", dtype=dtype, info=info)

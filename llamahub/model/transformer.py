@@ -136,14 +136,23 @@ class Transformer(nn.Module):
         self.cache_len = 0
 
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        """Preallocate the KV cache (in the weights' dtype) and the RoPE table."""
+        """Preallocate the KV cache (in the weights' dtype) and the RoPE table.
+
+        Growing keeps what the cache already holds, so a decode can run past the first size.
+        """
         if max_batch <= self.cache_batch and max_seq_len <= self.cache_len:
             return
+        max_batch, max_seq_len = max(max_batch, self.cache_batch), max(max_seq_len, self.cache_len)
         dtype = self.output.weight.dtype
         shape = (max_batch, self.args.kv_heads, max_seq_len, self.args.head_dim)
         for layer in self.layers:
-            layer.attention.cache_k = torch.zeros(shape, dtype=dtype)
-            layer.attention.cache_v = torch.zeros(shape, dtype=dtype)
+            attn = layer.attention
+            new_k, new_v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
+            if attn.cache_k is not None and attn.cache_v is not None:
+                b, _, n, _ = attn.cache_k.shape
+                new_k[:b, :, :n] = attn.cache_k
+                new_v[:b, :, :n] = attn.cache_v
+            attn.cache_k, attn.cache_v = new_k, new_v
         self.rope = rope_table(self.args, max_seq_len)
         self.cache_batch, self.cache_len = max_batch, max_seq_len
 
@@ -152,7 +161,8 @@ class Transformer(nn.Module):
         """Logits [B, T, vocab] (float32) for tokens [B, T] placed at positions start..start+T-1."""
         bsz, seqlen = tokens.shape
         if self.rope is None or bsz > self.cache_batch or start + seqlen > self.cache_len:
-            self.setup_cache(max(bsz, self.cache_batch), max(start + seqlen, self.cache_len))
+            # grow in steps of 256 positions so a long decode reallocates rarely
+            self.setup_cache(bsz, -(-(start + seqlen) // 256) * 256)
         assert self.rope is not None
         table = self.rope[start:start + seqlen]
         mask = None

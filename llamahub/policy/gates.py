@@ -244,7 +244,7 @@ def _mau_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms,
                      f"{profile.organisation} declares {profile.mau:,} monthly active users; above "
                      f"{terms.mau_threshold:,} (counted over the calendar month before "
                      f"{terms.mau_measured_on.isoformat()}) the {terms.title} requires a separate license "
-                     f"from Meta, and no enterprise grant covers {variant.family}",
+                     f"from {terms.issuer}, and no enterprise grant covers {variant.family}",
                      _request_hint(variant.family, profile.mau))
     return _grant_refusal(profile, variant, matching, now)
 

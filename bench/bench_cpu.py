@@ -1,0 +1,297 @@
+"""CPU decode benchmark: llamahub vs transformers on the same random weights, in the same run.
+
+Method of /work/shared/reference/cpu-baselines.md: batch 1, greedy, 32-token prompt (ids drawn
+with seed 0), 128 new tokens, no EOS stop; decode tok/s = 127 / (t[token 128] - t[token 1]);
+prefill = call to first token. Every (config, dtype, engine) is measured in its own process,
+so peak RSS (ru_maxrss) is per engine; load is timed in --load-runs fresh processes in all.
+
+    python bench/bench_cpu.py --all --out bench/results/cpu.jsonl
+    python bench/bench_cpu.py --config tiny --dtype fp32 --engine llamahub --runs 1 --out x.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from bandwidth import stats, warm
+
+from llamahub.model.args import ModelArgs
+
+HERE = Path(__file__).resolve().parent
+PROMPT_LEN, NEW_TOKENS, SEED = 32, 128, 0
+MARK = "BENCH_JSON "
+CONFIGS: dict[str, ModelArgs] = {
+    "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=32000, ffn_dim=128, max_seq_len=1024,
+                      tie_embeddings=True),
+    "110m": ModelArgs(dim=768, n_layers=12, n_heads=12, vocab_size=32000, ffn_dim=2048, max_seq_len=1024,
+                      tie_embeddings=True),
+    "1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=32000, ffn_dim=5632,
+                    max_seq_len=2048),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ENGINES = ("llamahub", "transformers")
+# A run returns (time of the call, time stamp of each new token, the new token ids).
+Run = Callable[[], tuple[float, list[float], list[int]]]
+# A loader returns (run, load seconds, first 1-token forward seconds, what was loaded).
+Loader = Callable[[Path, str, int, list[int]], tuple[Run, float, float, str]]
+
+
+def weight_bytes(args: ModelArgs, dtype: str) -> tuple[int, int]:
+    """(bytes of all weights, bytes read per decoded token).
+
+    Per token every matrix is read once; the embedding lookup reads one row, so the table
+    counts only as the (tied) output head. KV-cache reads are not included.
+    """
+    size = DTYPES[dtype].itemsize
+    per_token = args.param_count() - (0 if args.tie_embeddings else args.vocab_size * args.dim)
+    return args.param_count() * size, per_token * size
+
+
+def ensure_weights(config: str, dtype: str, work: Path) -> Path:
+    """Random HF checkpoint (seed 0) for (config, dtype) in ``work``, written once and reused."""
+    from llamahub.model.writer import random_state_dict, write_hf
+
+    args, folder = CONFIGS[config], work / f"{config}-{dtype}"
+    stamp = {"config": config, "dtype": dtype, "seed": SEED, "args": args.as_dict()}
+    marker = folder / "bench.json"
+    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+        return folder
+    print(f"writing {config} {dtype} weights to {folder}", file=sys.stderr)
+    write_hf(folder, args, random_state_dict(args, seed=SEED, dtype=DTYPES[dtype]))
+    marker.write_text(json.dumps(stamp))
+    return folder
+
+
+def prompt_ids(vocab: int) -> list[int]:
+    gen = torch.Generator().manual_seed(SEED)
+    return torch.randint(0, vocab, (PROMPT_LEN,), generator=gen).tolist()
+
+
+def llamahub_loader() -> Loader:
+    from llamahub.model.checkpoint import Checkpoint, open_checkpoint
+    from llamahub.model.generation import Decoder, Sampling, generate_ids
+
+    try:
+        from llamahub_cpu.engine import build_decoder
+        how = "llamahub_cpu.engine.build_decoder"
+    except ImportError:
+        from llamahub.model.transformer import build_model
+
+        def build_decoder(ckpt: Checkpoint, dtype: str, threads: int) -> Decoder:
+            torch.set_num_threads(threads)
+            return build_model(ckpt.args, ckpt.state_dict(), DTYPES[dtype])
+        how = "llamahub.model.transformer.build_model (fallback: no build_decoder yet)"
+
+    def load(folder: Path, dtype: str, threads: int, prompt: list[int]) -> tuple[Run, float, float, str]:
+        t0 = time.perf_counter()
+        decoder = build_decoder(open_checkpoint(folder), dtype, threads)
+        t1 = time.perf_counter()
+        decoder(torch.tensor([prompt[:1]]), 0)
+        t2 = time.perf_counter()
+
+        def run() -> tuple[float, list[float], list[int]]:
+            stamps, tokens = [], []
+            start = time.perf_counter()
+            for step in generate_ids(decoder, [prompt], NEW_TOKENS, Sampling(temperature=0), frozenset()):
+                stamps.append(time.perf_counter())
+                tokens.append(int(step[0] or 0))
+            return start, stamps, tokens
+        return run, t1 - t0, t2 - t1, how
+    return load
+
+
+def transformers_loader() -> Loader:
+    from transformers import LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+    class Stamp(LogitsProcessor):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            self.times.append(time.perf_counter())
+            return scores
+
+    def load(folder: Path, dtype: str, threads: int, prompt: list[int]) -> tuple[Run, float, float, str]:
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        model = LlamaForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype]).eval()
+        t1 = time.perf_counter()
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            model(ids[:, :1])
+        t2 = time.perf_counter()
+        model.generation_config.eos_token_id = None
+
+        def run() -> tuple[float, list[float], list[int]]:
+            stamp = Stamp()
+            start = time.perf_counter()
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, eos_token_id=None,
+                                 pad_token_id=0, logits_processor=LogitsProcessorList([stamp]))
+            return start, stamp.times, out[0, PROMPT_LEN:].tolist()
+        return run, t1 - t0, t2 - t1, f"transformers {importlib.metadata.version('transformers')} eager"
+    return load
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def child(opts: argparse.Namespace) -> dict[str, Any]:
+    """One process: import, warm the page cache, load, then (unless load-only) decode."""
+    loader = (llamahub_loader if opts.engine == "llamahub" else transformers_loader)()
+    rss_imports = rss_mib()
+    folder = opts.work / f"{opts.config}-{opts.dtype}"
+    warm(folder)
+    prompt = prompt_ids(CONFIGS[opts.config].vocab_size)
+    run, load_s, first_s, impl = loader(folder, opts.dtype, opts.threads, prompt)
+    out: dict[str, Any] = {"impl": impl, "load_s": load_s, "first_forward_s": first_s,
+                           "rss_after_imports_mib": rss_imports, "threads_used": torch.get_num_threads()}
+    if opts.child == "measure":
+        decode, prefill, tokens = [], [], []
+        for i in range(opts.warmup + opts.runs):
+            start, stamps, tokens = run()
+            if len(stamps) != NEW_TOKENS:
+                raise RuntimeError(f"{opts.engine} produced {len(stamps)} tokens, expected {NEW_TOKENS}")
+            if i >= opts.warmup:
+                decode.append((NEW_TOKENS - 1) / (stamps[-1] - stamps[0]))
+                prefill.append(stamps[0] - start)
+        out |= {"decode_tok_s": stats(decode), "prefill_s": stats(prefill), "tokens": tokens}
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def spawn(args: list[str], threads: int) -> dict[str, Any]:
+    """Run ``args`` (a script and its options) in a fresh Python; return its JSON result."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, *args], env=env, stdout=subprocess.PIPE, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    found = [ln.removeprefix(MARK) for ln in lines if ln.startswith(MARK)] or lines[-1:]
+    return json.loads(found[-1])
+
+
+def machine_info() -> dict[str, Any]:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "")
+    git = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "nproc": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": importlib.metadata.version("transformers"),
+            "git": git, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def measure(opts: argparse.Namespace, config: str, dtype: str, engine: str,
+            memory: dict[str, Any], reading: dict[str, Any]) -> dict[str, Any]:
+    """Measure one (config, dtype, engine) in fresh processes and derive the ratios."""
+    loadavg = os.getloadavg()[0]  # > ~0.5 before a run means another process shares the cores
+    base = [str(Path(__file__)), "--config", config, "--dtype", dtype, "--engine", engine,
+            "--threads", str(opts.threads), "--work", str(opts.work)]
+    rec = spawn([*base, "--child", "measure", "--runs", str(opts.runs), "--warmup", str(opts.warmup)],
+                opts.threads)
+    loads = [rec] + [spawn([*base, "--child", "load"], opts.threads) for _ in range(opts.load_runs - 1)]
+    total, per_token = weight_bytes(CONFIGS[config], dtype)
+    bandwidth = memory["copy_GBps"]["median"] * 1e9
+    ceiling = bandwidth / per_token
+    load = stats([r["load_s"] for r in loads])
+    read_s = reading["seconds"]["median"]
+    return {
+        "config": config, "dtype": dtype, "engine": engine, "impl": rec["impl"], "threads": opts.threads,
+        "batch": 1, "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS,
+        "runs": opts.runs, "warmup": opts.warmup, "params": CONFIGS[config].param_count(),
+        "decode_tok_s": rec["decode_tok_s"], "prefill_s": rec["prefill_s"],
+        "load_s": load | {"processes": len(loads)},
+        "first_forward_s": stats([r["first_forward_s"] for r in loads]),
+        "read_once_s": read_s, "file_bytes": reading["bytes"],
+        "load_over_read_once": load["median"] / read_s,
+        "load_first_forward_over_read_once":
+            (load["median"] + statistics.median(r["first_forward_s"] for r in loads)) / read_s,
+        "peak_rss_mib": rec["peak_rss_mib"], "rss_after_imports_mib": rec["rss_after_imports_mib"],
+        "load_only_peak_rss_mib": [r["peak_rss_mib"] for r in loads[1:]],
+        "rss_over_weights": (rec["peak_rss_mib"] - rec["rss_after_imports_mib"]) * 2**20 / total,
+        "weight_bytes": total, "bytes_per_token": per_token,
+        "copy_GBps": memory["copy_GBps"], "sum_GBps": memory["sum_GBps"]["median"],
+        "ceiling_tok_s": ceiling, "fraction_of_ceiling": rec["decode_tok_s"]["median"] / ceiling,
+        "loadavg_before": loadavg, "tokens": rec["tokens"],
+    }
+
+
+def drive(opts: argparse.Namespace) -> None:
+    command = shlex.join([".venv/bin/python", *sys.argv])
+    machine = machine_info()
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    for config in opts.config.split(","):
+        for dtype in opts.dtype.split(","):
+            folder = ensure_weights(config, dtype, opts.work)
+            bw = spawn([str(HERE / "bandwidth.py"), "--threads", str(opts.threads), "--size-mib",
+                        str(opts.bandwidth_mib), "--read-once", str(folder)], opts.threads)
+            for engine in opts.engine.split(","):
+                rec = measure(opts, config, dtype, engine, bw["memory"], bw["read_once"])
+                rec |= {"machine": machine, "command": command}
+                with opts.out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"{config} {dtype} {engine}: {rec['decode_tok_s']['median']:.1f} tok/s "
+                      f"({rec['fraction_of_ceiling']:.0%} of ceiling), load {rec['load_s']['median']:.3f} s, "
+                      f"peak RSS {rec['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--all", action="store_true", help="every config x dtype x engine not given below")
+    p.add_argument("--config", help=f"comma-separated, of {', '.join(CONFIGS)} (--all: 110m,1b)")
+    p.add_argument("--dtype", help="comma-separated, of fp32, bf16 (--all: both)")
+    p.add_argument("--engine", help="comma-separated, of llamahub, transformers (--all: both)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3, help="timed generations per process")
+    p.add_argument("--warmup", type=int, default=1, help="untimed generations first")
+    p.add_argument("--load-runs", type=int, default=3, help="fresh processes timing the load")
+    p.add_argument("--bandwidth-mib", type=int, default=1024, help="copy-bandwidth tensor size")
+    p.add_argument("--work", type=Path, default=HERE / "work", help="where the weights are kept")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "cpu.jsonl", help="JSON lines, appended")
+    p.add_argument("--child", choices=("measure", "load"), help=argparse.SUPPRESS)
+    opts = p.parse_args()
+    if opts.all:
+        opts.config = opts.config or "110m,1b"
+        opts.dtype = opts.dtype or ",".join(DTYPES)
+        opts.engine = opts.engine or ",".join(ENGINES)
+    if not (opts.config and opts.dtype and opts.engine):
+        p.error("give --all, or all of --config, --dtype and --engine")
+    for name, allowed in (("config", CONFIGS), ("dtype", DTYPES), ("engine", ENGINES)):
+        bad = set(getattr(opts, name).split(",")) - set(allowed)
+        if bad:
+            p.error(f"unknown --{name} {', '.join(sorted(bad))}; choose from {', '.join(allowed)}")
+    opts.work = opts.work.resolve()
+    return opts
+
+
+def main() -> None:
+    opts = parse()
+    if opts.child:
+        print(MARK + json.dumps(child(opts)), flush=True)
+    else:
+        drive(opts)
+
+
+if __name__ == "__main__":
+    main()

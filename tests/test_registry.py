@@ -1,0 +1,151 @@
+"""Every registry file loads, validates and agrees with the published architecture facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llamahub.errors import RegistryError, UnknownVariantError
+from llamahub.registry import Registry, _builtin, _registry_root, load_file
+
+EXPECTED = {  # name: (dim, layers, heads, kv heads, ffn, vocab, shards)
+    "llama-2-7b": (4096, 32, 32, 32, 11008, 32000, 1),
+    "llama-2-13b-chat": (5120, 40, 40, 40, 13824, 32000, 2),
+    "llama-2-70b": (8192, 80, 64, 8, 28672, 32000, 8),
+    "llama-3-8b-instruct": (4096, 32, 32, 8, 14336, 128256, 1),
+    "llama-3-70b": (8192, 80, 64, 8, 28672, 128256, 8),
+    "llama-3.1-8b": (4096, 32, 32, 8, 14336, 128256, 1),
+    "llama-3.1-405b-instruct": (16384, 126, 128, 8, 53248, 128256, 8),
+    "llama-3.2-1b": (2048, 16, 32, 8, 8192, 128256, 1),
+    "llama-3.2-3b-instruct": (3072, 28, 24, 8, 8192, 128256, 1),
+}
+# Parameter counts Meta publishes (rounded), as a check on the whole architecture table.
+PARAMS_B = {"llama-2-7b": 6.74, "llama-2-13b": 13.0, "llama-2-70b": 69.0, "llama-3-8b": 8.03,
+            "llama-3.1-70b": 70.6, "llama-3.1-405b": 405.9, "llama-3.2-1b": 1.24, "llama-3.2-3b": 3.21}
+
+
+def test_every_variant_file_loads() -> None:
+    files = sorted((_registry_root() / "variants").glob("*.toml"))
+    assert {f.stem for f in files} >= {"llama-2", "llama-3", "llama-3.1", "llama-3.2", "llama-debug"}
+    for f in files:
+        assert load_file(f), f"{f.name} defines no variant"
+
+
+def test_all_families_and_sizes_present() -> None:
+    names = {v.name for v in _builtin()}
+    for size in ("7b", "13b", "70b"):
+        assert {f"llama-2-{size}", f"llama-2-{size}-chat"} <= names
+    for fam, sizes in (("llama-3", ("8b", "70b")), ("llama-3.1", ("8b", "70b", "405b")),
+                       ("llama-3.2", ("1b", "3b"))):
+        for size in sizes:
+            assert {f"{fam}-{size}", f"{fam}-{size}-instruct"} <= names
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_architecture_numbers(name: str) -> None:
+    v = _builtin().resolve(name)
+    a = v.arch
+    assert (a.dim, a.n_layers, a.n_heads, a.kv_heads, a.hidden_dim, a.vocab_size, v.shards) == EXPECTED[name]
+
+
+@pytest.mark.parametrize(("name", "billions"), sorted(PARAMS_B.items()))
+def test_parameter_counts(name: str, billions: float) -> None:
+    assert _builtin().resolve(name).param_count() / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def test_cross_checks() -> None:
+    reg = _builtin()
+    for v in reg:
+        if v.family == "llama-2" and v.size != "70b":
+            assert v.arch.n_kv_heads is None  # Llama 2 7B/13B: kv heads = heads
+        if v.family.startswith("llama-3"):
+            assert v.tokenizer == "tiktoken" and v.tokenizer_location == "model"
+        if v.family in ("llama-3.1", "llama-3.2"):
+            assert v.arch.rope_scaling is not None and v.context_length == 131072
+        if v.kind == "chat":
+            base = reg.resolve(v.name.removesuffix("-chat").removesuffix("-instruct"))
+            assert base.arch == v.arch and base.shards == v.shards
+        assert v.arch.max_seq_len == v.context_length
+    assert reg.resolve("llama-2-7b").context_length == 4096
+    assert reg.resolve("llama-3-8b").context_length == 8192
+    assert reg.resolve("llama-3.2-1b").arch.tie_embeddings
+
+
+def test_meta_files_layout() -> None:
+    reg = _builtin()
+    files = reg.resolve("llama-2-13b-chat").meta_files()
+    assert files[:4] == ["LICENSE", "USE_POLICY.md", "tokenizer.model", "tokenizer_checklist.chk"]
+    assert "llama-2-13b-chat/consolidated.01.pth" in files
+    assert "llama-2-13b-chat/checklist.chk" in files
+    l3 = reg.resolve("llama-3-8b").meta_files()
+    assert "Meta-Llama-3-8B/tokenizer.model" in l3 and "tokenizer.model" not in l3
+
+
+@pytest.mark.parametrize("alias", ["llama-2-13b-chat", "llama2:13b-chat", "meta-llama/Llama-2-13b-chat-hf",
+                                   "META-LLAMA/llama-2-13b-chat", "Llama-2-13b-chat"])
+def test_aliases_resolve(alias: str) -> None:
+    assert _builtin().resolve(alias).name == "llama-2-13b-chat"
+
+
+def test_unknown_name_suggests_close_matches() -> None:
+    with pytest.raises(UnknownVariantError) as e:
+        _builtin().resolve("llama-2-13-chat")
+    assert "llama-2-13b-chat" in e.value.suggestions
+    assert "llamahub list" in str(e.value)
+
+
+def test_memory_estimate_from_architecture() -> None:
+    v = _builtin().resolve("llama-2-7b")
+    kv = 2 * 32 * 4096 * 4096 * 2
+    assert v.memory_estimate("bf16") == v.param_count() * 2 + kv
+    assert v.memory_estimate("fp32", context=0) == v.param_count() * 4
+    with pytest.raises(RegistryError):
+        v.memory_estimate("fp8")
+
+
+def test_debug_family_is_labelled() -> None:
+    debug = [v for v in _builtin() if v.family == "llama-debug"]
+    assert debug and all(v.debug and "debug" in v.family_title.lower() for v in debug)
+    assert not any(v.debug for v in _builtin() if v.family != "llama-debug")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "x.toml"
+    p.write_text(text)
+    return p
+
+
+BASE = """[family]
+name = "f"
+license = "l"
+tokenizer = "sentencepiece"
+tokenizer_location = "top"
+context_length = 64
+release_date = "2024-01-01"
+[family.arch]
+vocab_size = 32
+"""
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ('name="a"\nsize="s"\nkind="chat"\nshards=1\nmeta_folder="a"\narch={dim=8,n_layers=1,n_heads=2}',
+     "chat_format"),
+    ('name="a"\nsize="s"\nkind="odd"\nshards=1\nmeta_folder="a"\narch={dim=8,n_layers=1,n_heads=2}', "kind"),
+    ('name="a"\nsize="s"\nkind="base"\nshards=1\nmeta_folder="a"\narch={dim=9,n_layers=1,n_heads=2}',
+     "divisible"),
+    ('name="a"\nsize="s"\nkind="base"\nshards=1\nmeta_folder="a"\ncolour="red"\narch={dim=8,n_layers=1,n_heads=2}',
+     "unknown keys"),
+    ('name="a"\nkind="base"\nshards=1\nmeta_folder="a"\narch={dim=8,n_layers=1,n_heads=2}', "missing key"),
+])
+def test_schema_rejects_bad_entries(tmp_path: Path, entry: str, message: str) -> None:
+    with pytest.raises(RegistryError, match=message):
+        load_file(_write(tmp_path, BASE + "[[variant]]\n" + entry + "\n"))
+
+
+def test_duplicate_alias_rejected(tmp_path: Path) -> None:
+    v = _builtin().resolve("llama-2-7b")
+    clash = v.__class__(**{**v.__dict__, "name": "other", "aliases": ("llama2:7b",), "hf_repo": None,
+                           "hf_repo_native": None})
+    with pytest.raises(RegistryError, match="already used"):
+        Registry([v, clash])
