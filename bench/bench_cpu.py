@@ -238,7 +238,8 @@ def measure(opts: argparse.Namespace, config: str, dtype: str, engine: str,
 
 
 def drive(opts: argparse.Namespace) -> None:
-    command = shlex.join([".venv/bin/python", *sys.argv])
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    command = shlex.join([exe, *sys.argv])
     machine = machine_info()
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     for config in opts.config.split(","):

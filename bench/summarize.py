@@ -26,8 +26,8 @@ def latest(lines: list[Rec]) -> dict[tuple[str, str], dict[str, Rec]]:
     groups: dict[tuple[str, str], dict[str, Rec]] = {}
     for r in lines:
         groups.setdefault((r["config"], r["dtype"]), {})[r["engine"]] = r
-    rank = {c: i for i, c in enumerate(ORDER)}
-    return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], len(ORDER)), kv[0])))
+    rank = {c: i for i, c in enumerate(ORDER)} | {"fp32": 0, "bf16": 1}
+    return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], 9), rank.get(kv[0][1], 9), kv[0])))
 
 
 def spread(s: dict[str, Any], fmt: str = ".1f") -> str:
@@ -167,7 +167,7 @@ def main() -> None:
     for (config, dtype), g in groups.items():
         lines += group_section(config, dtype, g)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text("\n".join(lines))
+    opts.out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {opts.out}")
 
 

@@ -93,7 +93,7 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
 
 def test_missing_shard(meta_folder: Path) -> None:
     (meta_folder / "consolidated.00.pth").unlink()
-    with pytest.raises(MissingShardError, match="consolidated.00.pth"):
+    with pytest.raises(MissingShardError, match=r"consolidated\.00\.pth"):
         open_checkpoint(meta_folder, args=ARGS).state_dict()
 
 

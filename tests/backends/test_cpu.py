@@ -1,0 +1,63 @@
+"""The in-tree CPU backend: dtypes, threads, and its refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import llamahub_cpu
+import pytest
+import torch
+from llamahub_cpu.engine import build_decoder
+
+from llamahub.errors import NoBackendError
+from llamahub.interfaces import LoadOptions
+from llamahub.model.checkpoint import open_checkpoint
+from llamahub.registry import _builtin
+
+
+def test_bf16_close_to_fp32(llama3_debug_folder: Path) -> None:
+    ckpt = open_checkpoint(llama3_debug_folder)
+    tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    fp32 = build_decoder(ckpt, "fp32")(tokens, 0)
+    bf16_model = build_decoder(ckpt, "bf16")
+    assert bf16_model.output.weight.dtype == torch.bfloat16
+    bf16 = bf16_model(tokens, 0)
+    assert bf16.dtype == torch.float32  # logits are always float32
+    assert (bf16 - fp32).abs().max().item() < 0.05 * fp32.abs().max().item() + 0.05
+
+
+def test_weights_are_not_copied_when_dtype_matches(llama3_debug_folder: Path) -> None:
+    ckpt = open_checkpoint(llama3_debug_folder)
+    state = ckpt.state_dict()
+    from llamahub.model.transformer import build_model
+
+    model = build_model(ckpt.args, state, torch.float32)
+    w = state["layers.0.feed_forward.w2.weight"]
+    assert model.layers[0].feed_forward.w2.weight.data_ptr() == w.data_ptr()
+
+
+def test_threads_option_is_honoured(llama2_debug_folder: Path) -> None:
+    import llamahub
+
+    before = torch.get_num_threads()
+    try:
+        m = llamahub.load(llama2_debug_folder, threads=1)
+        assert torch.get_num_threads() == 1 and m.info["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_refuses_other_devices_and_dtypes() -> None:
+    b = llamahub_cpu.CpuBackend()
+    v = _builtin().resolve("llama-debug-2")
+    assert b.unavailable_reason() is None
+    assert "cuda" in (b.unsupported_reason(v, LoadOptions(device="cuda")) or "")
+    assert "int4" in (b.unsupported_reason(v, LoadOptions(dtype="int4")) or "")
+    assert b.memory_estimate(v, LoadOptions(dtype="fp32")) > b.memory_estimate(v, LoadOptions(dtype="bf16"))
+
+
+def test_load_with_unsupported_dtype_names_the_reason(llama2_debug_folder: Path) -> None:
+    import llamahub
+
+    with pytest.raises(NoBackendError, match="int4"):
+        llamahub.load(llama2_debug_folder, dtype="int4")

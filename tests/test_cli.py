@@ -1,0 +1,77 @@
+"""The command line, run as a user runs it (a real subprocess of the installed entry point)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXE = shutil.which("llamahub") or str(Path(sys.executable).parent / "llamahub")
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_list_shows_every_family() -> None:
+    out = run("list")
+    assert out.returncode == 0
+    for name in ("llama-2-70b-chat", "llama-3-8b-instruct", "llama-3.1-405b", "llama-3.2-1b-instruct"):
+        assert name in out.stdout
+    assert "debug: random weights" in out.stdout
+    rows = json.loads(run("list", "--json", "--family", "llama-2").stdout)
+    assert {r["family"] for r in rows} == {"llama-2"} and len(rows) == 6
+
+
+def test_info() -> None:
+    out = run("info", "llama-2-70b-chat")
+    assert out.returncode == 0
+    assert "8 kv heads" in out.stdout and "ffn 28672" in out.stdout and "8 shard" in out.stdout
+    data = json.loads(run("info", "llama2:70b-chat", "--json").stdout)
+    assert data["name"] == "llama-2-70b-chat" and data["architecture"]["dim"] == 8192
+
+
+def test_unknown_name_is_a_clean_error() -> None:
+    out = run("info", "llama-2-13-chat")
+    assert out.returncode == 1
+    assert "unknown variant" in out.stderr and "llama-2-13b-chat" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_run_streams_generation(llama2_debug_folder: Path) -> None:
+    out = run("run", str(llama2_debug_folder), "Once upon a time", "-n", "8", "--seed", "1",
+              "--dtype", "fp32")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Once upon a time") and len(out.stdout) > len("Once upon a time\n")
+
+
+def test_run_on_a_bad_folder(tmp_path: Path) -> None:
+    out = run("run", str(tmp_path), "hi")
+    assert out.returncode == 1 and "not a Llama checkpoint" in out.stderr and "next:" in out.stderr
+
+
+def test_plugins_lists_in_tree_backend() -> None:
+    out = run("plugins")
+    assert out.returncode == 0
+    assert "cpu" in out.stdout and "llamahub_cpu" in out.stdout and "available" in out.stdout
+    data = json.loads(run("plugins", "--json").stdout)
+    assert data["backends"]["cpu"]["available"] is True
+
+
+@pytest.mark.parametrize("allow", ["", "nothing"])
+def test_plugins_allowlist_from_environment(allow: str) -> None:
+    import os
+
+    out = run("plugins", "--json", env={**os.environ, "LLAMAHUB_PLUGINS": allow})
+    assert json.loads(out.stdout) == {"plugins": [], "backends": {}}
+
+
+def test_demo(tmp_path: Path) -> None:
+    out = run("demo", "--dir", str(tmp_path), "-n", "6")
+    assert out.returncode == 0, out.stderr
+    assert "backend cpu" in out.stdout and "answer" in out.stdout
+    assert (tmp_path / "llama-debug-2-chat" / "consolidated.01.pth").is_file()
