@@ -2,7 +2,7 @@
 
 Pre-norm RMSNorm, SwiGLU feed-forward, rotary position embeddings (Meta's interleaved layout,
 with Llama 3.1 frequency scaling), grouped-query attention and a preallocated KV cache. Every
-projection is a plain ``nn.Linear`` named as in Meta's checkpoints, so a Meta state dict loads
+projection is an ``nn.Linear`` (minus random init) named as in Meta's checkpoints, so a Meta state dict loads
 as it is; backends quantize or shard the linears after construction.
 
 Build it on the meta device and assign memory-mapped weights (``build_model``): no random
@@ -18,6 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from llamahub.model.args import ModelArgs, RopeScaling
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias or random init: weights always come from a checkpoint."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        """No init: random init of meta tensors costs ~1 s of imports and is overwritten anyway."""
+
+
+class Embedding(nn.Embedding):
+    """``nn.Embedding`` without random init (see ``Linear``)."""
+
+    def reset_parameters(self) -> None:
+        """No init; weights are assigned from the checkpoint."""
 
 
 class RMSNorm(nn.Module):
@@ -71,10 +88,10 @@ class Attention(nn.Module):
         self.n_heads = args.n_heads
         self.n_kv_heads = args.kv_heads
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, self.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.wq = Linear(args.dim, args.n_heads * self.head_dim)
+        self.wk = Linear(args.dim, self.n_kv_heads * self.head_dim)
+        self.wv = Linear(args.dim, self.n_kv_heads * self.head_dim)
+        self.wo = Linear(args.n_heads * self.head_dim, args.dim)
         self.cache_k: torch.Tensor | None = None
         self.cache_v: torch.Tensor | None = None
 
@@ -101,9 +118,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w1 = Linear(dim, hidden_dim)
+        self.w2 = Linear(hidden_dim, dim)
+        self.w3 = Linear(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -127,10 +144,10 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.tok_embeddings = Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size)
         self.rope: torch.Tensor | None = None
         self.cache_batch = 0
         self.cache_len = 0
