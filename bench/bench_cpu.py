@@ -3,7 +3,7 @@
 Method of /work/shared/reference/cpu-baselines.md: batch 1, greedy, 32-token prompt (ids drawn
 with seed 0), 128 new tokens, no EOS stop; decode tok/s = 127 / (t[token 128] - t[token 1]);
 prefill = call to first token. Every (config, dtype, engine) is measured in its own process,
-so peak RSS (ru_maxrss) is per engine; load is timed in --load-runs fresh processes in all.
+so peak RSS (VmHWM) is per engine; load is timed in --load-runs fresh processes in all.
 
     python bench/bench_cpu.py --all --out bench/results/cpu.jsonl
     python bench/bench_cpu.py --config tiny --dtype fp32 --engine llamahub --runs 1 --out x.jsonl
@@ -17,7 +17,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -151,12 +150,12 @@ def transformers_loader() -> Loader:
     return load
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process."""
+def rss_mib(field: str = "VmRSS") -> float:
+    """Resident set size of this process (VmRSS: now; VmHWM: peak since exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(opts: argparse.Namespace) -> dict[str, Any]:
@@ -179,7 +178,8 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
                 decode.append((NEW_TOKENS - 1) / (stamps[-1] - stamps[0]))
                 prefill.append(stamps[0] - start)
         out |= {"decode_tok_s": stats(decode), "prefill_s": stats(prefill), "tokens": tokens}
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: after fork+exec ru_maxrss still carries the parent's peak.
+    out["peak_rss_mib"] = rss_mib("VmHWM")
     return out
 
 

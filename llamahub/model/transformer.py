@@ -44,6 +44,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused op on the hot path
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.type_as(x) * self.weight
@@ -67,19 +69,16 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
 
 
 def rope_table(args: ModelArgs, length: int) -> torch.Tensor:
-    """cos/sin for positions [0, length): shape [length, head_dim/2, 2] in float32."""
+    """Rotations for positions [0, length) as unit complex numbers: [length, head_dim/2] complex64."""
     freqs = rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
     angles = torch.outer(torch.arange(length, dtype=torch.float32), freqs)
-    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+    return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x0, x1) of x [B, T, H, D] by the angles in table [T, D/2, 2]."""
-    xp = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xp[..., 0], xp[..., 1]
-    cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate interleaved pairs (x0, x1) of x [B, T, H, D] by the rotations in table [T, D/2]."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * table[None, :, None, :]).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -151,6 +150,7 @@ class Transformer(nn.Module):
         self.rope: torch.Tensor | None = None
         self.cache_batch = 0
         self.cache_len = 0
+        self.kernel = "aten"  # what runs the linears; backends that swap them say so here
 
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
         """Preallocate the KV cache (in the weights' dtype) and the RoPE table.

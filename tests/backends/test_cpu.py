@@ -61,3 +61,33 @@ def test_load_with_unsupported_dtype_names_the_reason(llama2_debug_folder: Path)
 
     with pytest.raises(NoBackendError, match="int4"):
         llamahub.load(llama2_debug_folder, dtype="int4")
+
+
+def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Path) -> None:
+    """The AVX2 kernel (when it compiles here) gives the reference logits and generations."""
+    from llamahub_cpu.kernels import DecodeLinear, kernel
+
+    if isinstance(kernel(), str):
+        pytest.skip(f"decode kernel unavailable: {kernel()}")
+    ckpt = open_checkpoint(llama3_debug_folder)
+    fast = build_decoder(ckpt, "fp32")
+    ref = build_decoder(ckpt, "fp32", kernel=False)
+    assert fast.kernel.startswith("llamahub") and ref.kernel == "aten"
+    assert isinstance(fast.layers[0].attention.wq, DecodeLinear)
+    from llamahub_cpu.kernels import use_decode_kernel
+
+    from llamahub.model.transformer import build_model
+
+    model = build_model(ckpt.args, ckpt.state_dict(), torch.float32)
+    before = model.layers[0].feed_forward.w2.weight.data_ptr()
+    use_decode_kernel(model)
+    assert model.layers[0].feed_forward.w2.weight.data_ptr() == before  # swapped, not copied
+    tokens = torch.tensor([[5, 6, 7, 8, 9]])
+    assert (fast(tokens, 0) - ref(tokens, 0)).abs().max().item() < 1e-4  # prefill: aten path
+    for i in range(5, 30):  # decode: one token at a time through the kernel
+        step = torch.tensor([[i]])
+        assert (fast(step, i) - ref(step, i)).abs().max().item() < 1e-4
+    bf = build_decoder(ckpt, "bf16")
+    bf_ref = build_decoder(ckpt, "bf16", kernel=False)
+    step = torch.tensor([[3]])
+    assert (bf(step, 0) - bf_ref(step, 0)).abs().max().item() < 0.05
