@@ -11,6 +11,7 @@ import click
 
 from llamahub import plugins, registry
 from llamahub.errors import LlamahubError
+from llamahub.hub import cli as hub_cli
 
 
 @click.group()
@@ -144,6 +145,11 @@ def demo(workdir: Path | None, max_new_tokens: int) -> None:
     from llamahub.demo import run_demo
 
     run_demo(workdir, max_new_tokens=max_new_tokens, echo=click.echo)
+
+
+# The hub server and `llamahub link` (llamahub.hub.cli imports only click; the server loads lazily).
+cli.add_command(hub_cli.hub)
+cli.add_command(hub_cli.link)
 
 
 def _add_plugin_commands() -> None:

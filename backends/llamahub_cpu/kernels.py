@@ -10,6 +10,8 @@ Set ``LLAMAHUB_CPU_KERNEL=0`` to turn it off.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 import sys
@@ -24,8 +26,27 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
+NAME = "llamahub_gemv"
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
+
+
+def _build_dir() -> Path:
+    """One folder per torch version and kernel source, so a changed source is rebuilt."""
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    return Path(platformdirs.user_cache_dir("llamahub")) / "kernels" / f"torch-{torch.__version__}-{digest}"
+
+
+def _import_built(path: Path) -> ModuleType | None:
+    """Import an already built kernel directly (skips the build system's checks at load)."""
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(NAME, path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _build() -> ModuleType | str:
@@ -34,15 +55,20 @@ def _build() -> ModuleType | str:
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return f"this CPU has no AVX2 (torch reports {capability})"
+    build_dir = _build_dir()
+    try:
+        built = _import_built(build_dir / f"{NAME}.so")
+    except ImportError:
+        built = None
+    if built is not None:
+        return built
     from torch.utils.cpp_extension import load
 
-    build_dir = Path(platformdirs.user_cache_dir("llamahub")) / "kernels" / torch.__version__
     build_dir.mkdir(parents=True, exist_ok=True)
-    if not (build_dir / "llamahub_gemv.so").exists():
-        print("llamahub: compiling the CPU decode kernel (once per machine, about a minute)...",
-              file=sys.stderr, flush=True)
+    print("llamahub: compiling the CPU decode kernel (once per machine, about a minute)...",
+          file=sys.stderr, flush=True)
     try:
-        return load(name="llamahub_gemv", sources=[str(SOURCE)], build_directory=str(build_dir),
+        return load(name=NAME, sources=[str(SOURCE)], build_directory=str(build_dir),
                     extra_cflags=["-O3", "-mavx2", "-mfma"], verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: run on aten instead
         return f"could not compile {SOURCE.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"

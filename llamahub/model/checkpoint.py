@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import mmap
 import pickle
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +151,41 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
 def read_meta_state(path: Path) -> dict[str, torch.Tensor]:
     params = _read_json(path / "params.json")
     shards = [load_pth(p) for p in shard_paths(path)]
-    return convert.merge_shards(shards, int(params["dim"]))
+    merged = convert.merge_shards(shards, int(params["dim"]))
+    if len(shards) > 1:
+        for shard in shards:
+            _release_copied(shard, merged)
+    return merged
+
+
+def _release_copied(sources: dict[str, torch.Tensor], result: dict[str, torch.Tensor]) -> None:
+    """Drop from memory the mapped file pages of source tensors that ``result`` holds a copy of.
+
+    Merging shards or permuting q/k copies those tensors; without this, the pages read for the
+    copy would stay resident next to it (twice the memory) until the whole file is unmapped.
+    Only for our own read-only private file mappings: the pages are re-read from disk if used.
+    """
+    kept = {t.untyped_storage().data_ptr() for t in result.values()}
+    for t in sources.values():
+        if t.untyped_storage().data_ptr() not in kept:
+            _madvise_dontneed(t)
+
+
+def _madvise_dontneed(t: torch.Tensor) -> None:
+    if sys.platform != "linux" or t.numel() == 0:
+        return
+    page = mmap.PAGESIZE
+    start, length = t.data_ptr(), t.numel() * t.element_size()
+    first, last = -(-start // page) * page, (start + length) // page * page
+    if last > first:
+        _libc().madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
 
 
 # --- safetensors, memory-mapped without a copy ----------------------------------------------
@@ -199,7 +236,9 @@ def read_hf_state(path: Path, args: ModelArgs) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for p in paths:
         state.update(load_safetensors(p))
-    return convert.hf_to_meta(state, args)
+    meta = convert.hf_to_meta(state, args)
+    _release_copied(state, meta)
+    return meta
 
 
 def describe(ckpt: Checkpoint) -> str:

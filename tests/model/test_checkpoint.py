@@ -146,3 +146,25 @@ def test_hf_index_missing_file(tmp_path: Path) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(MissingShardError, match="00002"):
         open_checkpoint(folder).state_dict()
+
+
+def test_released_source_pages_still_read_back_from_disk(tmp_path: Path) -> None:
+    """Copied sources (q/k permutation, shard merges) have their pages dropped; data stays intact."""
+    from llamahub.model.checkpoint import _release_copied, load_pth
+
+    big = ModelArgs(dim=256, n_layers=1, n_heads=4, vocab_size=64, multiple_of=64)
+    state = random_state_dict(big)
+    write_hf(tmp_path / "h", big, state)
+    loaded = open_checkpoint(tmp_path / "h").state_dict()  # releases the permuted q/k sources
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    raw = load_safetensors(tmp_path / "h" / "model.safetensors")
+    expected_q = convert.meta_to_hf(state, big)["model.layers.0.self_attn.q_proj.weight"]
+    _release_copied(raw, {})  # drop every page, then read again: the file is the truth
+    assert torch.equal(raw["model.layers.0.self_attn.q_proj.weight"], expected_q)
+    folder = write_meta(tmp_path / "m", big, state, shards=2)
+    merged = open_checkpoint(folder).state_dict()
+    assert all(torch.equal(merged[k], state[k]) for k in state)
+    shard = load_pth(folder / "consolidated.01.pth")
+    before = {k: v.clone() for k, v in shard.items()}
+    _release_copied(shard, {})
+    assert all(torch.equal(shard[k], before[k]) for k in before)

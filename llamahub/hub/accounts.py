@@ -1,0 +1,66 @@
+"""Account data as the policy gates and the license routes see it.
+
+``gate_profile`` and ``gate_grants`` turn store rows into :class:`llamahub.policy.Profile` and
+:class:`llamahub.policy.Grant`; ``license_text`` is the exact text a user is shown before
+accepting (the imported LICENSE of that license version if the hub has one, else a rendering of
+the registry's summary) whose sha256 an acceptance records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+from llamahub.hub.context import HubContext
+from llamahub.policy import Grant, LicenseTerms, Profile
+
+
+def gate_profile(ctx: HubContext, user: dict[str, Any]) -> Profile:
+    profile = ctx.store.get_profile(user["id"])
+    accepted = {lid: row["accepted_at"] for lid, row in ctx.store.acceptances(user["id"]).items()}
+    return Profile(organisation=user["organisation"], mau=profile["mau"],
+                   intended_uses=tuple(profile["intended_uses"]), accepted=accepted,
+                   country=user["country"], eu_domiciled=profile["eu_domiciled"],
+                   certifications=tuple(profile["certifications"]))
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def to_grant(row: dict[str, Any]) -> Grant:
+    not_before = _when(row["not_before"])
+    assert not_before is not None
+    return Grant(id=row["id"], organisation=row["organisation"], families=tuple(row["families"]),
+                 max_mau=row["max_mau"], not_before=not_before, expires=_when(row["expires"]),
+                 revoked=row["revoked_at"] is not None)
+
+
+def gate_grants(ctx: HubContext, organisation: str) -> list[Grant]:
+    return [to_grant(row) for row in ctx.store.grants(organisation)]
+
+
+def render_terms(terms: LicenseTerms) -> str:
+    """The registry's summary of a license, as shown when no LICENSE file was imported."""
+    lines = [terms.title, f"Issued by {terms.issuer}; covers {', '.join(terms.families)}; "
+                          f"released {terms.release_date.isoformat()}.", "",
+             "This is llamahub's summary of the terms, not the license text itself."]
+    if terms.url:
+        lines.append(f"The full text: {terms.url}")
+    lines += ["", *(f"- {line}" for line in terms.summary), "",
+              f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
+              f"{terms.issuer}.", f"Acceptable use policy: {terms.aup}."]
+    return "\n".join(lines) + "\n"
+
+
+def license_text(ctx: HubContext, terms: LicenseTerms) -> tuple[bytes, str]:
+    """(text, source) shown for ``terms``: source is ``"imported"`` or ``"registry"``."""
+    row = ctx.store.license_file(terms.id)
+    if row is not None:
+        return ctx.blobs.read_bytes(row["sha256"]), "imported"
+    return render_terms(terms).encode("utf-8"), "registry"
+
+
+def text_sha256(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()

@@ -1,0 +1,136 @@
+"""The hub's FastAPI application: ``create_app(data_dir)``.
+
+Routes live in ``routes_account`` (users, profile, licenses), ``routes_links`` (signed links, the
+manifest and ``/dl/`` file serving) and ``routes_admin`` (grants, keys, audit). Every error is
+answered as ``{"error": {"code", "message", "hint"}}`` with a status that fits it. OpenAPI is
+served at ``/openapi.json`` (and ``/docs``) and is the contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llamahub import __version__
+from llamahub.crypto import SignatureError
+from llamahub.errors import (
+    CheckpointError,
+    ConfigError,
+    LicenseError,
+    LlamahubError,
+    RegistryError,
+    UnknownVariantError,
+)
+from llamahub.hub import routes_account, routes_admin, routes_links
+from llamahub.hub.context import open_context
+from llamahub.hub.deps import Ctx
+from llamahub.hub.errors import HubError
+from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 422: "invalid_request"}
+
+
+def error_body(code: str, message: str, hint: str | None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "hint": hint}}
+
+
+def status_for(exc: LlamahubError) -> int:
+    if isinstance(exc, HubError):
+        return exc.status
+    if isinstance(exc, SignatureError):
+        return 403
+    if exc.code == "unknown_use":
+        return 422
+    if isinstance(exc, LicenseError):
+        return 403
+    if isinstance(exc, UnknownVariantError):
+        return 404
+    if isinstance(exc, CheckpointError):
+        return 422
+    if isinstance(exc, ConfigError | RegistryError):
+        return 500
+    return 400
+
+
+async def _llamahub_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LlamahubError)
+    status = status_for(exc)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(error_body(exc.code, exc.message, exc.hint), status_code=status, headers=headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                         for e in exc.errors())
+    return JSONResponse(error_body("invalid_request", problems or "invalid request",
+                                   "see /docs for the request schema"), status_code=422)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    hint = "see /docs for the routes" if exc.status_code in (404, 405) else None
+    return JSONResponse(error_body(code, str(exc.detail), hint), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    hint = "retry; if it persists, tell the hub operator (the server log has the details)"
+    body = error_body("internal_error", "the hub hit an unexpected error", hint)
+    return JSONResponse(body, status_code=500)
+
+
+def create_app(data_dir: str | Path, *, public_url: str | None = None, database_url: str | None = None,
+               clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
+               max_downloads: int = DEFAULT_MAX_DOWNLOADS) -> FastAPI:
+    """The hub for ``data_dir`` (initialised with ``llamahub hub init``)."""
+    ctx = open_context(Path(data_dir), database_url=database_url, public_url=public_url, clock=clock,
+                       link_ttl=link_ttl, max_downloads=max_downloads)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.store.close()
+
+    app = FastAPI(title="llamahub hub", version=__version__, lifespan=lifespan,
+                  description="Accounts, license gates and Ed25519-signed download links in the "
+                              "shape of Meta's, serving Meta's download layout.")
+    app.state.hub = ctx
+    app.add_exception_handler(LlamahubError, _llamahub_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(public_router)
+    app.include_router(routes_account.router)
+    app.include_router(routes_links.router)
+    app.include_router(routes_admin.router)
+    return app
+
+
+public_router = APIRouter(tags=["public"])
+
+
+@public_router.get("/api/health")
+def health(ctx: Ctx) -> dict[str, Any]:
+    """Liveness: the store answers and a signing key is usable."""
+    kid, _ = ctx.keys.signing_key()
+    return {"status": "ok", "key_id": kid, "variants": len(ctx.store.imported())}
+
+
+@public_router.get("/.well-known/llamahub-keys.json")
+def published_keys(ctx: Ctx) -> dict[str, Any]:
+    """The hub's public keys, by key id, with their revocation status."""
+    kid, _ = ctx.keys.signing_key()
+    return {"active": kid, "keys": ctx.keys.published()}

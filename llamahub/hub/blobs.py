@@ -1,0 +1,109 @@
+"""A content-addressed blob store on disk: ``DIR/blobs/sha256/ab/cdef...``.
+
+Files enter by a streaming copy into a temporary file (hashing sha256 and md5 and counting bytes
+on the way), fsync, and an atomic rename into place, so a blob path either does not exist or holds
+exactly the bytes its name says. Lookups take a sha256 and never return a path outside the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from llamahub.hub.errors import NotFoundError
+
+CHUNK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    sha256: str
+    md5: str
+    size: int
+    created: bool  # False when the store already held these bytes
+
+
+class BlobStore:
+    """Blobs named by their sha256 under ``root/blobs/sha256``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = (Path(data_dir) / "blobs").resolve()
+        self.objects = self.root / "sha256"
+        self.tmp = self.root / "tmp"
+
+    def ensure(self) -> None:
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """The file holding blob ``sha256``; NotFoundError for a bad name or a missing blob."""
+        if not isinstance(sha256, str) or not _SHA256.match(sha256):
+            raise NotFoundError(f"{sha256!r} is not a blob name", code="blob_not_found")
+        path = (self.objects / sha256[:2] / sha256[2:]).resolve()
+        if not path.is_relative_to(self.objects) or not path.is_file():
+            raise NotFoundError(f"blob {sha256} is not in the store", code="blob_not_found",
+                                hint="re-import the variant (`llamahub hub import`)")
+        return path
+
+    def exists(self, sha256: str) -> bool:
+        try:
+            self.path(sha256)
+        except NotFoundError:
+            return False
+        return True
+
+    def read_bytes(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def add_file(self, source: Path) -> BlobInfo:
+        """Copy ``source`` into the store; returns its sha256, md5 and size."""
+        with Path(source).open("rb") as f:
+            return self.add_stream(f)
+
+    def add_bytes(self, data: bytes) -> BlobInfo:
+        return self.add_stream(io.BytesIO(data))
+
+    def add_stream(self, stream: BinaryIO) -> BlobInfo:
+        self.ensure()
+        tmp = self.tmp / f"{secrets.token_hex(8)}.part"
+        sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
+        try:
+            with tmp.open("xb") as out:
+                while block := stream.read(CHUNK):
+                    sha.update(block)
+                    md5.update(block)
+                    size += len(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = sha.hexdigest()
+            final = self.objects / digest[:2] / digest[2:]
+            if final.is_file():
+                return BlobInfo(digest, md5.hexdigest(), size, created=False)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            return BlobInfo(digest, md5.hexdigest(), size, created=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob (the caller checks that nothing references it)."""
+        with contextlib.suppress(NotFoundError):
+            self.path(sha256).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,169 @@
+"""Command line of the hub: ``llamahub hub init|serve|import|seed-demo`` and ``llamahub link``.
+
+Only click is imported here; the server, the store and httpx are imported inside the commands so
+that ``llamahub --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from llamahub.errors import ConfigError, LlamahubError
+
+DATA_ENV = "LLAMAHUB_HUB_DATA"
+HUB_URL_ENV = "LLAMAHUB_HUB_URL"
+TOKEN_ENV = "LLAMAHUB_TOKEN"
+
+
+def default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("llamahub")) / "hub"
+
+
+def _data(data: Path | None) -> Path:
+    return (data or default_data_dir()).expanduser().resolve()
+
+
+data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_ENV,
+                           help=f"the hub's data directory (default: the user data dir; env {DATA_ENV})")
+db_option = click.option("--database-url", help="SQLAlchemy URL (default: sqlite in --data)")
+
+
+@click.group("hub")
+def hub() -> None:
+    """Run a hub: accounts, license gates and signed download links in Meta's layout."""
+
+
+@hub.command("init")
+@data_option
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def init_cmd(data: Path | None, database_url: str | None, as_json: bool) -> None:
+    """Create the signing key (Ed25519) and an admin token, printed once."""
+    from llamahub.hub.context import init_hub
+
+    data_dir = _data(data)
+    kid, token = init_hub(data_dir, database_url)
+    key_file = data_dir / "keys" / f"{kid}.pem"
+    if as_json:
+        click.echo(json.dumps({"data": str(data_dir), "key_id": kid, "key_file": str(key_file),
+                               "admin_token": token}))
+        return
+    click.echo(f"initialised hub in {data_dir}")
+    click.echo(f"signing key  {kid}  ({key_file}, mode 0600)")
+    click.echo(f"admin token  {token}")
+    click.echo("  (shown once: the hub stores only its sha256; keep it somewhere safe)")
+    click.echo(f"next: llamahub hub seed-demo --data {data_dir} && llamahub hub serve --data {data_dir}")
+
+
+@hub.command("serve")
+@data_option
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--public-url", help="the URL clients use, if not the one they connect to (proxies)")
+@click.option("--link-ttl", default=24 * 3600, show_default=True, type=click.IntRange(1, 7 * 24 * 3600),
+              help="seconds a link stays valid")
+@click.option("--max-downloads", default=5, show_default=True, type=click.IntRange(1),
+              help="downloads per file per link")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int, public_url: str | None,
+              link_ttl: int, max_downloads: int, log_level: str) -> None:
+    """Serve the hub with uvicorn."""
+    import uvicorn
+
+    from llamahub.hub.app import create_app
+
+    app = create_app(_data(data), public_url=public_url, database_url=database_url, link_ttl=link_ttl,
+                     max_downloads=max_downloads)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@hub.command("import")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--variant", "variant_name", required=True, help="registry name, e.g. llama-2-13b-chat")
+@data_option
+@db_option
+def import_cmd(folder: Path, variant_name: str, data: Path | None, database_url: str | None) -> None:
+    """Import a Meta download (root or model folder) or an HF folder, after checking it."""
+    from llamahub.hub.context import open_store
+    from llamahub.hub.importer import import_folder
+    from llamahub.registry import resolve
+
+    variant = resolve(variant_name)
+    store, blobs, _ = open_store(_data(data), database_url)
+    try:
+        report = import_folder(store, blobs, folder, variant)
+    finally:
+        store.close()
+    click.echo(f"imported {report.variant} ({report.format}): {len(report.files)} files, "
+               f"{report.bytes:,} bytes ({report.new_blobs} new blobs)")
+
+
+@hub.command("seed-demo")
+@data_option
+@db_option
+def seed_demo_cmd(data: Path | None, database_url: str | None) -> None:
+    """Generate and import the tiny random-weight llama-debug variants."""
+    from llamahub.hub.context import open_store
+    from llamahub.hub.importer import seed_demo
+
+    data_dir = _data(data)
+    store, blobs, _ = open_store(data_dir, database_url)
+    try:
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix="seed-") as work:
+            seed_demo(store, blobs, Path(work), echo=click.echo)
+    finally:
+        store.close()
+
+
+# --- user side -------------------------------------------------------------------------------------
+
+
+def _hub_request(hub_url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    try:
+        response = httpx.post(f"{hub_url.rstrip('/')}/api/links", json=body,
+                              headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    except httpx.HTTPError as e:
+        raise ConfigError(f"cannot reach the hub at {hub_url}: {e}",
+                          hint=f"check --hub / {HUB_URL_ENV} and that the hub is running") from e
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    if response.status_code >= 400:
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        failure = LlamahubError(error.get("message") or f"the hub answered HTTP {response.status_code}",
+                                hint=error.get("hint"))
+        failure.code = error.get("code") or failure.code
+        raise failure
+    return data
+
+
+@click.command("link")
+@click.argument("family")
+@click.option("--variant", is_flag=True, help="FAMILY names one variant rather than a family")
+@click.option("--hub", "hub_url", envvar=HUB_URL_ENV, help=f"the hub's URL (env {HUB_URL_ENV})")
+@click.option("--token", envvar=TOKEN_ENV, help=f"your API token (env {TOKEN_ENV})")
+@click.option("--json", "as_json", is_flag=True, help="the hub's whole answer, as JSON")
+def link(family: str, variant: bool, hub_url: str | None, token: str | None, as_json: bool) -> None:
+    """Print a signed download link for FAMILY, as Meta's email does."""
+    if not hub_url or not token:
+        raise ConfigError("no hub URL or API token", hint=f"pass --hub URL --token T (or set {HUB_URL_ENV} "
+                                                          f"and {TOKEN_ENV})")
+    data = _hub_request(hub_url, token, {"variant" if variant else "family": family})
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(data["url"])
+    click.echo(f"# {', '.join(data['variants'])}; expires {data['expires']}; {data['max_downloads']} "
+               "downloads per file. Replace * with a file path, e.g. LICENSE.", err=True)

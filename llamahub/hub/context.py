@@ -1,0 +1,87 @@
+"""What a running hub holds: its store, blobs, keys and settings; creating and opening a data dir.
+
+A data dir holds ``hub.db`` (SQLite, unless a database URL is given), ``blobs/`` and ``keys/``.
+``init_hub`` creates the first signing key and an admin token (printed once, stored hashed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamahub.hub.blobs import BlobStore
+from llamahub.hub.errors import ConflictError, NotInitialisedError
+from llamahub.hub.keys import KeyRing
+from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
+from llamahub.hub.store import Store
+from llamahub.registry import Registry
+
+
+@dataclass
+class HubContext:
+    data_dir: Path
+    store: Store
+    blobs: BlobStore
+    keys: KeyRing
+    public_url: str | None = None
+    clock: Callable[[], float] = time.time
+    link_ttl: int = DEFAULT_TTL
+    max_downloads: int = DEFAULT_MAX_DOWNLOADS
+    _registry: Registry | None = field(default=None, repr=False)
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            from llamahub.registry import default_registry
+
+            self._registry = default_registry()
+        return self._registry
+
+
+def open_store(data_dir: Path, database_url: str | None = None) -> tuple[Store, BlobStore, KeyRing]:
+    """Open (creating tables and folders if needed) the store, blobs and key ring of ``data_dir``."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(database_url) if database_url else Store.for_dir(data_dir)
+    store.create_all()
+    blobs = BlobStore(data_dir)
+    blobs.ensure()
+    return store, blobs, KeyRing(store, data_dir / "keys")
+
+
+def init_hub(data_dir: Path, database_url: str | None = None) -> tuple[str, str]:
+    """Create the first signing key and an admin token; returns (key id, admin token)."""
+    store, _, keys = open_store(data_dir, database_url)
+    try:
+        if store.signing_keys():
+            raise ConflictError(f"the hub in {data_dir} is already initialised",
+                                code="already_initialised",
+                                hint="rotate keys with POST /api/admin/keys/rotate; start the server "
+                                     "with `llamahub hub serve`")
+        kid = keys.create("operator")
+        token = store.create_admin_token("operator")
+    finally:
+        store.close()
+    return kid, token
+
+
+def open_context(data_dir: Path, *, database_url: str | None = None, public_url: str | None = None,
+                 clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
+                 max_downloads: int = DEFAULT_MAX_DOWNLOADS) -> HubContext:
+    store, blobs, keys = open_store(data_dir, database_url)
+    if not store.signing_keys():
+        store.close()
+        raise NotInitialisedError(f"the hub in {data_dir} has no signing key yet",
+                                  hint=f"run `llamahub hub init --data {data_dir}` first")
+    ctx = HubContext(Path(data_dir).resolve(), store, blobs, keys,
+                     public_url=public_url.rstrip("/") if public_url else None, clock=clock,
+                     link_ttl=link_ttl, max_downloads=max_downloads)
+    keys.signing_key()  # fail now, not on the first request, if the key file is unusable
+    return ctx
+

@@ -1,0 +1,58 @@
+"""FastAPI dependencies of the hub routes: the context, the calling user, the admin check."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from llamahub.hub.context import HubContext
+from llamahub.hub.errors import AuthError, ForbiddenError
+
+
+def get_ctx(request: Request) -> HubContext:
+    return request.app.state.hub
+
+
+Ctx = Annotated[HubContext, Depends(get_ctx)]
+
+
+def hub_url(request: Request, ctx: HubContext) -> str:
+    """The URL links and receipts name: ``--public-url`` if set, else the URL the client used."""
+    return ctx.public_url or str(request.base_url).rstrip("/")
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _owner(request: Request, ctx: HubContext, who: str) -> tuple[str, dict[str, Any] | None]:
+    token = _bearer(request)
+    if token is None:
+        raise AuthError("this route needs an API token", code="unauthorized",
+                        hint=f"send `Authorization: Bearer <token>` with {who}")
+    owner = ctx.store.token_owner(token)
+    if owner is None:
+        raise AuthError("unknown or revoked API token", code="invalid_token",
+                        hint=f"send {who}")
+    return owner
+
+
+def current_user(request: Request, ctx: Ctx) -> dict[str, Any]:
+    role, user = _owner(request, ctx, "your API token (POST /api/users returns it)")
+    if role != "user" or user is None:
+        raise ForbiddenError("an admin token does not act as a user", code="user_required",
+                             hint="use a user's API token")
+    return user
+
+
+def require_admin(request: Request, ctx: Ctx) -> None:
+    role, _ = _owner(request, ctx, "the admin token printed by `llamahub hub init`")
+    if role != "admin":
+        raise ForbiddenError("this route is for the hub's administrators", code="admin_required",
+                             hint="use the admin token printed by `llamahub hub init`")
+
+
+User = Annotated[dict[str, Any], Depends(current_user)]

@@ -1,0 +1,178 @@
+"""Account routes: registration, the organisation profile, license texts and acceptances."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from llamahub import crypto
+from llamahub.hub.accounts import license_text, text_sha256
+from llamahub.hub.context import HubContext
+from llamahub.hub.deps import Ctx, User, hub_url
+from llamahub.hub.errors import ConflictError, NotFoundError
+from llamahub.policy import LicenseTerms, load_licenses, validate_uses
+
+router = APIRouter(prefix="/api", tags=["accounts"])
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+class RegisterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field(max_length=320)
+    name: str = Field(min_length=1, max_length=200)
+    organisation: str = Field(min_length=1, max_length=200)
+    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. DE")
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if not _EMAIL.match(value.strip()):
+            raise ValueError("not an email address")
+        return value.strip()
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
+            raise ValueError("use a two-letter ISO 3166-1 code, e.g. US or DE")
+        return value.strip().upper()
+
+    @field_validator("name", "organisation")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class ProfileBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mau: int = Field(ge=0, le=10**13, description="declared monthly active users")
+    intended_uses: list[str] = Field(max_length=64, description="use ids, see GET /api/licenses")
+    certifications: list[str] = Field(default_factory=list, max_length=32)
+    eu_domiciled: bool = False
+
+
+class AcceptBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text_sha256: str | None = Field(None, description="sha256 of the text you were shown; refused if "
+                                                      "the hub's text has changed since")
+
+
+def _public_user(user: dict[str, Any]) -> dict[str, Any]:
+    return {k: user[k] for k in ("id", "email", "name", "organisation", "country", "created_at")}
+
+
+@router.post("/users", status_code=201)
+def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
+    """Register; the API token is returned once and stored only as its sha256."""
+    user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country)
+    return {"user": _public_user(user), "token": token,
+            "note": "store this token now: the hub keeps only its hash and cannot show it again"}
+
+
+@router.get("/users/me")
+def me(user: User, ctx: Ctx) -> dict[str, Any]:
+    return {"user": _public_user(user), "profile": ctx.store.get_profile(user["id"])}
+
+
+@router.get("/profile")
+def get_profile(user: User, ctx: Ctx) -> dict[str, Any]:
+    return {"organisation": user["organisation"], "country": user["country"],
+            **ctx.store.get_profile(user["id"])}
+
+
+@router.put("/profile")
+def put_profile(body: ProfileBody, user: User, ctx: Ctx) -> dict[str, Any]:
+    """Replace the declared profile; every change is kept in the profile history and the audit log."""
+    uses = validate_uses(body.intended_uses)
+    profile = ctx.store.set_profile(user["id"], mau=body.mau, intended_uses=uses,
+                                    certifications=body.certifications, eu_domiciled=body.eu_domiciled)
+    return {"organisation": user["organisation"], "country": user["country"], **profile}
+
+
+@router.get("/profile/history")
+def profile_history(user: User, ctx: Ctx) -> dict[str, Any]:
+    return {"history": ctx.store.profile_history(user["id"])}
+
+
+def _terms(license_id: str) -> LicenseTerms:
+    licenses = load_licenses()
+    if license_id not in licenses:
+        raise NotFoundError(f"unknown license {license_id!r}", code="unknown_license",
+                            hint=f"known licenses: {', '.join(sorted(licenses))}")
+    return licenses[license_id]
+
+
+def _license_info(ctx: HubContext, terms: LicenseTerms) -> dict[str, Any]:
+    text, source = license_text(ctx, terms)
+    return {"id": terms.id, "title": terms.title, "issuer": terms.issuer, "families": list(terms.families),
+            "release_date": terms.release_date.isoformat(), "mau_threshold": terms.mau_threshold,
+            "aup": terms.aup, "summary": list(terms.summary), "url": terms.url,
+            "official_text_sha256": terms.text_sha256, "text_sha256": text_sha256(text),
+            "text_source": source, "text_url": f"/api/licenses/{terms.id}/text"}
+
+
+@router.get("/licenses")
+def licenses(ctx: Ctx) -> dict[str, Any]:
+    """Every license version; each is accepted separately."""
+    return {"licenses": [_license_info(ctx, t) for t in load_licenses().values()]}
+
+
+def _receipt(ctx: HubContext, request: Request, user: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    _, key = ctx.keys.signing_key()
+    payload = {"type": "llamahub.license_acceptance", "v": 1, "hub": hub_url(request, ctx),
+               "acceptance_id": row["id"], "user_id": user["id"], "email": user["email"],
+               "organisation": user["organisation"], "license_id": row["license_id"],
+               "text_sha256": row["text_sha256"], "accepted_at": row["accepted_at"]}
+    return crypto.sign_document(payload, key)
+
+
+@router.get("/licenses/status")
+def license_status(request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
+    """Which license versions this user accepted, with a signed receipt for each."""
+    accepted = ctx.store.acceptances(user["id"])
+    out = []
+    for terms in load_licenses().values():
+        row = accepted.get(terms.id)
+        out.append({"id": terms.id, "title": terms.title, "accepted": row is not None,
+                    "accepted_at": row["accepted_at"] if row else None,
+                    "text_sha256": row["text_sha256"] if row else None,
+                    "receipt": _receipt(ctx, request, user, row) if row else None})
+    return {"licenses": out}
+
+
+@router.get("/licenses/{license_id}")
+def license_info(license_id: str, ctx: Ctx) -> dict[str, Any]:
+    return _license_info(ctx, _terms(license_id))
+
+
+@router.get("/licenses/{license_id}/text")
+def license_text_route(license_id: str, ctx: Ctx) -> Response:
+    """The exact text whose sha256 an acceptance records."""
+    text, source = license_text(ctx, _terms(license_id))
+    return Response(text, media_type="text/plain; charset=utf-8",
+                    headers={"X-Text-SHA256": text_sha256(text), "X-Text-Source": source})
+
+
+@router.post("/licenses/{license_id}/accept", status_code=201)
+def accept(license_id: str, request: Request, user: User, ctx: Ctx,
+           body: Annotated[AcceptBody | None, Body()] = None) -> JSONResponse:
+    """Accept one license version; returns the acceptance and a signed receipt (200 if already accepted)."""
+    terms = _terms(license_id)
+    text, source = license_text(ctx, terms)
+    digest = text_sha256(text)
+    if body is not None and body.text_sha256 and body.text_sha256 != digest:
+        raise ConflictError(f"the {terms.title} text changed since you read it", code="license_text_changed",
+                            hint=f"read GET /api/licenses/{terms.id}/text again and accept that text")
+    row, created = ctx.store.accept_license(user["id"], terms.id, digest)
+    content = {"acceptance": {k: row[k] for k in ("id", "license_id", "text_sha256", "accepted_at")},
+               "text_source": source, "created": created, "receipt": _receipt(ctx, request, user, row)}
+    return JSONResponse(content, status_code=201 if created else 200)

@@ -1,0 +1,93 @@
+"""Admin routes (``Authorization: Bearer <admin token>``): enterprise grants, signing keys, audit log.
+
+The enterprise request/review workflow comes later; for now an administrator creates a grant
+directly. Grants are returned with an Ed25519-signed document the organisation can verify.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from llamahub import crypto
+from llamahub.hub.accounts import to_grant
+from llamahub.hub.deps import Ctx, require_admin
+from llamahub.hub.errors import BadRequestError
+
+router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class GrantBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    organisation: str = Field(min_length=1, max_length=200)
+    families: list[str] = Field(min_length=1, max_length=16)
+    max_mau: int | None = Field(None, ge=1, description="the most monthly active users it covers")
+    not_before: dt.datetime | None = Field(None, description="default: now")
+    expires: dt.datetime | None = Field(None, description="default: never")
+
+
+def _aware(value: dt.datetime | None, what: str) -> dt.datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise BadRequestError(f"{what} needs a timezone", code="invalid_request",
+                              hint="write times like 2026-12-01T00:00:00Z")
+    return value
+
+
+@router.post("/grants", status_code=201)
+def create_grant(body: GrantBody, ctx: Ctx) -> dict[str, Any]:
+    """Grant an organisation use above the MAU threshold for some families."""
+    known = {v.family for v in ctx.registry}
+    unknown = sorted(set(body.families) - known)
+    if unknown:
+        raise BadRequestError(f"unknown families {unknown}", code="unknown_family",
+                              hint=f"known families: {', '.join(sorted(known))}")
+    not_before = _aware(body.not_before, "not_before") or ctx.now()
+    expires = _aware(body.expires, "expires")
+    if expires is not None and expires <= not_before:
+        raise BadRequestError("the grant would expire before it starts", code="invalid_request",
+                              hint="set expires after not_before")
+    row = ctx.store.create_grant(body.organisation, body.families, body.max_mau,
+                                 not_before.isoformat(), expires.isoformat() if expires else None)
+    to_grant(row)  # the policy's own validation of the record
+    _, key = ctx.keys.signing_key()
+    return {"grant": row, "document": crypto.sign_document({"type": "llamahub.enterprise_grant", "v": 1,
+                                                            **row}, key)}
+
+
+@router.get("/grants")
+def list_grants(ctx: Ctx, organisation: str | None = None) -> dict[str, Any]:
+    return {"grants": ctx.store.grants(organisation)}
+
+
+@router.post("/grants/{grant_id}/revoke")
+def revoke_grant(grant_id: str, ctx: Ctx) -> dict[str, Any]:
+    row = ctx.store.revoke_grant(grant_id)
+    _, key = ctx.keys.signing_key()
+    return {"grant": row, "document": crypto.sign_document({"type": "llamahub.grant_revocation", "v": 1,
+                                                            "grant_id": row["id"],
+                                                            "revoked_at": row["revoked_at"]}, key)}
+
+
+@router.post("/keys/rotate", status_code=201)
+def rotate_key(ctx: Ctx) -> dict[str, Any]:
+    """A new signing key signs from now on; older keys keep verifying until revoked."""
+    kid = ctx.keys.create("admin")
+    return {"active": kid, "keys": ctx.keys.published()}
+
+
+@router.post("/keys/{kid}/revoke")
+def revoke_key(kid: str, ctx: Ctx) -> dict[str, Any]:
+    """Revoke a key: every link and document it signed stops verifying."""
+    active = ctx.keys.revoke(kid, "admin")
+    return {"revoked": kid, "active": active, "keys": ctx.keys.published()}
+
+
+@router.get("/audit")
+def audit_log(ctx: Ctx, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+              action: str | None = None) -> dict[str, Any]:
+    """The append-only audit log, oldest first, ``limit`` rows after id ``after``."""
+    return {"entries": ctx.store.audit_log(after=after, limit=limit, action=action)}

@@ -1,0 +1,220 @@
+"""Signed links: issuing them (after the license gates), the manifest, and ``/dl/`` file serving.
+
+A download is checked in this order: the raw path is safe; the key is not revoked and the
+signature verifies; the policy is not expired and covers this family's prefix; the link exists
+and is not revoked; the file belongs to a variant the link grants; the Range is satisfiable; the
+per-file download cap is not exhausted (a GET from byte 0 is a start; a resume is not).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llamahub import crypto
+from llamahub.hub.accounts import gate_grants, gate_profile
+from llamahub.hub.context import HubContext
+from llamahub.hub.deps import Ctx, User, hub_url
+from llamahub.hub.errors import BadRequestError, LinkError, NotFoundError
+from llamahub.hub.links import MAX_TTL, build_policy, check_policy, iso, parse_range, split_download_path
+from llamahub.hub.store import new_id
+from llamahub.policy import check
+from llamahub.registry import Variant
+
+router = APIRouter(tags=["links"])
+CHUNK = 1 << 20
+PolicyQ = Annotated[str, Query(alias="Policy")]
+SignatureQ = Annotated[str, Query(alias="Signature")]
+KeyPairQ = Annotated[str, Query(alias="Key-Pair-Id")]
+
+
+class LinkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: str | None = Field(None, description="every imported variant of this family you may get")
+    variant: str | None = Field(None, description="one variant (a name, alias or HF repo id)")
+    expires_in: int | None = Field(None, ge=1, le=MAX_TTL, description="seconds; default 24 h")
+    max_downloads: int | None = Field(None, ge=1, description="per file; at most the hub's cap")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LinkBody:
+        if (self.family is None) == (self.variant is None):
+            raise ValueError("give exactly one of family or variant")
+        return self
+
+
+def _requested(ctx: HubContext, body: LinkBody) -> tuple[str, list[Variant]]:
+    if body.variant is not None:
+        v = ctx.registry.resolve(body.variant)
+        return v.family, [v]
+    variants = [v for v in ctx.registry if v.family == body.family]
+    if not variants:
+        families = sorted({v.family for v in ctx.registry})
+        raise NotFoundError(f"unknown family {body.family!r}", code="unknown_family",
+                            hint=f"known families: {', '.join(families)}")
+    return str(body.family), variants
+
+
+@router.post("/api/links", status_code=201)
+def issue_link(body: LinkBody, request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
+    """Run the license gates for every requested variant, then issue a signed link."""
+    family, variants = _requested(ctx, body)
+    profile, grants, now = gate_profile(ctx, user), gate_grants(ctx, user["organisation"]), ctx.now()
+    decisions = [(v, check(profile, v, grants, now)) for v in variants]
+    refused = [(v, d) for v, d in decisions if not d.allowed]
+    allowed = [(v, d) for v, d in decisions if d.allowed]
+    if refused and (body.variant is not None or not allowed):
+        variant, decision = refused[0]
+        ctx.store.record(f"user:{user['id']}", "link.refuse", variant.name, code=decision.code)
+        decision.raise_if_denied()
+    imported = {row["name"] for row in ctx.store.imported(family)}
+    granted = [v.name for v, _ in allowed if v.name in imported]
+    if not granted:
+        names = ", ".join(v.name for v, _ in allowed)
+        raise NotFoundError(f"this hub has not imported {names}", code="variant_not_imported",
+                            hint="ask the hub operator to run `llamahub hub import FOLDER --variant NAME`; "
+                                 "GET /api/health shows how many variants are imported")
+    grant_ids = sorted({d.grant_id for _, d in allowed if d.grant_id})
+    issued = _sign_link(ctx, request, user, body, family, granted, grant_ids)
+    issued["excluded"] = [{"variant": v.name, "code": d.code, "message": d.message, "hint": d.hint}
+                          for v, d in refused]
+    issued["not_imported"] = [v.name for v, _ in allowed if v.name not in imported]
+    return issued
+
+
+def _sign_link(ctx: HubContext, request: Request, user: dict[str, Any], body: LinkBody, family: str,
+               granted: list[str], grant_ids: list[str]) -> dict[str, Any]:
+    cap = min(body.max_downloads or ctx.max_downloads, ctx.max_downloads)
+    now = ctx.clock()
+    expires = math.ceil(now + min(body.expires_in or ctx.link_ttl, MAX_TTL))
+    link_id = new_id("l_")
+    hub = hub_url(request, ctx)
+    policy = build_policy(link_id=link_id, resource=crypto.link_prefix(hub, family), family=family,
+                          variants=granted, subject=user["id"], issued=int(now), expires=expires,
+                          max_downloads=cap)
+    kid, key = ctx.keys.signing_key()
+    url = crypto.make_link(hub, family, policy, key)
+    ctx.store.create_link(link_id, user["id"], family, kid, policy, expires, cap, variants=granted,
+                          grants=grant_ids)
+    return {"url": url, "link_id": link_id, "family": family, "variants": granted, "key_id": kid,
+            "expires": iso(expires), "expires_epoch": expires, "max_downloads": cap, "grants": grant_ids,
+            "manifest_url": f"{hub}/api/links/manifest?{url.partition('?')[2]}"}
+
+
+@router.get("/api/links")
+def my_links(user: User, ctx: Ctx) -> dict[str, Any]:
+    """Your links, newest last, with per-file download counts."""
+    out = []
+    for link in ctx.store.links_of(user["id"]):
+        out.append({"link_id": link["id"], "family": link["family"], "variants": link["policy"]["variants"],
+                    "issued_at": link["issued_at"], "expires": iso(link["expires"]),
+                    "revoked": link["revoked_at"] is not None, "max_downloads": link["max_downloads"],
+                    "downloads": ctx.store.download_counts(link["id"])})
+    return {"links": out}
+
+
+@router.delete("/api/links/{link_id}")
+def revoke_link(link_id: str, user: User, ctx: Ctx) -> dict[str, Any]:
+    """Revoke one of your links (another user's link is reported as not found)."""
+    link = ctx.store.revoke_link(link_id, user["id"])
+    return {"link_id": link["id"], "revoked_at": link["revoked_at"]}
+
+
+def _authorise(ctx: HubContext, policy_b64: str, signature: str, kid: str,
+               family: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(policy, link row) of a link that may be used now, or a 403 error saying why not."""
+    if kid and ctx.keys.is_revoked(kid):
+        raise LinkError(f"this link was signed with key {kid}, which the hub has revoked",
+                        code="key_revoked", hint="request a new link (`llamahub link <family>`)")
+    policy = crypto.verify_link(policy_b64, signature, kid, ctx.keys.verifying_keys())
+    check_policy(policy, family if family is not None else str(policy.get("family")), ctx.clock())
+    link = ctx.store.get_link(str(policy["link_id"]))
+    if link is None or link["policy"] != policy:
+        raise LinkError("this hub did not issue that link", code="unknown_link", hint="request a new link")
+    if link["revoked_at"] is not None:
+        raise LinkError(f"this link was revoked at {link['revoked_at']}", code="link_revoked",
+                        hint=f"request a new link (`llamahub link {link['family']}`)")
+    return policy, link
+
+
+@router.get("/api/links/manifest")
+def manifest(ctx: Ctx, policy: PolicyQ = "", signature: SignatureQ = "",
+             kid: KeyPairQ = "") -> dict[str, Any]:
+    """Every file a link serves, with size, md5 and sha256 (pass the link's query string)."""
+    pol, link = _authorise(ctx, policy, signature, kid, None)
+    counts = ctx.store.download_counts(link["id"])
+    files = [{"path": f["path"], "variant": f["variant"], "size": f["size"], "md5": f["md5"],
+              "sha256": f["sha256"], "downloads": counts.get(f["path"], 0)}
+             for f in ctx.store.files(pol["variants"])]
+    return {"link_id": link["id"], "family": pol["family"], "variants": pol["variants"],
+            "resource": pol["resource"], "expires": iso(pol["expires"]),
+            "max_downloads": pol["max_downloads"], "files": files}
+
+
+@router.api_route("/dl/{family}/{path:path}", methods=["GET", "HEAD"])
+def download(request: Request, ctx: Ctx, family: str, path: str, policy: PolicyQ = "",
+             signature: SignatureQ = "", kid: KeyPairQ = "") -> Response:
+    """A file of Meta's layout through a signed link: the link's ``*`` replaced by the file's path."""
+    raw = request.scope.get("raw_path") or request.url.path.encode("utf-8")
+    fam, rel = split_download_path(raw)
+    if not policy and not signature:
+        raise LinkError("this URL lacks the signed link's query string", code="malformed_link",
+                        hint="use the whole URL the hub gave you, query string "
+                             "(?Policy=...&Signature=...&Key-Pair-Id=...) included")
+    pol, link = _authorise(ctx, policy, signature, kid, fam)
+    row = _file(ctx, pol, fam, rel)
+    blob = ctx.blobs.path(row["sha256"])
+    etag = f'"{row["sha256"]}"'
+    if_range = request.headers.get("if-range")
+    span = parse_range(request.headers.get("range"), row["size"])
+    if span is not None and if_range is not None and if_range.strip() != etag:
+        span = None
+    if request.method == "GET":
+        resume = span is not None and span[0] > 0
+        ctx.store.start_download(link["id"], rel, int(pol["max_downloads"]), resume=resume)
+    return _blob_response(blob, row, span, etag, head=request.method == "HEAD")
+
+
+def _file(ctx: HubContext, policy: dict[str, Any], family: str, path: str) -> dict[str, Any]:
+    row = ctx.store.file_at(policy["variants"], path)
+    if row is not None:
+        return row
+    other = ctx.store.file_at([v["name"] for v in ctx.store.imported(family)], path)
+    if other is not None:
+        raise LinkError(f"{path} belongs to {other['variant']}, which this link does not grant",
+                        code="outside_link", hint=f"request a link for {other['variant']}")
+    raise NotFoundError(f"no file {path} among {', '.join(policy['variants'])}", code="no_such_file",
+                        hint="GET /api/links/manifest with the link's query string lists the files")
+
+
+def _blob_response(blob: Path, row: dict[str, Any], span: tuple[int, int] | None, etag: str, *,
+                   head: bool) -> Response:
+    size = int(row["size"])
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "X-Checksum-Sha256": row["sha256"],
+               "X-Checksum-Md5": row["md5"], "Cache-Control": "private, no-transform"}
+    start, length, status = 0, size, 200
+    if span is not None:
+        start, length, status = span[0], span[1] - span[0] + 1, 206
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    headers["Content-Length"] = str(length)
+    if head:
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(_read(blob, start, length), status_code=status, headers=headers,
+                             media_type="application/octet-stream")
+
+
+def _read(blob: Path, start: int, length: int) -> Iterator[bytes]:
+    with blob.open("rb") as f:
+        f.seek(start)
+        while length > 0:
+            block = f.read(min(CHUNK, length))
+            if not block:
+                raise BadRequestError(f"blob {blob.name} is shorter than recorded", code="blob_truncated")
+            length -= len(block)
+            yield block

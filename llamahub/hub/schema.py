@@ -1,0 +1,156 @@
+"""The hub's tables (SQLAlchemy Core). Times are ISO-8601 UTC strings; link expiry is epoch seconds.
+
+``profile_history`` and ``audit`` are append-only: the store never updates or deletes them, and
+on SQLite triggers refuse it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("organisation", String(200), nullable=False),
+    Column("organisation_key", String(200), nullable=False, index=True),
+    Column("country", String(2), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("role", String(8), nullable=False),  # "user" or "admin"
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=True),
+    Column("created_at", String(32), nullable=False),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+profiles = Table(
+    "profiles", metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("mau", Integer, nullable=False),
+    Column("intended_uses", Text, nullable=False),  # JSON list
+    Column("certifications", Text, nullable=False),  # JSON list
+    Column("eu_domiciled", Boolean, nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+profile_history = Table(
+    "profile_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("changed_at", String(32), nullable=False),
+    Column("profile", Text, nullable=False),  # JSON: the profile as it became
+)
+
+acceptances = Table(
+    "acceptances", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False),
+    Column("license_id", String(64), nullable=False),
+    Column("text_sha256", String(64), nullable=False),
+    Column("accepted_at", String(32), nullable=False),
+    UniqueConstraint("user_id", "license_id", name="uq_acceptance_user_license"),
+)
+
+grants = Table(
+    "grants", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("organisation", String(200), nullable=False),
+    Column("organisation_key", String(200), nullable=False, index=True),
+    Column("families", Text, nullable=False),  # JSON list
+    Column("max_mau", Integer, nullable=True),
+    Column("not_before", String(32), nullable=False),
+    Column("expires", String(32), nullable=True),
+    Column("created_at", String(32), nullable=False),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("key_id", String(16), primary_key=True),
+    Column("public_pem", Text, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+variants = Table(
+    "variants", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("family", String(64), nullable=False, index=True),
+    Column("license_id", String(64), nullable=False),
+    Column("format", String(8), nullable=False),  # "meta" or "hf"
+    Column("imported_at", String(32), nullable=False),
+)
+
+files = Table(
+    "files", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("variant", String(100), ForeignKey("variants.name", ondelete="CASCADE"), nullable=False),
+    Column("path", String(500), nullable=False),  # as served under /dl/<family>/
+    Column("sha256", String(64), nullable=False),
+    Column("md5", String(32), nullable=False),
+    Column("size", Integer, nullable=False),
+    UniqueConstraint("variant", "path", name="uq_file_variant_path"),
+    Index("ix_files_path", "path"),
+)
+
+links = Table(
+    "links", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("family", String(64), nullable=False),
+    Column("key_id", String(16), ForeignKey("signing_keys.key_id"), nullable=False),
+    Column("policy", Text, nullable=False),  # JSON, exactly as signed
+    Column("issued_at", String(32), nullable=False),
+    Column("expires", Integer, nullable=False),  # epoch seconds
+    Column("max_downloads", Integer, nullable=False),
+    Column("revoked_at", String(32), nullable=True),
+)
+
+downloads = Table(
+    "downloads", metadata,
+    Column("link_id", String(32), ForeignKey("links.id"), primary_key=True),
+    Column("path", String(500), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("first_at", String(32), nullable=False),
+    Column("last_at", String(32), nullable=False),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),  # "user:<id>", "admin", "operator", "anonymous"
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(200), nullable=True),
+    Column("detail", Text, nullable=False),  # JSON object
+)
+
+APPEND_ONLY = ("audit", "profile_history")
+
+
+def sqlite_append_only_triggers() -> list[str]:
+    """SQLite triggers that refuse UPDATE and DELETE on the append-only tables."""
+    out = []
+    for table in APPEND_ONLY:
+        for op in ("UPDATE", "DELETE"):
+            out.append(f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                       f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END")
+    return out

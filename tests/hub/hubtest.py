@@ -1,0 +1,106 @@
+"""Helpers of the hub tests: the running hub, accounts, link URLs (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+CLI = [sys.executable, "-m", "llamahub.cli"]
+STARTUP_TIMEOUT = 60.0
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Hub:
+    url: str
+    data: Path
+    admin_token: str
+    port: int
+    _clients: list[httpx.Client] = field(default_factory=list)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self._clients.append(c)
+        return c
+
+    def admin(self) -> httpx.Client:
+        return self.client(self.admin_token)
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"hub server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"hub server did not start within {STARTUP_TIMEOUT} s:\n{log.read_text()}")
+
+
+@dataclass
+class Account:
+    id: str
+    email: str
+    organisation: str
+    token: str
+    http: httpx.Client
+
+    def link(self, expect: int = 201, **body: Any) -> dict[str, Any]:
+        response = self.http.post("/api/links", json=body)
+        assert response.status_code == expect, response.text
+        return response.json()
+
+
+MakeUser = Callable[..., Account]
+
+
+def link_query(url: str) -> dict[str, str]:
+    """Policy, Signature and Key-Pair-Id of a signed link."""
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def file_url(link_url: str, path: str) -> str:
+    assert "/*?" in link_url
+    return link_url.replace("*", path, 1)
+
+
+def manifest(hub: Hub, link_url: str) -> dict[str, Any]:
+    response = httpx.get(f"{hub.url}/api/links/manifest", params=link_query(link_url))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def downloads(hub: Hub, link_url: str) -> dict[str, int]:
+    return {f["path"]: f["downloads"] for f in manifest(hub, link_url)["files"]}
+
+
+def error_code(response: httpx.Response) -> str:
+    return response.json()["error"]["code"]

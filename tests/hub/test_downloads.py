@@ -1,0 +1,117 @@
+"""File serving through signed links: Range (206), HEAD, resume accounting, the cap and expiry (403)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hubtest import Hub, MakeUser, downloads, error_code, file_url, link_query, manifest
+
+SHARD = "llama-debug-2-chat/consolidated.00.pth"
+
+
+def full(url: str, path: str = SHARD) -> bytes:
+    response = httpx.get(file_url(url, path))
+    assert response.status_code == 200, response.text
+    return response.content
+
+
+def test_range_requests_answer_206(make_user: MakeUser) -> None:
+    url = make_user().link(variant="llama-debug-2-chat")["url"]
+    body = full(url)
+    size = len(body)
+    part = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=100-299"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 100-299/{size}"
+    assert part.content == body[100:300]
+    tail = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=-50"})
+    assert tail.status_code == 206 and tail.content == body[-50:]
+    open_ended = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes={size - 10}-"})
+    assert open_ended.status_code == 206 and open_ended.content == body[-10:]
+    past_end = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes={size}-"})
+    assert past_end.status_code == 416 and past_end.headers["content-range"] == f"bytes */{size}"
+
+
+def test_head_gives_size_and_is_not_a_download(hub: Hub, make_user: MakeUser) -> None:
+    url = make_user().link(variant="llama-debug-2-chat")["url"]
+    head = httpx.head(file_url(url, SHARD))
+    assert head.status_code == 200
+    expected = next(f for f in manifest(hub, url)["files"] if f["path"] == SHARD)
+    assert int(head.headers["content-length"]) == expected["size"]
+    assert head.headers["accept-ranges"] == "bytes" and head.content == b""
+    assert downloads(hub, url)[SHARD] == 0
+
+
+def test_resumed_requests_do_not_count(hub: Hub, make_user: MakeUser) -> None:
+    url = make_user().link(variant="llama-debug-2-chat", max_downloads=2)["url"]
+    body = full(url)
+    for start in (10, 1000, 50_000):  # resuming three times
+        part = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes={start}-"})
+        assert part.status_code == 206 and part.content == body[start:]
+    assert downloads(hub, url)[SHARD] == 1
+    full(url)  # the second (and last) counted download
+    third = httpx.get(file_url(url, SHARD))
+    assert third.status_code == 403 and error_code(third) == "download_cap_reached"
+    from_zero = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=0-"})
+    assert from_zero.status_code == 403  # a Range from byte 0 is a new download, not a resume
+    resume = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=500-"})
+    assert resume.status_code == 206 and resume.content == body[500:]  # finishing one still works
+    assert downloads(hub, url)[SHARD] == 2
+
+
+def test_download_cap_gives_403_with_a_clear_body(hub: Hub, make_user: MakeUser, tmp_path: Path) -> None:
+    url = make_user().link(variant="llama-debug-2-chat")["url"]
+    assert manifest(hub, url)["max_downloads"] == 5  # the default cap
+    for _ in range(5):
+        full(url, "LICENSE")
+    over = httpx.get(file_url(url, "LICENSE"))
+    assert over.status_code == 403
+    error = over.json()["error"]
+    assert error["code"] == "download_cap_reached" and "limit of 5" in error["message"]
+    assert "request a new link" in error["hint"]
+    assert full(url, "USE_POLICY.md")  # the cap is per file
+    if shutil.which("wget"):
+        out = subprocess.run(["wget", "--continue", "-O", str(tmp_path / "LICENSE"),
+                              file_url(url, "LICENSE")], capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0 and "403" in out.stderr
+
+
+def test_expired_link_gives_403(hub: Hub, make_user: MakeUser) -> None:
+    link = make_user().link(variant="llama-debug-2-chat", expires_in=1)
+    time.sleep(max(0.0, link["expires_epoch"] - time.time()) + 0.2)
+    expired = httpx.get(file_url(link["url"], "LICENSE"))
+    assert expired.status_code == 403 and error_code(expired) == "link_expired"
+    assert "llamahub link llama-debug" in expired.json()["error"]["hint"]
+    gone = httpx.get(f"{hub.url}/api/links/manifest", params=link_query(link["url"]))
+    assert gone.status_code == 403 and error_code(gone) == "link_expired"
+
+
+def test_revoked_link_gives_403(make_user: MakeUser) -> None:
+    account = make_user()
+    link = account.link(variant="llama-debug-2-chat")
+    assert httpx.get(file_url(link["url"], "LICENSE")).status_code == 200
+    assert account.http.delete(f"/api/links/{link['link_id']}").status_code == 200
+    revoked = httpx.get(file_url(link["url"], "LICENSE"))
+    assert revoked.status_code == 403 and error_code(revoked) == "link_revoked"
+
+
+def test_unsubstituted_star_and_unknown_file(make_user: MakeUser) -> None:
+    url = make_user().link(variant="llama-debug-2-chat")["url"]
+    star = httpx.get(url)
+    assert star.status_code == 400 and error_code(star) == "unsubstituted_path"
+    missing = httpx.get(file_url(url, "llama-debug-2-chat/consolidated.07.pth"))
+    assert missing.status_code == 404 and error_code(missing) == "no_such_file"
+
+
+@pytest.mark.parametrize("path", ["LICENSE", SHARD])
+def test_served_bytes_match_the_manifest(hub: Hub, make_user: MakeUser, path: str) -> None:
+    url = make_user().link(variant="llama-debug-2-chat")["url"]
+    entry = next(f for f in manifest(hub, url)["files"] if f["path"] == path)
+    response = httpx.get(file_url(url, path))
+    assert hashlib.sha256(response.content).hexdigest() == entry["sha256"]
+    assert response.headers["etag"] == f'"{entry["sha256"]}"'

@@ -1,0 +1,43 @@
+"""`llamahub hub init|serve` and `llamahub link` on their error paths (in-process; no server started)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from llamahub import crypto
+from llamahub.cli import main
+
+
+def test_init_creates_an_owner_only_key_and_an_admin_token(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "hub"
+    assert main(["hub", "init", "--data", str(data), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    key_file = Path(out["key_file"])
+    assert key_file.parent == data / "keys" and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert crypto.key_id(crypto.load_private_key(key_file)) == out["key_id"]
+    assert out["admin_token"].startswith("lha_")
+    assert out["admin_token"].encode() not in (data / "hub.db").read_bytes()
+    assert main(["hub", "init", "--data", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert "already initialised" in err and "next:" in err
+
+
+def test_serve_refuses_an_uninitialised_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["hub", "serve", "--data", str(tmp_path / "empty"), "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no signing key" in err and "llamahub hub init --data" in err
+
+
+def test_link_needs_a_hub_and_a_token(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("LLAMAHUB_HUB_URL", raising=False)
+    monkeypatch.delenv("LLAMAHUB_TOKEN", raising=False)
+    assert main(["link", "llama-2"]) == 1
+    assert "LLAMAHUB_HUB_URL" in capsys.readouterr().err
+    assert main(["link", "llama-2", "--hub", "http://127.0.0.1:9", "--token", "t"]) == 1
+    assert "cannot reach the hub" in capsys.readouterr().err
