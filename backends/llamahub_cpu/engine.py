@@ -31,7 +31,9 @@ def build_decoder(checkpoint: Checkpoint, dtype: str = DEFAULT_DTYPE,
                               hint=f"use one of {', '.join(TORCH_DTYPES)}")
     if threads:
         torch.set_num_threads(threads)
-    model = build_model(checkpoint.args, checkpoint.state_dict(), TORCH_DTYPES[dtype])
+    layout = checkpoint.rope_layout  # the files' own q/k order: no copy of q/k at load
+    model = build_model(checkpoint.args, checkpoint.state_dict(layout), TORCH_DTYPES[dtype],
+                        rope_layout=layout)
     model.kernel = use_decode_kernel(model) if kernel else "aten"
     return model
 

@@ -39,9 +39,24 @@ class Checkpoint:
     tokenizer_path: Path | None
     variant_name: str | None = None
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The full state dict in Meta naming (shards merged, HF permuted back), checked."""
-        state = read_meta_state(self.path) if self.format == "meta" else read_hf_state(self.path, self.args)
+    @property
+    def rope_layout(self) -> str:
+        """The q/k row order of the files: Meta's "interleaved" or Hugging Face's "half"."""
+        return "interleaved" if self.format == "meta" else "half"
+
+    def state_dict(self, rope_layout: str = "interleaved") -> dict[str, torch.Tensor]:
+        """The full state dict in Meta naming (shards merged), checked.
+
+        q/k rows come in ``rope_layout``; asking for the files' own layout (``self.rope_layout``)
+        avoids copying (and reading at load) the q/k weights of an HF checkpoint.
+        """
+        if self.format == "meta":
+            if rope_layout != "interleaved":
+                raise CheckpointError("Meta checkpoints are read in the interleaved RoPE layout",
+                                      hint="call state_dict() without rope_layout")
+            state = read_meta_state(self.path)
+        else:
+            state = read_hf_state(self.path, self.args, permute=rope_layout == "interleaved")
         convert.check_shapes(state, self.args, f"checkpoint {self.path}")
         return state
 
@@ -222,7 +237,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_hf_state(path: Path, args: ModelArgs) -> dict[str, torch.Tensor]:
+def read_hf_state(path: Path, args: ModelArgs, *, permute: bool = True) -> dict[str, torch.Tensor]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(_read_json(index).get("weight_map", {}).values()))
@@ -236,7 +251,7 @@ def read_hf_state(path: Path, args: ModelArgs) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for p in paths:
         state.update(load_safetensors(p))
-    meta = convert.hf_to_meta(state, args)
+    meta = convert.hf_to_meta(state, args, permute=permute)
     _release_copied(state, meta)
     return meta
 

@@ -127,15 +127,17 @@ def meta_key_to_hf(key: str) -> str:
     return f"{_META_TOP[key.removesuffix('.weight')]}.weight"
 
 
-def hf_to_meta(state: Mapping[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:
+def hf_to_meta(state: Mapping[str, torch.Tensor], args: ModelArgs, *,
+               permute: bool = True) -> dict[str, torch.Tensor]:
+    """HF names -> Meta names. ``permute=False`` keeps HF's q/k row order (for rope_layout="half")."""
     out: dict[str, torch.Tensor] = {}
     for key, t in state.items():
         if key.endswith("rotary_emb.inv_freq"):
             continue
         mk = hf_key_to_meta(key)
-        if mk.endswith("attention.wq.weight"):
+        if permute and mk.endswith("attention.wq.weight"):
             t = _unpermute(t, args.n_heads)
-        elif mk.endswith("attention.wk.weight"):
+        elif permute and mk.endswith("attention.wk.weight"):
             t = _unpermute(t, args.kv_heads)
         out[mk] = t
     return out

@@ -76,15 +76,26 @@ def rope_table(args: ModelArgs, length: int) -> torch.Tensor:
     return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x0, x1) of x [B, T, H, D] by the rotations in table [T, D/2]."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * table[None, :, None, :]).flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, table: torch.Tensor, layout: str = "interleaved") -> torch.Tensor:
+    """Rotate pairs of x [B, T, H, D] by the rotations in table [T, D/2].
+
+    ``interleaved`` (Meta's checkpoints) pairs (x[2i], x[2i+1]); ``half`` (Hugging Face's, whose
+    q/k rows are permuted) pairs (x[i], x[i + D/2]). The same weights in either layout give
+    the same attention scores.
+    """
+    rot = table[None, :, None, :]
+    if layout == "interleaved":
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+    x0, x1 = x.float().chunk(2, dim=-1)
+    out = torch.complex(x0, x1) * rot
+    return torch.cat([out.real, out.imag], dim=-1).type_as(x)
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, rope_layout: str = "interleaved") -> None:
         super().__init__()
+        self.rope_layout = rope_layout
         self.n_heads = args.n_heads
         self.n_kv_heads = args.kv_heads
         self.head_dim = args.head_dim
@@ -101,7 +112,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
         k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
         v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
-        q, k = apply_rope(q, table), apply_rope(k, table)
+        q, k = apply_rope(q, table, self.rope_layout), apply_rope(k, table, self.rope_layout)
         if self.cache_k is None or self.cache_v is None:
             raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
         end = start + seqlen
@@ -127,9 +138,9 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, rope_layout: str = "interleaved") -> None:
         super().__init__()
-        self.attention = Attention(args)
+        self.attention = Attention(args, rope_layout)
         self.feed_forward = FeedForward(args.dim, args.hidden_dim)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
@@ -141,11 +152,14 @@ class TransformerBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, rope_layout: str = "interleaved") -> None:
         super().__init__()
+        if rope_layout not in ("interleaved", "half"):
+            raise ValueError(f"rope_layout must be 'interleaved' or 'half', not {rope_layout!r}")
         self.args = args
+        self.rope_layout = rope_layout
         self.tok_embeddings = Embedding(args.vocab_size, args.dim)
-        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(args, rope_layout) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
         self.rope: torch.Tensor | None = None
@@ -194,7 +208,7 @@ class Transformer(nn.Module):
 
 
 def build_model(args: ModelArgs, state_dict: dict[str, torch.Tensor],
-                dtype: torch.dtype | None = None) -> Transformer:
+                dtype: torch.dtype | None = None, *, rope_layout: str = "interleaved") -> Transformer:
     """Construct on the meta device and assign ``state_dict`` tensors without copying them.
 
     Tensors already in ``dtype`` (e.g. memory-mapped from the checkpoint) are used in place;
@@ -204,7 +218,7 @@ def build_model(args: ModelArgs, state_dict: dict[str, torch.Tensor],
     gc.disable()  # hundreds of small objects: a cyclic-GC pass here costs ~0.1 s for nothing
     try:
         with torch.device("meta"):
-            model = Transformer(args)
+            model = Transformer(args, rope_layout)
     finally:
         if paused:
             gc.enable()

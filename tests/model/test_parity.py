@@ -79,6 +79,21 @@ def test_meta_and_hf_folders_give_same_logits(case) -> None:
         assert (logits - ref).abs().max().item() <= 1e-4, fmt
 
 
+def test_hf_folder_in_its_own_rope_layout_gives_same_logits(case) -> None:
+    """Loading HF q/k rows as they are (no permutation, rotate halves) is exact too."""
+    args, _, root, hf = case
+    tokens = torch.randint(0, args.vocab_size, (1, 24), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = hf(tokens).logits
+    ckpt = open_checkpoint(root / "hf", args=args)
+    assert ckpt.rope_layout == "half"
+    model = build_model(args, ckpt.state_dict("half"), torch.float32, rope_layout="half")
+    assert (model(tokens, 0) - ref).abs().max().item() <= 1e-4
+    for i in range(24):  # decode step by step through the KV cache
+        step = model(tokens[:, i:i + 1], i)
+        assert (step[0, 0] - ref[0, i]).abs().max().item() <= 1e-4
+
+
 def test_greedy_generation_is_token_identical(case) -> None:
     args, state, _, hf = case
     prompt = torch.randint(3, args.vocab_size, (1, 12), generator=torch.Generator().manual_seed(3))
