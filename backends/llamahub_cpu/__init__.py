@@ -38,8 +38,10 @@ class CpuBackend:
         return None
 
     def memory_estimate(self, variant: Variant, options: LoadOptions) -> int:
-        dtype = options.dtype or "bf16"
-        return variant.memory_estimate(dtype, context=min(variant.context_length, 4096))
+        """Weights in the chosen dtype plus a float32 KV cache of up to 4096 positions."""
+        weights = variant.memory_estimate(options.dtype or "bf16", context=0)
+        return weights + variant.memory_estimate("fp32", context=min(variant.context_length, 4096)) \
+            - variant.memory_estimate("fp32", context=0)
 
     def load(self, checkpoint: Checkpoint, variant: Variant, tokenizer: Tokenizer,
              options: LoadOptions) -> LlamaModel:

@@ -45,8 +45,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one fused op on the hot path
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # (F.rms_norm is slower than these few ops on CPU in this torch)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return xf.type_as(x) * self.weight
@@ -77,7 +76,7 @@ def rope_table(args: ModelArgs, length: int) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor, layout: str = "interleaved") -> torch.Tensor:
-    """Rotate pairs of x [B, T, H, D] by the rotations in table [T, D/2].
+    """Rotate pairs of x [B, T, H, D] by the rotations in table [T, D/2]; float32 result.
 
     ``interleaved`` (Meta's checkpoints) pairs (x[2i], x[2i+1]); ``half`` (Hugging Face's, whose
     q/k rows are permuted) pairs (x[i], x[i + D/2]). The same weights in either layout give
@@ -86,10 +85,10 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor, layout: str = "interleaved"
     rot = table[None, :, None, :]
     if layout == "interleaved":
         xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+        return torch.view_as_real(xc * rot).flatten(-2)
     x0, x1 = x.float().chunk(2, dim=-1)
     out = torch.complex(x0, x1) * rot
-    return torch.cat([out.real, out.imag], dim=-1).type_as(x)
+    return torch.cat([out.real, out.imag], dim=-1)
 
 
 class Attention(nn.Module):
@@ -109,21 +108,37 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, start: int, table: torch.Tensor,
                 mask: torch.Tensor | None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, -1, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, -1, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
-        q, k = apply_rope(q, table, self.rope_layout), apply_rope(k, table, self.rope_layout)
+        # Attention runs in float32 whatever the weights' dtype: the cache is float32 too.
+        q = apply_rope(self.wq(x).view(bsz, seqlen, -1, self.head_dim), table, self.rope_layout)
+        k = apply_rope(self.wk(x).view(bsz, seqlen, -1, self.head_dim), table, self.rope_layout)
+        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim).float()
         if self.cache_k is None or self.cache_v is None:
             raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
         end = start + seqlen
         self.cache_k[:bsz, :, start:end] = k.transpose(1, 2)
         self.cache_v[:bsz, :, start:end] = v.transpose(1, 2)
         keys, values = self.cache_k[:bsz, :, :end], self.cache_v[:bsz, :, :end]
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=mask,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
-        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+        if seqlen == 1:
+            out = _decode_attention(q, keys, values)
+        else:
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=mask,
+                enable_gqa=self.n_kv_heads != self.n_heads,
+            ).transpose(1, 2)
+        return self.wo(out.reshape(bsz, seqlen, -1).to(x.dtype))
+
+
+def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Attention of one new token (q [B, 1, H, D]) over the cache ([B, KV, S, D]).
+
+    Plain matmuls: for a single query they cost a fraction of the fused SDPA kernel's setup.
+    Query heads are grouped by the KV head they share (GQA) instead of repeating the cache.
+    """
+    bsz, _, n_heads, head_dim = q.shape
+    n_kv = keys.shape[1]
+    qg = q.view(bsz, n_kv, n_heads // n_kv, head_dim)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)) * head_dim**-0.5
+    return torch.matmul(torch.softmax(scores, dim=-1), values).view(bsz, 1, n_heads, head_dim)
 
 
 class FeedForward(nn.Module):
@@ -168,14 +183,14 @@ class Transformer(nn.Module):
         self.kernel = "aten"  # what runs the linears; backends that swap them say so here
 
     def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        """Preallocate the KV cache (in the weights' dtype) and the RoPE table.
+        """Preallocate the KV cache (float32, whatever the weights' dtype) and the RoPE table.
 
         Growing keeps what the cache already holds, so a decode can run past the first size.
         """
         if max_batch <= self.cache_batch and max_seq_len <= self.cache_len:
             return
         max_batch, max_seq_len = max(max_batch, self.cache_batch), max(max_seq_len, self.cache_len)
-        dtype = self.output.weight.dtype
+        dtype = torch.float32
         shape = (max_batch, self.args.kv_heads, max_seq_len, self.args.head_dim)
         for layer in self.layers:
             attn = layer.attention

@@ -1,5 +1,5 @@
 // Matrix-vector product for decoding (one token): y = W x, W [N, K] row-major in fp32 or
-// bf16, x [K] fp32, y [N] fp32. Rows are split over torch's intra-op threads, so both cores
+// bf16, x [..., K] with one row, y [..., N] in x's dtype (accumulated in fp32). Rows are split over torch's intra-op threads, so both cores
 // stream weights (aten's fp32 GEMV uses one core in this torch build). AVX2 + FMA.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -64,6 +64,7 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   TORCH_CHECK(x.numel() == w.size(1), "x has ", x.numel(), " elements, weight has ", w.size(1), " columns");
   TORCH_CHECK(w.scalar_type() == torch::kFloat || w.scalar_type() == torch::kBFloat16,
               "weight must be float32 or bfloat16");
+  TORCH_CHECK(x.dim() >= 1, "x must have at least one dimension");
   auto xf = x.reshape({-1}).to(torch::kFloat).contiguous();
   const int64_t n = w.size(0), k = w.size(1);
   auto y = torch::empty({n}, xf.options());
@@ -77,9 +78,11 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
                    : dot_f32(static_cast<const float*>(wp) + r * k, xp, k);
     }
   });
-  return y;
+  auto shape = x.sizes().vec();
+  shape.back() = n;
+  return y.to(x.scalar_type()).view(shape);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemv", &gemv, "y = W x for one token (fp32 or bf16 weights, fp32 result)");
+  m.def("gemv", &gemv, "y = W x for one token (fp32 or bf16 weights; result in x's dtype)");
 }
