@@ -1,9 +1,12 @@
-// Matrix-vector product for decoding (one token): y = W x, W [N, K] row-major in fp32 or
-// bf16, x [..., K] with one row, y [..., N] in x's dtype (accumulated in fp32). Rows are split over torch's intra-op threads, so both cores
-// stream weights (aten's fp32 GEMV uses one core in this torch build). AVX2 + FMA.
+// Matrix-vector product for decoding (one token): y = W x, with W [N, K] row-major in fp32 or
+// bf16 and x [..., K] holding one row; y [..., N] comes back in x's dtype (accumulated in fp32).
+// Rows are split over torch's intra-op threads, so both cores stream weights (aten's fp32 GEMV
+// uses one core in this torch build). AVX2 + FMA.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+
+#include <cstring>
 
 namespace {
 
@@ -15,46 +18,45 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-inline __m256 load_bf16(const uint16_t* p) {
+// Eight weights as floats: fp32 as they are; bf16 is the top half of an fp32, so widen and shift.
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+
+inline __m256 load8(const uint16_t* p) {
   __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
-inline float bf16_to_float(uint16_t v) {
+inline float to_float(float v) { return v; }
+
+inline float to_float(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
 
-float dot_f32(const float* w, const float* x, int64_t k) {
+// One row of W times x, four independent accumulators to keep the loads in flight.
+template <typename T>
+float dot(const T* w, const float* x, int64_t k) {
   __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
   __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    a0 = _mm256_fmadd_ps(load8(w + i), _mm256_loadu_ps(x + i), a0);
+    a1 = _mm256_fmadd_ps(load8(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+    a2 = _mm256_fmadd_ps(load8(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+    a3 = _mm256_fmadd_ps(load8(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
   }
   float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < k; ++i) s += w[i] * x[i];
+  for (; i < k; ++i) s += to_float(w[i]) * x[i];
   return s;
 }
 
-float dot_bf16(const uint16_t* w, const float* x, int64_t k) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 32 <= k; i += 32) {
-    a0 = _mm256_fmadd_ps(load_bf16(w + i), _mm256_loadu_ps(x + i), a0);
-    a1 = _mm256_fmadd_ps(load_bf16(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-    a2 = _mm256_fmadd_ps(load_bf16(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
-    a3 = _mm256_fmadd_ps(load_bf16(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
-  }
-  float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-  for (; i < k; ++i) s += bf16_to_float(w[i]) * x[i];
-  return s;
+template <typename T>
+void gemv_rows(const T* w, const float* x, float* y, int64_t n, int64_t k) {
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) y[r] = dot(w + r * k, x, k);
+  });
 }
 
 }  // namespace
@@ -70,14 +72,11 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
   auto y = torch::empty({n}, xf.options());
   const float* xp = xf.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const bool bf16 = w.scalar_type() == torch::kBFloat16;
-  const void* wp = w.data_ptr();
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      yp[r] = bf16 ? dot_bf16(static_cast<const uint16_t*>(wp) + r * k, xp, k)
-                   : dot_f32(static_cast<const float*>(wp) + r * k, xp, k);
-    }
-  });
+  if (w.scalar_type() == torch::kBFloat16) {
+    gemv_rows(static_cast<const uint16_t*>(w.data_ptr()), xp, yp, n, k);
+  } else {
+    gemv_rows(w.data_ptr<float>(), xp, yp, n, k);
+  }
   auto shape = x.sizes().vec();
   shape.back() = n;
   return y.to(x.scalar_type()).view(shape);
