@@ -146,7 +146,8 @@ def header(records: list[Rec], source: Path) -> list[str]:
         "page cache warm, one load per fresh process; the first 1-token forward is shown apart.",
         "- Ceiling = measured copy bandwidth ÷ weight bytes read per token (a tied embedding counts "
         "once, as the output head; KV-cache reads not counted).",
-        "- Peak RSS = `VmHWM` (/proc/self/status) of the decode process (load, warm-up and runs). The fixed overhead "
+        "- Peak RSS = `VmHWM` (/proc/self/status) of the decode process (load, warm-up and runs). "
+        "The fixed overhead "
         "is that process's RSS after `import torch, llamahub` and the engine's modules, before loading.",
         "", "Commands:", "", "```",
         *commands, f".venv/bin/python bench/summarize.py {source}", "```", "",
