@@ -143,7 +143,9 @@ def header(records: list[Rec], source: Path) -> list[str]:
         f"median (min–max) of {first['runs']} runs after {first['warmup']} warm-up, "
         "each (config, dtype, engine) in its own process. Prefill = call to first token.",
         "- Load = `open_checkpoint` + `build_decoder` (llamahub) or `from_pretrained` (transformers), "
-        "page cache warm, one load per fresh process; the first 1-token forward is shown apart.",
+        "page cache warm, one load per fresh process; the first 1-token forward is shown apart. "
+        "Imports are not timed (for llamahub they include loading the decode kernel's shared "
+        "library, about 0.06 s once per process; transformers' imports take seconds).",
         "- Ceiling = measured copy bandwidth ÷ weight bytes read per token (a tied embedding counts "
         "once, as the output head; KV-cache reads not counted).",
         "- Peak RSS = `VmHWM` (/proc/self/status) of the decode process (load, warm-up and runs). "
