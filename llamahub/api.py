@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llamahub import registry, selection
-from llamahub.errors import CorruptCheckpointError, LlamahubError, TokenizerError
+from llamahub.errors import CorruptCheckpointError, TokenizerError
 from llamahub.interfaces import LoadOptions
 from llamahub.registry import Variant
 
@@ -23,9 +24,15 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load(name: str | Path, *, variant: str | None = None, backend: str | None = None,
-         dtype: str | None = None, device: str | None = None,
-         threads: int | None = None) -> LlamaModel:
-    """Load a model by registry name or from a local Meta/HF checkpoint folder.
+         dtype: str | None = None, device: str | None = None, threads: int | None = None,
+         source: str | None = None, location: str | None = None,
+         progress: bool | None = None) -> LlamaModel:
+    """Load a model by registry name (downloading it if needed) or from a local checkpoint folder.
+
+    By name: the license gates run first on your profile and receipts; then the cached copy is
+    used, or the files come from ``source`` (``hub`` by default: the configured hub, else the
+    embedded one; ``meta-url`` with ``location`` a presigned URL; ``local`` with a folder), are
+    verified, cached and loaded. ``LLAMAHUB_OFFLINE=1`` loads only what is cached, with no network.
 
     ``variant`` names the registry entry of a local folder when it cannot be recognised
     (its ``llamahub.json`` marker or Meta folder name usually says).
@@ -33,11 +40,19 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
     options = LoadOptions(backend=backend, dtype=dtype, device=device, threads=threads)
     if isinstance(name, Path) or _looks_like_path(name):
         return load_local(Path(name), variant=variant, options=options)
+    from llamahub.client.fetch import ensure
+    from llamahub.client.session import Session
+
     v = registry.resolve(name)
-    raise LlamahubError(
-        f"{v.name} is not available locally and downloading from a hub is not built yet",
-        hint=f"load a local checkpoint folder instead: llamahub.load('/path/to/{v.meta_folder}')",
-    )
+    with Session() as session:
+        snap = ensure(v, session, source=source, location=location,
+                      progress=progress_default() if progress is None else progress)
+    return load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name, options=options)
+
+
+def progress_default() -> bool:
+    """Progress bars unless ``LLAMAHUB_PROGRESS=0`` (scripts and CI turn them off)."""
+    return os.environ.get("LLAMAHUB_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def load_local(path: Path, *, variant: str | None = None,

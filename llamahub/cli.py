@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from llamahub import plugins, registry
+from llamahub.client import cli as client_cli
 from llamahub.errors import LlamahubError
 from llamahub.hub import cli as hub_cli
 
@@ -114,6 +114,7 @@ def plugins_cmd(as_json: bool) -> None:
     """Installed plugins, where they come from, and which backends can run here."""
     recs = plugins.records()
     backends = plugins.backends()
+    sources = plugins.sources()
     status = {n: b.unavailable_reason() for n, b in backends.items()}
     if as_json:
         click.echo(json.dumps({
@@ -121,6 +122,7 @@ def plugins_cmd(as_json: bool) -> None:
             "backends": {n: {"priority": b.priority, "description": b.description,
                              "available": status[n] is None, "reason": status[n]}
                          for n, b in backends.items()},
+            "sources": {n: src.description for n, src in sources.items()},
         }, indent=2))
         return
     click.echo("plugins (entry-point group 'llamahub'):")
@@ -134,22 +136,29 @@ def plugins_cmd(as_json: bool) -> None:
     for n, b in sorted(backends.items(), key=lambda kv: -kv[1].priority):
         state = "available" if status[n] is None else f"unavailable: {status[n]}"
         click.echo(f"  {n:14} priority {b.priority:<4} {state}  - {b.description}")
+    click.echo("download sources:")
+    for n, src in sorted(sources.items()):
+        click.echo(f"  {n:14} {src.description}")
 
 
 @cli.command()
-@click.option("--dir", "workdir", type=click.Path(path_type=Path),
-              help="where to write the demo checkpoint (default: the user data dir)")
+@click.option("--yes", is_flag=True, help="accept the demo variant's license without asking")
 @click.option("-n", "--max-new-tokens", default=24, show_default=True)
-def demo(workdir: Path | None, max_new_tokens: int) -> None:
-    """Generate a tiny llama-debug checkpoint, load it on the CPU and generate from it."""
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
+    """The whole path on the embedded hub: license, profile, signed link, download, load, chat."""
     from llamahub.demo import run_demo
 
-    run_demo(workdir, max_new_tokens=max_new_tokens, echo=click.echo)
+    run_demo(yes=yes, confirm=lambda q: click.confirm(q), max_new_tokens=max_new_tokens,
+             progress=not no_progress, echo=click.echo)
 
 
-# The hub server and `llamahub link` (llamahub.hub.cli imports only click; the server loads lazily).
+# The hub server and `llamahub link` (llamahub.hub.cli imports only click; the server loads lazily),
+# and the client's commands (login, profile, license, download, cache, chat).
 cli.add_command(hub_cli.hub)
 cli.add_command(hub_cli.link)
+for _command in client_cli.COMMANDS:
+    cli.add_command(_command)
 
 
 def _add_plugin_commands() -> None:

@@ -1,51 +1,77 @@
-"""`llamahub demo`: the whole local path on a tiny random-weight llama-debug checkpoint."""
+"""`llamahub demo`: the whole path of ``llamahub.load(name)`` on the embedded hub, step by step.
+
+license summary → acceptance (signed receipt) → profile → signed link → verified download into
+the cache → load on the CPU → chat. The variant is ``llama-debug-2-chat``: tiny random weights
+(it talks gibberish), generated and imported by the embedded hub on first use.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
-
-import platformdirs
+from dataclasses import replace
 
 from llamahub import registry
+from llamahub.errors import LicenseNotAcceptedError
 
 DEMO_VARIANT = "llama-debug-2-chat"
+DEMO_USE = "research"
 
 
-def demo_dir() -> Path:
-    return Path(platformdirs.user_data_dir("llamahub")) / "demo"
-
-
-def run_demo(workdir: Path | None = None, *, max_new_tokens: int = 24,
-             echo: Callable[[str], None] = print) -> str:
-    """Generate (once), load and chat; returns the generated text."""
-    from llamahub.api import load
-    from llamahub.model.checkpoint import MARKER
-    from llamahub.model.writer import generate_checkpoint
+def run_demo(*, yes: bool, confirm: Callable[[str], bool] | None = None, max_new_tokens: int = 24,
+             progress: bool = True, echo: Callable[[str], None] = print) -> str:
+    """Run every step on the embedded hub; returns the generated text."""
+    from llamahub.api import load_local
+    from llamahub.client.config import load_config, save_config, with_profile
+    from llamahub.client.fetch import FetchReport, ensure
+    from llamahub.client.session import Session
+    from llamahub.policy import license_terms
+    from llamahub.policy.terms import render_terms
 
     v = registry.resolve(DEMO_VARIANT)
-    root = workdir or demo_dir()
-    folder = root / v.meta_folder
-    echo(f"1. variant   {v.name}: {v.family_title}")
-    if not (folder / MARKER).is_file():
-        t = time.perf_counter()
-        generate_checkpoint(v, root)
-        echo(f"2. generate  wrote a random {v.shards}-shard Meta-format checkpoint to {folder} "
-             f"({time.perf_counter() - t:.1f}s)")
+    terms = license_terms(v.license)
+    cfg = replace(load_config(), hub_url=None, token=None)  # the demo always runs on the embedded hub
+    echo(f"1. variant    {v.name}: {v.family_title} ({v.param_count():,} parameters, random weights)")
+    echo("2. license    " + render_terms(terms).strip().replace("\n", "\n             "))
+    if not cfg.profile.intended_uses:
+        cfg = with_profile(cfg, intended_uses=(DEMO_USE,))
+        save_config(replace(load_config(), profile=cfg.profile))
+        echo(f"3. profile    declared intended use {DEMO_USE!r}, {cfg.profile.mau:,} monthly active users "
+             "(change with `llamahub profile set`)")
     else:
-        echo(f"2. generate  reusing the checkpoint in {folder}")
+        echo(f"3. profile    {cfg.profile.organisation}: {cfg.profile.mau:,} MAU, uses "
+             f"{', '.join(cfg.profile.intended_uses)}")
+    with Session(cfg, echo=lambda m: echo(f"             {m}")) as session:
+        t = time.perf_counter()
+        hub = session.hub
+        echo(f"4. hub        embedded hub at {hub.url} ({time.perf_counter() - t:.1f}s), keys pinned")
+        if not session.trust.accepted().get(terms.id):
+            if not yes and not (confirm and confirm(f"Accept the {terms.title}?")):
+                raise LicenseNotAcceptedError(f"the {terms.title} was not accepted",
+                                              hint="run `llamahub demo --yes` to accept it")
+            session.accept(terms.id)
+        receipt = session.trust.receipt(terms.id)
+        echo(f"5. accept     {terms.title} accepted at {receipt['accepted_at']}; signed receipt verified "
+             "with the hub's pinned key")
+        link = hub.issue_link(v.name)
+        echo(f"6. link       {link['url'][:88]}…")
+        echo(f"             (Meta's shape; expires {link['expires']}, "
+             f"{link['max_downloads']} downloads per file)")
+        report = FetchReport()
+        snap = ensure(v, session, progress=progress, report=report)
+    if report.cached:
+        echo(f"7. download   already cached and intact: {snap.root}")
+    else:
+        echo(f"7. download   {report.downloaded_bytes:,} bytes, sha256 verified, cached in {snap.root} "
+             f"({report.steps.get('download and verify', 0):.2f}s)")
     t = time.perf_counter()
-    model = load(folder, dtype="fp32")
-    echo(f"3. load      backend {model.backend}, {model.dtype}, {time.perf_counter() - t:.2f}s")
+    model = load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name)
+    echo(f"8. load       backend {model.backend}, {model.dtype}, {time.perf_counter() - t:.2f}s")
     dialog = [{"role": "system", "content": "You are a terse assistant."},
               {"role": "user", "content": "Say hello to the new llamahub user."}]
-    echo(f"4. chat      {dialog[-1]['content']!r} (random weights: expect gibberish)")
-    pieces = []
-    for piece in model.chat(dialog, max_new_tokens=max_new_tokens, temperature=0.8, seed=0, stream=True):
-        pieces.append(piece)
-    text = "".join(pieces)
-    echo(f"   answer    {text!r}")
+    text = "".join(model.chat(dialog, max_new_tokens=max_new_tokens, temperature=0.8, seed=0, stream=True))
     model.close()
-    echo("done. Next: `llamahub list` shows the real variants; `llamahub info llama-2-7b-chat`.")
+    echo(f"9. chat       {dialog[-1]['content']!r} → {text!r} (random weights: gibberish)")
+    echo("done. Next: `llamahub list`; `llamahub license show llama2`; "
+         "`llamahub.load('llama-debug-3.1-instruct')` in Python.")
     return text

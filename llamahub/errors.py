@@ -157,3 +157,57 @@ class AcceptableUseError(LicenseError):
 
 class ConfigError(LlamahubError):
     code = "config_error"
+
+
+class HubError(LlamahubError):
+    """The hub refused a request or answered something unexpected (``code`` is the hub's)."""
+
+    code = "hub_error"
+
+
+class HubUnreachableError(HubError):
+    """No connection to the hub."""
+
+    code = "hub_unreachable"
+
+
+class AuthenticationError(HubError):
+    """The hub does not know the token (or none is configured)."""
+
+    code = "unauthenticated"
+
+
+class OfflineError(LlamahubError):
+    """Offline mode (``LLAMAHUB_OFFLINE=1``) and what was asked needs the network."""
+
+    code = "offline"
+
+
+class CacheError(LlamahubError):
+    """A cached file is missing or does not match the digest recorded when it was verified."""
+
+    code = "cache_corrupt"
+
+
+class ReceiptError(LicenseError):
+    """A license-acceptance receipt is missing or does not verify against the pinned hub key."""
+
+    code = "receipt_invalid"
+
+
+class DownloadError(LlamahubError):
+    """A file could not be downloaded (the server refused, or retries ran out)."""
+
+    code = "download_failed"
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file does not match the digest its source published."""
+
+    code = "checksum_mismatch"
+
+
+class DiskSpaceError(DownloadError):
+    """Not enough free disk space for a download."""
+
+    code = "insufficient_disk_space"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from llamahub.client.session import Session
     from llamahub.model.checkpoint import Checkpoint
     from llamahub.model.llm import LlamaModel
     from llamahub.model.tokenizer import Tokenizer
@@ -46,12 +47,28 @@ class Backend(Protocol):
         """Build the model from the checkpoint's tensors."""
 
 
+@dataclass(frozen=True)
+class SourcePlan:
+    """What a source found for a variant: the files to fetch, and where they came from.
+
+    ``files`` are ``llamahub.client.download.RemoteFile`` (path in Meta's layout, URL, and the
+    size and digests the source knows). ``origin`` is recorded in the cache beside the files.
+    """
+
+    files: tuple[Any, ...]
+    origin: Mapping[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Source(Protocol):
     """Where weights come from (the hub, a Meta presigned URL, a local folder, ...)."""
 
     name: str
     description: str
+    needs_location: bool  # True when the user must name where (a URL, a folder)
+
+    def plan(self, variant: Variant, session: Session, location: str | None) -> SourcePlan:
+        """The files of ``variant`` to fetch. ``session`` reaches the hub; ``location`` is user-given."""
 
 
 @runtime_checkable

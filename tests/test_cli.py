@@ -67,11 +67,4 @@ def test_plugins_allowlist_from_environment(allow: str) -> None:
     import os
 
     out = run("plugins", "--json", env={**os.environ, "LLAMAHUB_PLUGINS": allow})
-    assert json.loads(out.stdout) == {"plugins": [], "backends": {}}
-
-
-def test_demo(tmp_path: Path) -> None:
-    out = run("demo", "--dir", str(tmp_path), "-n", "6")
-    assert out.returncode == 0, out.stderr
-    assert "backend cpu" in out.stdout and "answer" in out.stdout
-    assert (tmp_path / "llama-debug-2-chat" / "consolidated.01.pth").is_file()
+    assert json.loads(out.stdout) == {"plugins": [], "backends": {}, "sources": {}}

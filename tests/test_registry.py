@@ -105,9 +105,10 @@ def test_memory_estimate_from_architecture() -> None:
 
 
 def test_debug_family_is_labelled() -> None:
-    debug = [v for v in _builtin() if v.family == "llama-debug"]
-    assert debug and all(v.debug and "debug" in v.family_title.lower() for v in debug)
-    assert not any(v.debug for v in _builtin() if v.family != "llama-debug")
+    debug = [v for v in _builtin() if v.family.startswith("llama-debug")]
+    assert {v.family for v in debug} == {"llama-debug", "llama-debug-big"}
+    assert all(v.debug and "debug" in v.family_title.lower() for v in debug)
+    assert not any(v.debug for v in _builtin() if not v.family.startswith("llama-debug"))
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 from llamahub.hub.context import HubContext
 from llamahub.policy import Grant, LicenseTerms, Profile
+from llamahub.policy.terms import render_terms
 
 
 def gate_profile(ctx: HubContext, user: dict[str, Any]) -> Profile:
@@ -39,19 +40,6 @@ def to_grant(row: dict[str, Any]) -> Grant:
 
 def gate_grants(ctx: HubContext, organisation: str) -> list[Grant]:
     return [to_grant(row) for row in ctx.store.grants(organisation)]
-
-
-def render_terms(terms: LicenseTerms) -> str:
-    """The registry's summary of a license, as shown when no LICENSE file was imported."""
-    lines = [terms.title, f"Issued by {terms.issuer}; covers {', '.join(terms.families)}; "
-                          f"released {terms.release_date.isoformat()}.", "",
-             "This is llamahub's summary of the terms, not the license text itself."]
-    if terms.url:
-        lines.append(f"The full text: {terms.url}")
-    lines += ["", *(f"- {line}" for line in terms.summary), "",
-              f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
-              f"{terms.issuer}.", f"Acceptable use policy: {terms.aup}."]
-    return "\n".join(lines) + "\n"
 
 
 def license_text(ctx: HubContext, terms: LicenseTerms) -> tuple[bytes, str]:

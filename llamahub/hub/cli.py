@@ -9,11 +9,8 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import click
-
-from llamahub.errors import ConfigError, LlamahubError
 
 DATA_ENV = "LLAMAHUB_HUB_DATA"
 HUB_URL_ENV = "LLAMAHUB_HUB_URL"
@@ -21,9 +18,9 @@ TOKEN_ENV = "LLAMAHUB_TOKEN"
 
 
 def default_data_dir() -> Path:
-    import platformdirs
+    from llamahub.client.config import data_dir
 
-    return Path(platformdirs.user_data_dir("llamahub")) / "hub"
+    return data_dir() / "hub"
 
 
 def _data(data: Path | None) -> Path:
@@ -127,28 +124,6 @@ def seed_demo_cmd(data: Path | None, database_url: str | None) -> None:
 # --- user side -------------------------------------------------------------------------------------
 
 
-def _hub_request(hub_url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-
-    try:
-        response = httpx.post(f"{hub_url.rstrip('/')}/api/links", json=body,
-                              headers={"Authorization": f"Bearer {token}"}, timeout=30)
-    except httpx.HTTPError as e:
-        raise ConfigError(f"cannot reach the hub at {hub_url}: {e}",
-                          hint=f"check --hub / {HUB_URL_ENV} and that the hub is running") from e
-    try:
-        data = response.json()
-    except ValueError:
-        data = {}
-    if response.status_code >= 400:
-        error = data.get("error", {}) if isinstance(data, dict) else {}
-        failure = LlamahubError(error.get("message") or f"the hub answered HTTP {response.status_code}",
-                                hint=error.get("hint"))
-        failure.code = error.get("code") or failure.code
-        raise failure
-    return data
-
-
 @click.command("link")
 @click.argument("family")
 @click.option("--variant", is_flag=True, help="FAMILY names one variant rather than a family")
@@ -156,11 +131,21 @@ def _hub_request(hub_url: str, token: str, body: dict[str, Any]) -> dict[str, An
 @click.option("--token", envvar=TOKEN_ENV, help=f"your API token (env {TOKEN_ENV})")
 @click.option("--json", "as_json", is_flag=True, help="the hub's whole answer, as JSON")
 def link(family: str, variant: bool, hub_url: str | None, token: str | None, as_json: bool) -> None:
-    """Print a signed download link for FAMILY, as Meta's email does."""
-    if not hub_url or not token:
-        raise ConfigError("no hub URL or API token", hint=f"pass --hub URL --token T (or set {HUB_URL_ENV} "
-                                                          f"and {TOKEN_ENV})")
-    data = _hub_request(hub_url, token, {"variant" if variant else "family": family})
+    """Print a signed download link for FAMILY, as Meta's email does.
+
+    Uses --hub/--token when given, else the configured hub (`llamahub login`), else the embedded one.
+    """
+    from dataclasses import replace
+
+    from llamahub.client.config import load_config
+    from llamahub.client.session import Session
+
+    cfg = load_config()
+    if hub_url:
+        cfg = replace(cfg, hub_url=hub_url.rstrip("/"), token=token or cfg.token)
+    with Session(cfg) as session:
+        session.require_account()
+        data = session.hub.issue_link(**{"variant" if variant else "family": family})
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -395,3 +395,16 @@ def license_for_family(family: str) -> LicenseTerms:
 def known_uses() -> tuple[str, ...]:
     """Every intended-use id that some shipped AUP allows, sorted."""
     return tuple(sorted({u for aup in _aups() for u in aup.allowed_uses}))
+
+
+def render_terms(terms: LicenseTerms) -> str:
+    """The registry's summary of a license, as shown when no LICENSE file was imported."""
+    lines = [terms.title, f"Issued by {terms.issuer}; covers {', '.join(terms.families)}; "
+                          f"released {terms.release_date.isoformat()}.", "",
+             "This is llamahub's summary of the terms, not the license text itself."]
+    if terms.url:
+        lines.append(f"The full text: {terms.url}")
+    lines += ["", *(f"- {line}" for line in terms.summary), "",
+              f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
+              f"{terms.issuer}.", f"Acceptable use policy: {terms.aup}."]
+    return "\n".join(lines) + "\n"

@@ -33,11 +33,8 @@ def test_serve_refuses_an_uninitialised_dir(tmp_path: Path, capsys: pytest.Captu
     assert "no signing key" in err and "llamahub hub init --data" in err
 
 
-def test_link_needs_a_hub_and_a_token(monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.delenv("LLAMAHUB_HUB_URL", raising=False)
-    monkeypatch.delenv("LLAMAHUB_TOKEN", raising=False)
-    assert main(["link", "llama-2"]) == 1
-    assert "LLAMAHUB_HUB_URL" in capsys.readouterr().err
+def test_link_without_a_configured_hub_asks_the_embedded_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["link", "llama-2"]) == 1  # the embedded hub runs the gates: nothing accepted yet
+    assert "run `llamahub license accept llama2`" in capsys.readouterr().err
     assert main(["link", "llama-2", "--hub", "http://127.0.0.1:9", "--token", "t"]) == 1
     assert "cannot reach the hub" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_every_license_is_used_by_some_variant() -> None:
 def test_families() -> None:
     families = {t.id: t.families for t in load_licenses().values()}
     assert families == {"llama2": ("llama-2",), "llama3": ("llama-3",), "llama3.1": ("llama-3.1",),
-                        "llama3.2": ("llama-3.2",), "llama-debug": ("llama-debug",)}
+                        "llama3.2": ("llama-3.2",), "llama-debug": ("llama-debug", "llama-debug-big")}
 
 
 def test_thresholds_are_700m_measured_on_release_date() -> None:

@@ -1,0 +1,1 @@
+"""The client side: configuration, hub API, download engine, cache, receipts, embedded hub."""

@@ -1,0 +1,373 @@
+"""Client commands: ``login``, ``logout``, ``profile``, ``license``, ``download``, ``cache``, ``chat``.
+
+Only click is imported at module level; everything else loads inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from llamahub.errors import ConfigError
+
+
+def _session(echo: bool = True) -> Any:
+    from llamahub.client.session import Session
+
+    return Session(echo=(lambda m: click.echo(m, err=True)) if echo else None)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# --- login -----------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--hub", "hub_url", envvar="LLAMAHUB_HUB_URL", help="the hub's URL")
+@click.option("--token", help="an API token you already have (else register a new account)")
+@click.option("--email")
+@click.option("--name")
+@click.option("--organisation")
+@click.option("--country", help="two-letter ISO code, e.g. US or DE")
+def login(hub_url: str | None, token: str | None, email: str | None, name: str | None,
+          organisation: str | None, country: str | None) -> None:
+    """Use the hub at --hub: with --token, or by registering an account (prompts for what is missing)."""
+    from dataclasses import replace
+
+    from llamahub.client.config import load_config, save_config
+    from llamahub.client.hubapi import HubClient
+    from llamahub.client.session import Session
+
+    if not hub_url:
+        raise ConfigError("which hub?", hint="pass --hub URL (without a hub, llamahub uses its embedded one)")
+    cfg = load_config()
+    hub_url = hub_url.rstrip("/")
+    if not token:
+        email = email or click.prompt("email")
+        with HubClient(hub_url) as anonymous:
+            answer = anonymous.register(email, name or click.prompt("name"),
+                                        organisation or click.prompt("organisation"),
+                                        country or click.prompt("country (two letters)"))
+        token = answer["token"]
+        click.echo(f"registered {answer['user']['email']} ({answer['user']['id']})")
+    cfg = replace(cfg, hub_url=hub_url, token=token)
+    with Session(cfg) as session:
+        user = session.hub.me()["user"]
+        remote = session.hub.profile()
+    profile = replace(cfg.profile, organisation=user["organisation"], country=user["country"],
+                      mau=int(remote.get("mau") or 0), intended_uses=tuple(remote.get("intended_uses") or ()),
+                      eu_domiciled=bool(remote.get("eu_domiciled")),
+                      certifications=tuple(remote.get("certifications") or ()))
+    path = save_config(replace(cfg, email=user["email"], profile=profile))
+    click.echo(f"logged in to {hub_url} as {user['email']} ({user['organisation']}); saved to {path}")
+    click.echo(f"the hub's keys are pinned in {session.trust.keys_path}")
+
+
+@click.command()
+def logout() -> None:
+    """Forget the hub URL and token (back to the embedded hub). Cached models and receipts stay."""
+    from dataclasses import replace
+
+    from llamahub.client.config import load_config, save_config
+
+    path = save_config(replace(load_config(), hub_url=None, token=None, email=None))
+    click.echo(f"logged out; {path} now points at the embedded hub")
+
+
+# --- profile ---------------------------------------------------------------------------------------
+
+
+@click.group()
+def profile() -> None:
+    """The organisation profile the license gates check (MAU, intended uses)."""
+
+
+@profile.command("show")
+@click.option("--json", "as_json", is_flag=True)
+def profile_show(as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from llamahub.client.config import load_config
+
+    p = asdict(load_config().profile)
+    if as_json:
+        click.echo(json.dumps(p, indent=2))
+        return
+    for key, value in p.items():
+        click.echo(f"{key:15} {', '.join(value) if isinstance(value, list | tuple) else value}")
+
+
+@profile.command("set")
+@click.option("--mau", type=click.IntRange(0), help="monthly active users of your products and services")
+@click.option("--use", "uses", multiple=True, help="an intended use id (repeat); replaces the list")
+@click.option("--organisation")
+@click.option("--country", help="two-letter ISO code")
+@click.option("--eu/--no-eu", "eu", default=None, help="the organisation is domiciled in the EU")
+def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None, country: str | None,
+                eu: bool | None) -> None:
+    """Declare MAU and intended uses; saved locally and sent to the hub (every change is recorded there)."""
+    from llamahub.client.config import load_config, save_config, with_profile
+    from llamahub.client.session import Session
+    from llamahub.errors import HubUnreachableError
+    from llamahub.policy import validate_uses
+
+    changes: dict[str, Any] = {}
+    if mau is not None:
+        changes["mau"] = mau
+    if uses:
+        changes["intended_uses"] = validate_uses(uses)
+    if organisation:
+        changes["organisation"] = organisation
+    if country:
+        changes["country"] = country.upper()
+    if eu is not None:
+        changes["eu_domiciled"] = eu
+    cfg = with_profile(load_config(), **changes)
+    save_config(cfg)
+    click.echo(f"profile: MAU {cfg.profile.mau:,}; uses {', '.join(cfg.profile.intended_uses) or 'none'}")
+    if cfg.offline:
+        return
+    try:
+        with Session(cfg) as session:
+            if not session.embedded:
+                session.require_account()
+                session.hub.set_profile(cfg.profile.hub_body())
+            else:
+                session.hub.profile()  # starting the embedded hub syncs it
+        click.echo(f"sent to the hub ({'embedded' if cfg.hub_url is None else cfg.hub_url})")
+    except HubUnreachableError as e:
+        click.echo(f"warning: saved locally only: {e.message}", err=True)
+
+
+# --- license ---------------------------------------------------------------------------------------
+
+
+def _license_id(name: str) -> str:
+    """A license id from a license id, a family or a variant name."""
+    from llamahub.policy import load_licenses
+    from llamahub.registry import default_registry
+
+    licenses = load_licenses()
+    if name in licenses:
+        return name
+    for terms in licenses.values():
+        if terms.covers(name):
+            return terms.id
+    return default_registry().resolve(name).license
+
+
+@click.group()
+def license() -> None:
+    """Read, accept and check license versions (each version is accepted separately)."""
+
+
+@license.command("show")
+@click.argument("name")
+def license_show(name: str) -> None:
+    """A summary of the terms in llamahub's words, and where the full text is."""
+    from llamahub.policy import license_terms
+    from llamahub.policy.terms import render_terms
+
+    terms = license_terms(_license_id(name))
+    click.echo(render_terms(terms), nl=False)
+    click.echo(f"From your hub: GET /api/licenses/{terms.id}/text (the exact text an acceptance records); "
+               f"accept with `llamahub license accept {terms.id}`.")
+
+
+@license.command("accept")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="accept without asking (scripts)")
+def license_accept(name: str, yes: bool) -> None:
+    """Accept a license version on the hub; keeps the hub's signed receipt for offline use."""
+    import hashlib
+
+    from llamahub.policy import license_terms
+    from llamahub.policy.terms import render_terms
+
+    terms = license_terms(_license_id(name))
+    with _session() as session:
+        session.require_account()
+        text = session.hub.license_text(terms.id)
+        click.echo(render_terms(terms), nl=False)
+        if not yes and not click.confirm(f"Do you accept the {terms.title} on behalf of "
+                                         f"{session.cfg.profile.organisation}?"):
+            raise click.Abort()
+        done = session.accept(terms.id, hashlib.sha256(text.encode("utf-8")).hexdigest())
+    receipt = done["receipt"]
+    verb = "accepted" if done["created"] else "already accepted"
+    click.echo(f"{verb} {terms.title} at {receipt['accepted_at']}; signed receipt "
+               f"{receipt['acceptance_id']} stored in {session.trust.receipt_path(terms.id)}")
+
+
+@license.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def license_status(as_json: bool) -> None:
+    """Which license versions you accepted (receipts verified against the hub's pinned keys)."""
+    from llamahub.errors import HubUnreachableError, OfflineError
+    from llamahub.policy import load_licenses
+
+    with _session(echo=False) as session:
+        try:
+            session.sync_receipts()
+            where = "hub and local receipts"
+        except (HubUnreachableError, OfflineError):
+            where = "local receipts only (hub not reachable)"
+        accepted = session.trust.accepted()
+    rows = [{"id": t.id, "title": t.title, "accepted_at": accepted.get(t.id)}
+            for t in load_licenses().values()]
+    if as_json:
+        click.echo(json.dumps({"source": where, "licenses": rows}, indent=2))
+        return
+    click.echo(f"({where})")
+    for r in rows:
+        state = f"accepted {r['accepted_at']}" if r["accepted_at"] else "not accepted"
+        click.echo(f"  {r['id']:12} {state:40} {r['title']}")
+
+
+# --- download and cache ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name")
+@click.option("--source", help="hub (default), meta-url, local, or a plugin's source")
+@click.option("--meta-url", help="a presigned URL with '*', as Meta emails it (implies --source meta-url)")
+@click.option("--from", "folder", help="a local folder or file:// URL (implies --source local)")
+@click.option("--force", is_flag=True, help="fetch again even if an intact copy is cached")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def download(name: str, source: str | None, meta_url: str | None, folder: str | None, force: bool,
+             no_progress: bool) -> None:
+    """Fetch a variant into the cache (after the license gates) and verify it."""
+    from llamahub.client.fetch import FetchReport, ensure
+    from llamahub.registry import resolve
+
+    if meta_url and folder:
+        raise ConfigError("give either --meta-url or --from, not both", hint="pick one source")
+    source = source or ("meta-url" if meta_url else "local" if folder else None)
+    variant = resolve(name)
+    report = FetchReport()
+    with _session() as session:
+        snap = ensure(variant, session, source=source, location=meta_url or folder, progress=not no_progress,
+                      force=force, report=report)
+    if report.cached:
+        click.echo(f"{variant.name} is cached and intact: {snap.root}")
+    else:
+        click.echo(f"{variant.name}: downloaded {_human(report.downloaded_bytes)} "
+                   f"({report.reused_files} files reused from the cache), verified: {snap.root}")
+
+
+@click.group()
+def cache() -> None:
+    """The local cache of downloaded variants (LLAMAHUB_CACHE)."""
+
+
+def _cache() -> Any:
+    from llamahub.client.cache import Cache
+    from llamahub.client.config import load_config
+
+    return Cache(load_config().cache)
+
+
+@cache.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+def cache_ls(as_json: bool) -> None:
+    """Cached variants: snapshot, size, where they came from."""
+    c = _cache()
+    snaps = c.snapshots()
+    if as_json:
+        click.echo(json.dumps([{"variant": s.variant, "snapshot": s.id, "bytes": s.bytes, "path": str(s.root),
+                                "origin": s.origin, "created_at": s.created_at} for s in snaps], indent=2))
+        return
+    click.echo(f"cache: {c.root}")
+    for s in snaps:
+        click.echo(f"  {s.variant:32} {s.id}  {_human(s.bytes):>10}  {s.origin.get('source', '?'):8} "
+                   f"{s.created_at}")
+    if not snaps:
+        click.echo("  (empty; `llamahub download NAME` fills it)")
+
+
+@cache.command("rm")
+@click.argument("names", nargs=-1, required=True)
+def cache_rm(names: tuple[str, ...]) -> None:
+    """Remove variants (and the blobs no other cached variant shares)."""
+    from llamahub.registry import resolve
+
+    c = _cache()
+    for name in names:
+        variant = resolve(name).name
+        if c.current(variant) is None:
+            raise ConfigError(f"{variant} is not cached", hint="`llamahub cache ls` lists what is")
+        click.echo(f"removed {variant}: freed {_human(c.remove(variant))}")
+
+
+@cache.command("verify")
+@click.argument("names", nargs=-1)
+def cache_verify(names: tuple[str, ...]) -> None:
+    """Re-hash every cached file; damaged blobs are deleted so the next download fetches them again."""
+    from llamahub.errors import CacheError
+    from llamahub.registry import resolve
+
+    c = _cache()
+    wanted = {resolve(n).name for n in names}
+    snaps = [s for s in c.snapshots() if not wanted or s.variant in wanted]
+    bad = 0
+    for s in snaps:
+        problems = c.check(s, full=True)
+        bad += len(problems)
+        click.echo(f"{s.variant}: {'ok' if not problems else f'{len(problems)} damaged'} "
+                   f"({len(s.files)} files, {_human(s.bytes)})")
+        for p in problems:
+            click.echo(f"  {p.path}: {p.reason}")
+        c.discard(problems)
+    if bad:
+        raise CacheError(f"{bad} damaged file(s) found and removed from the cache",
+                         hint="run `llamahub download NAME` online to fetch them again")
+
+
+# --- chat --------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model")
+@click.option("--system", help="a system prompt")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]))
+@click.option("-n", "--max-new-tokens", default=256, show_default=True)
+@click.option("-t", "--temperature", default=0.6, show_default=True)
+@click.option("--seed", type=int)
+def chat(model: str, system: str | None, dtype: str | None, max_new_tokens: int, temperature: float,
+         seed: int | None) -> None:
+    """An interactive chat with MODEL (a name or a folder). Empty line or Ctrl-D ends it."""
+    from llamahub.api import load
+
+    m = load(model, dtype=dtype)
+    dialog = [{"role": "system", "content": system}] if system else []
+    click.echo(f"chatting with {model} ({m.backend}, {m.dtype}); an empty line ends", err=True)
+    try:
+        while True:
+            try:
+                line = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
+            except (EOFError, click.exceptions.Abort):
+                break
+            if not line.strip():
+                break
+            dialog.append({"role": "user", "content": line})
+            pieces = []
+            click.echo("model> ", nl=False)
+            for piece in m.chat(dialog, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                stream=True):
+                pieces.append(piece)
+                click.echo(piece, nl=False)
+            click.echo()
+            dialog.append({"role": "assistant", "content": "".join(pieces)})
+    finally:
+        m.close()
+
+
+COMMANDS = (login, logout, profile, license, download, cache, chat)

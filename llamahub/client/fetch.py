@@ -1,0 +1,132 @@
+"""Name → verified files in the cache: license gates, source, download engine, cache.
+
+``ensure()`` is what ``llamahub.load(name)`` and ``llamahub download`` call. A cached snapshot
+whose blobs are intact and whose license receipt verifies is used without any network call;
+otherwise, online, the source plans the files, the download engine fetches what the cache lacks,
+and the cache records the new snapshot. One process at a time works on a variant (file lock);
+a second one waits and then finds the first one's snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from llamahub import plugins
+from llamahub.client.cache import Cache, Snapshot
+from llamahub.client.session import Session
+from llamahub.errors import ConfigError, OfflineError
+from llamahub.registry import Variant
+
+DEFAULT_SOURCE = "hub"
+
+
+@dataclass
+class FetchReport:
+    """What ``ensure`` did, step by step (seconds), for progress output and the benchmark."""
+
+    snapshot: Snapshot | None = None
+    cached: bool = False
+    downloaded_bytes: int = 0
+    reused_files: int = 0
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, step: str, started: float) -> None:
+        self.steps[step] = self.steps.get(step, 0.0) + time.perf_counter() - started
+
+
+def _source(name: str, location: str | None):
+    found = plugins.sources()
+    if name not in found:
+        raise ConfigError(f"no download source named {name!r}",
+                          hint=f"installed sources: {', '.join(sorted(found)) or 'none'}; "
+                               "`llamahub plugins` shows why one is missing")
+    source = found[name]
+    if getattr(source, "needs_location", False) and not location:
+        raise ConfigError(f"the {name} source needs to be told where to fetch from",
+                          hint="pass the URL or folder (`--meta-url URL` / `--from PATH`)")
+    return source
+
+
+def ensure(variant: Variant, session: Session, *, source: str | None = None, location: str | None = None,
+           progress: bool = True, force: bool = False, report: FetchReport | None = None) -> Snapshot:
+    """The cached, verified snapshot of ``variant``; downloads it first if needed (and allowed).
+
+    ``force`` fetches again even when an intact snapshot is cached.
+    """
+    report = report or FetchReport()
+    cache = Cache(session.cfg.cache)
+    t = time.perf_counter()
+    decision = session.gate(variant)
+    report.timed("license gates", t)
+    if not decision.allowed:
+        # Only the hub can allow this (an enterprise grant): ask it, even for a cached copy. Its
+        # link request refuses before any byte moves; cached blobs are reused if it allows.
+        if (source or DEFAULT_SOURCE) != DEFAULT_SOURCE:
+            decision.raise_if_denied()
+        force = True
+    snap = None if force else _usable(cache, variant, session, report)
+    if snap is not None:
+        return snap
+    chosen = _source(source or DEFAULT_SOURCE, location)
+    if session.cfg.offline and chosen.name != "local":
+        raise OfflineError(f"{variant.name} is not in the cache and offline mode is on",
+                           hint=f"unset LLAMAHUB_OFFLINE and run `llamahub download {variant.name}`, "
+                                "or use a local copy (--from PATH)")
+    from llamahub.client.locks import file_lock
+
+    with file_lock(cache.lock_path(variant.name), what=variant.name, waiting=session.echo):
+        snap = None if force else _usable(cache, variant, session, report)  # another process's work?
+        if snap is not None:
+            return snap
+        return _download(variant, session, cache, chosen, location, progress, report)
+
+
+def _usable(cache: Cache, variant: Variant, session: Session, report: FetchReport) -> Snapshot | None:
+    t = time.perf_counter()
+    snap = cache.current(variant.name)
+    if snap is None:
+        return None
+    problems = cache.check(snap)
+    report.timed("cache check", t)
+    if not problems:
+        report.snapshot, report.cached = snap, True
+        return snap
+    if session.cfg.offline:
+        cache.require_intact(snap)  # raises CacheError naming the damage
+    for p in problems:
+        session.echo(f"cached {p.path} of {variant.name} is damaged ({p.reason}); fetching it again")
+    cache.discard(problems)
+    return None
+
+
+def _download(variant: Variant, session: Session, cache: Cache, source, location: str | None,
+              progress: bool, report: FetchReport) -> Snapshot:
+    from llamahub.client.download import DownloadOptions, download
+
+    t = time.perf_counter()
+    plan = source.plan(variant, session, location)
+    report.timed("links and manifest", t)
+    current = cache.current(variant.name)
+    if current is not None:
+        cache.discard(cache.check(current))  # a damaged blob is never reused
+    wanted = [f for f in plan.files if not cache.has_blob(f.sha256, f.size)]
+    report.reused_files = len(plan.files) - len(wanted)
+    t = time.perf_counter()
+    fetched = download(wanted, cache.staging(variant.name), options=DownloadOptions(progress=progress))
+    report.timed("download and verify", t)
+    t = time.perf_counter()
+    digests = {}
+    for item in fetched:
+        cache.put_blob(item.path, item.sha256)
+        digests[item.file.path] = (item.size, item.sha256, item.md5)
+        report.downloaded_bytes += item.size
+    for f in plan.files:
+        if f.path not in digests:
+            assert f.sha256 is not None and f.size is not None
+            digests[f.path] = (f.size, f.sha256, f.md5)
+    entries = [(path, size, sha, md5) for path, (size, sha, md5) in sorted(digests.items())]
+    snap = cache.add(variant.name, entries, dict(plan.origin))
+    report.timed("cache", t)
+    report.snapshot = snap
+    return snap

@@ -1,0 +1,130 @@
+"""A small typed client of the hub's JSON API (httpx). Hub errors become llamahub errors."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from llamahub.errors import (
+    AcceptableUseError,
+    AuthenticationError,
+    HubError,
+    HubUnreachableError,
+    LicenseError,
+    LicenseNotAcceptedError,
+    LlamahubError,
+    MauLimitError,
+)
+
+_BY_CODE: dict[str, type[LlamahubError]] = {
+    "license_not_accepted": LicenseNotAcceptedError,
+    "eu_multimodal_restricted": LicenseError,
+    "no_intended_use": AcceptableUseError,
+    "unknown_use": AcceptableUseError,
+    "prohibited_use": AcceptableUseError,
+    "mau_over_threshold": MauLimitError,
+    "grant_mau_exceeded": MauLimitError,
+    "grant_expired": MauLimitError,
+    "grant_not_yet_valid": MauLimitError,
+    "grant_revoked": MauLimitError,
+}
+
+
+def hub_error(response: httpx.Response, doing: str) -> LlamahubError:
+    """The llamahub error for a hub's error answer (its code, message and hint kept)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    code = error.get("code") or f"http_{response.status_code}"
+    message = error.get("message") or f"the hub answered HTTP {response.status_code} while {doing}"
+    hint = error.get("hint")
+    if response.status_code == 401:
+        cls: type[LlamahubError] = AuthenticationError
+        hint = hint or "run `llamahub login` (or set LLAMAHUB_TOKEN)"
+    else:
+        cls = _BY_CODE.get(code, HubError)
+    failure = cls(message, hint=hint)
+    failure.code = code
+    return failure
+
+
+class HubClient:
+    """The hub's API for one account (``token`` may be None for public routes)."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, doing: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise HubUnreachableError(
+                f"cannot reach the hub at {self.url} while {doing}: {e}",
+                hint="check that the hub is running and LLAMAHUB_HUB_URL / `llamahub login --hub` "
+                     "point at it, or set LLAMAHUB_OFFLINE=1 to use only what is cached") from e
+        if response.status_code >= 400:
+            raise hub_error(response, doing)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    # --- public ------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/api/health", "checking the hub's health")
+
+    def keys(self) -> dict[str, Any]:
+        return self._call("GET", "/.well-known/llamahub-keys.json", "fetching the hub's public keys")
+
+    def register(self, email: str, name: str, organisation: str, country: str) -> dict[str, Any]:
+        body = {"email": email, "name": name, "organisation": organisation, "country": country}
+        return self._call("POST", "/api/users", "registering", json=body)
+
+    def license(self, license_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/licenses/{license_id}", f"reading license {license_id}")
+
+    def license_text(self, license_id: str) -> str:
+        return self._call("GET", f"/api/licenses/{license_id}/text", f"reading the {license_id} text")
+
+    # --- an account ----------------------------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        return self._call("GET", "/api/users/me", "checking your token")
+
+    def profile(self) -> dict[str, Any]:
+        return self._call("GET", "/api/profile", "reading your profile")
+
+    def set_profile(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PUT", "/api/profile", "updating your profile", json=body)
+
+    def accept(self, license_id: str, text_sha256: str | None = None) -> dict[str, Any]:
+        return self._call("POST", f"/api/licenses/{license_id}/accept", f"accepting {license_id}",
+                          json={"text_sha256": text_sha256})
+
+    def license_status(self) -> dict[str, Any]:
+        return self._call("GET", "/api/licenses/status", "reading your license acceptances")
+
+    def issue_link(self, variant: str | None = None, family: str | None = None) -> dict[str, Any]:
+        """A signed link for one variant, or for every variant of a family you may get."""
+        body = {"variant": variant} if variant else {"family": family}
+        return self._call("POST", "/api/links", f"requesting a download link for {variant or family}",
+                          json=body)
+
+    def manifest(self, link_url: str) -> dict[str, Any]:
+        query = urlsplit(link_url).query
+        return self._call("GET", f"/api/links/manifest?{query}", "reading the link's manifest")

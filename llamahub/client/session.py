@@ -1,0 +1,123 @@
+"""One client session: the configuration, the hub (configured or embedded), pinned keys, receipts,
+and the local license gates.
+
+The local gates run the same pure policy functions as the hub, on the local profile and the
+licenses whose receipts verify, before any download starts. Only a monthly-active-users refusal
+is left to an online hub to confirm, because enterprise grants live there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from llamahub.client.config import ClientConfig, load_config
+from llamahub.client.hubapi import HubClient
+from llamahub.client.trust import TrustStore
+from llamahub.errors import AuthenticationError, OfflineError
+from llamahub.policy import Decision, Profile, check
+from llamahub.registry import Variant
+
+# Left to the hub when online: it knows the organisation's enterprise grants.
+HUB_DECIDES = frozenset({"mau_over_threshold"})
+
+
+class Session:
+    def __init__(self, cfg: ClientConfig | None = None, *, echo: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg or load_config()
+        self.echo = echo or (lambda _m: None)
+        self.trust = TrustStore(self.cfg.hub_state_dir())
+        self._hub: HubClient | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.cfg.hub_url is None
+
+    def close(self) -> None:
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the hub -----------------------------------------------------------------------------------
+
+    @property
+    def hub(self) -> HubClient:
+        """The hub client; starts the embedded hub if none is configured. Never in offline mode."""
+        if self._hub is None:
+            if self.cfg.offline:
+                raise OfflineError("offline mode is on (LLAMAHUB_OFFLINE=1) and this needs the hub",
+                                   hint="unset LLAMAHUB_OFFLINE to go online")
+            if self.embedded:
+                from llamahub.client.embedded import start_embedded
+
+                running = start_embedded(self.cfg.profile, self.echo)
+                self._hub = HubClient(running.url, running.token)
+            else:
+                assert self.cfg.hub_url is not None
+                self._hub = HubClient(self.cfg.hub_url, self.cfg.token)
+            self.trust.pin(self._hub.keys())
+            if self.embedded:
+                self._sync_embedded_profile()
+        return self._hub
+
+    def require_account(self) -> None:
+        if not self.embedded and not self.cfg.token:
+            raise AuthenticationError(f"no API token for the hub at {self.cfg.hub_url}",
+                                      hint="run `llamahub login` (or set LLAMAHUB_TOKEN)")
+
+    def _sync_embedded_profile(self) -> None:
+        """The local profile is the truth for the embedded hub: push it when they differ."""
+        assert self._hub is not None
+        want = self.cfg.profile.hub_body()
+        have = self._hub.profile()
+        if any(have.get(k) != v for k, v in want.items()):
+            self._hub.set_profile(want)
+
+    # --- receipts and gates --------------------------------------------------------------------
+
+    def sync_receipts(self) -> dict[str, dict[str, Any]]:
+        """Fetch this account's acceptances from the hub and keep their verified receipts."""
+        self.require_account()
+        status = self.hub.license_status()
+        out = {}
+        for item in status["licenses"]:
+            if item.get("receipt"):
+                out[item["id"]] = self.trust.save_receipt(item["receipt"])
+        return out
+
+    def accept(self, license_id: str, text_sha256: str | None = None) -> dict[str, Any]:
+        self.require_account()
+        answer = self.hub.accept(license_id, text_sha256)
+        payload = self.trust.save_receipt(answer["receipt"])
+        return {"created": answer["created"], "receipt": payload}
+
+    def profile(self, accepted: dict[str, str]) -> Profile:
+        p = self.cfg.profile
+        return Profile(organisation=p.organisation, mau=p.mau, intended_uses=p.intended_uses,
+                       accepted=accepted, country=p.country, eu_domiciled=p.eu_domiciled,
+                       certifications=p.certifications)
+
+    def gate(self, variant: Variant) -> Decision:
+        """The local license decision for ``variant``; raises the LicenseError of a refusal.
+
+        Receipts stored on this machine count as acceptances; online, a missing receipt is first
+        looked up on the hub. A refusal the hub may overrule (MAU with a grant) is returned, not
+        raised, when online, so that the hub decides.
+        """
+        now = dt.datetime.now(dt.UTC)
+        decision = check(self.profile(self.trust.accepted()), variant, [], now)
+        if decision.code == "license_not_accepted":
+            if self.cfg.offline:
+                self.trust.receipt(variant.license)  # raises ReceiptError saying what is wrong with it
+            self.sync_receipts()
+            decision = check(self.profile(self.trust.accepted()), variant, [], now)
+        if not decision.allowed and not (decision.code in HUB_DECIDES and not self.cfg.offline):
+            decision.raise_if_denied()
+        return decision

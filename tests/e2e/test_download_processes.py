@@ -1,0 +1,102 @@
+"""Downloads across processes: a killed download resumes, two processes share one download, and
+the meta-url and local sources. The hub is slowed down by a throttling relay so that a download
+is still running when the test acts."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Client, MakeClient
+from netproxy import ThrottledProxy
+
+BIG = "llama-debug-big-25m"  # two shards of ~13 MB
+
+
+@pytest.fixture
+def slow_hub(make_client: MakeClient) -> Iterator[tuple[Client, ThrottledProxy]]:
+    client = make_client()
+    proxy = ThrottledProxy(client.hub.port, rate=6e6)  # 6 MB/s per connection
+    yield client, proxy
+    proxy.close()
+
+
+def _staged_bytes(client: Client) -> int:
+    folder = client.cache / "staging" / BIG
+    return sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
+
+
+def _range_starts(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"(?i)^range: bytes=(\d+)-", text, flags=re.MULTILINE)]
+
+
+def test_killed_download_resumes_and_verifies(slow_hub: tuple[Client, ThrottledProxy]) -> None:
+    client, proxy = slow_hub
+    proc = client.popen("download", BIG, "--no-progress", hub_url=proxy.url)
+    deadline = time.monotonic() + 60
+    while _staged_bytes(client) < 4_000_000:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "download did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (client.cache / "variants" / BIG).exists()  # nothing half-done is ever a snapshot
+    partial = _staged_bytes(client)
+    assert partial >= 4_000_000
+
+    before = len(proxy.requests_text())
+    done = client.cli("download", BIG, "--no-progress", LLAMAHUB_HUB_URL=proxy.url)
+    assert done.returncode == 0, done.stderr
+    resumed = _range_starts(proxy.requests_text()[before:])
+    assert any(start > 0 for start in resumed), "the second run did not resume with a Range request"
+    assert client.cli("cache", "verify", BIG).returncode == 0
+    run = client.cli("run", BIG, "Hello", "-n", "4", "--seed", "0")
+    assert run.returncode == 0, run.stderr
+
+
+def test_two_processes_download_once(slow_hub: tuple[Client, ThrottledProxy]) -> None:
+    client, proxy = slow_hub
+    procs = [client.popen("download", BIG, "--no-progress", hub_url=proxy.url) for _ in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    assert len(client.links()) == 1  # one of them downloaded; the other waited and found the copy
+    texts = [out for out, _ in outs]
+    assert sum("downloaded" in t for t in texts) == 1
+    assert sum("cached and intact" in t for t in texts) == 1
+    assert client.cli("cache", "verify").returncode == 0
+
+
+def test_meta_url_source(make_client: MakeClient) -> None:
+    client = make_client()
+    link = client.cli("link", "llama-debug")
+    assert link.returncode == 0, link.stderr
+    url = link.stdout.strip()
+    assert "/dl/llama-debug/*?Policy=" in url
+    done = client.cli("download", "llama-debug-2", "--meta-url", url, "--no-progress")
+    assert done.returncode == 0, done.stderr
+    listed = client.cli("cache", "ls", "--json")
+    assert '"source": "meta-url"' in listed.stdout
+    run = client.cli("run", "llama-debug-2", "Hello", "-n", "4", "--seed", "0")
+    assert run.returncode == 0, run.stderr
+
+
+def test_meta_url_without_star_is_refused(make_client: MakeClient) -> None:
+    client = make_client()
+    bad = client.cli("download", "llama-debug-2", "--meta-url", f"{client.hub.url}/dl/llama-debug/LICENSE")
+    assert bad.returncode == 1
+    assert "no '*'" in bad.stderr and "next:" in bad.stderr
+
+
+def test_local_source(make_client: MakeClient, debug_root: Path) -> None:
+    client = make_client()
+    done = client.cli("download", "llama-debug-2-chat", "--from", str(debug_root / "llama-debug-2-chat"),
+                      "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert client.links() == []  # nothing came from the hub
+    listed = client.cli("cache", "ls", "--json")
+    assert '"source": "local"' in listed.stdout

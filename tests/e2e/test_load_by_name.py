@@ -1,0 +1,169 @@
+"""``llamahub.load(name)`` end to end against a real hub process: gates, links, download, cache,
+offline receipts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+
+import pytest
+from conftest import MakeClient
+
+import llamahub
+from llamahub.errors import CacheError, LicenseNotAcceptedError, MauLimitError, OfflineError, ReceiptError
+from llamahub.model.llm import LlamaModel
+
+VARIANT = "llama-debug-2-chat"
+
+
+def _greedy(model: LlamaModel) -> str:
+    return model.generate("Once upon a time", max_new_tokens=12, temperature=0)
+
+
+def test_first_load_downloads_second_load_is_offline(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch,
+                                                     no_network: Callable[[], None]) -> None:
+    client = make_client()
+    client.use(monkeypatch)
+    model = llamahub.load(VARIANT, dtype="fp32")
+    first = _greedy(model)
+    model.close()
+    [link] = client.links()
+    assert link["variants"] == [VARIANT]
+    assert link["downloads"]  # the hub counted the files it served
+    snaps = list((client.cache / "variants" / VARIANT).glob("*.json"))
+    assert len(snaps) == 1
+
+    monkeypatch.setenv("LLAMAHUB_OFFLINE", "1")
+    no_network()
+    model = llamahub.load(VARIANT, dtype="fp32")
+    assert _greedy(model) == first
+    model.close()
+
+
+def test_offline_needs_a_valid_receipt(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch,
+                                       no_network: Callable[[], None]) -> None:
+    client = make_client()
+    client.use(monkeypatch)
+    llamahub.load(VARIANT).close()
+    receipt = client.home / "data" / "hubs"
+    [path] = list(receipt.glob("*/receipts/llama-debug.json"))
+    original = path.read_text()
+
+    monkeypatch.setenv("LLAMAHUB_OFFLINE", "1")
+    no_network()
+    tampered = json.loads(original)
+    tampered["payload"]["accepted_at"] = "2020-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(tampered))
+    with pytest.raises(ReceiptError, match="does not verify"):
+        llamahub.load(VARIANT)
+    path.unlink()
+    with pytest.raises(ReceiptError, match="no acceptance receipt"):
+        llamahub.load(VARIANT)
+    path.write_text(original)
+    llamahub.load(VARIANT).close()
+
+
+def test_offline_without_a_cached_copy_is_a_clear_error(make_client: MakeClient,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client()
+    client.use(monkeypatch)
+    llamahub.load(VARIANT).close()  # stores the receipt
+    monkeypatch.setenv("LLAMAHUB_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="llama-debug-2 is not in the cache") as e:
+        llamahub.load("llama-debug-2")
+    assert "llamahub download llama-debug-2" in (e.value.hint or "")
+
+
+def test_mau_over_threshold_refused_before_any_download(make_client: MakeClient,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client(mau=800_000_000)
+    client.use(monkeypatch)
+    with pytest.raises(MauLimitError) as e:
+        llamahub.load(VARIANT)
+    assert "llamahub enterprise request" in (e.value.hint or "")
+    assert client.links() == []
+    assert client.blobs() == []
+
+
+def test_a_cached_copy_is_refused_once_the_profile_exceeds_the_threshold(
+        make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client()
+    client.use(monkeypatch)
+    llamahub.load(VARIANT).close()
+    grown = client.cli("profile", "set", "--mau", "800000000")
+    assert grown.returncode == 0, grown.stderr
+    with pytest.raises(MauLimitError):  # online: the hub (which knows grants) refuses
+        llamahub.load(VARIANT)
+    monkeypatch.setenv("LLAMAHUB_OFFLINE", "1")
+    with pytest.raises(MauLimitError):  # offline: refused locally
+        llamahub.load(VARIANT)
+
+
+def test_unaccepted_license_refused_before_any_download(make_client: MakeClient,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client(accept=())
+    client.use(monkeypatch)
+    with pytest.raises(LicenseNotAcceptedError) as e:
+        llamahub.load(VARIANT)
+    assert "llamahub license accept llama-debug" in (e.value.hint or "")
+    assert client.links() == []
+    assert client.blobs() == []
+    accepted = client.cli("license", "accept", "llama-debug", "--yes")
+    assert accepted.returncode == 0, accepted.stderr
+    llamahub.load(VARIANT).close()
+
+
+def test_corrupted_blob_is_found_by_verify_and_on_load(make_client: MakeClient,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client()
+    client.use(monkeypatch)
+    llamahub.load(VARIANT).close()
+    [link] = client.links()
+    shard = next((client.cache / "variants" / VARIANT).glob(f"*/{VARIANT}/consolidated.00.pth"))
+    blob = shard.resolve()
+
+    def corrupt() -> None:
+        os.chmod(blob, 0o644)
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+
+    corrupt()
+    verify = client.cli("cache", "verify")
+    assert verify.returncode == 1
+    assert "consolidated.00.pth: sha256" in verify.stdout
+    assert not blob.exists()  # removed, so the next load fetches it again
+
+    llamahub.load(VARIANT).close()  # online: fetched again
+    assert blob.exists() and len(client.links()) == 2
+    assert client.cli("cache", "verify").returncode == 0
+
+    corrupt()
+    monkeypatch.setenv("LLAMAHUB_OFFLINE", "1")
+    with pytest.raises(CacheError, match="damaged"):
+        llamahub.load(VARIANT)
+    monkeypatch.delenv("LLAMAHUB_OFFLINE")
+    llamahub.load(VARIANT).close()  # online again: the damaged shard is replaced on load
+    assert len(client.links()) == 3
+    assert link["link_id"] != client.links()[-1]["link_id"]
+
+
+def test_cache_ls_and_rm(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = make_client()
+    client.use(monkeypatch)
+    llamahub.load(VARIANT).close()
+    llamahub.load("llama-debug-2").close()
+    listed = json.loads(client.cli("cache", "ls", "--json").stdout)
+    assert {s["variant"] for s in listed} == {VARIANT, "llama-debug-2"}
+    before = {p.name for p in client.blobs()}
+    removed = client.cli("cache", "rm", VARIANT)
+    assert removed.returncode == 0, removed.stderr
+    after = {p.name for p in client.blobs()}
+    assert after < before
+    # The files both variants share (LICENSE, tokenizer) stay for llama-debug-2.
+    kept = next((client.cache / "variants" / "llama-debug-2").glob("*/tokenizer.model")).resolve()
+    assert kept.name in after
+    assert client.cli("cache", "verify").returncode == 0
+    shutil.rmtree(client.cache)
