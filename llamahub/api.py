@@ -50,6 +50,19 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
     return load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name, options=options)
 
 
+def download(name: str, *, source: str | None = None, location: str | None = None,
+             progress: bool | None = None, force: bool = False) -> Path:
+    """Fetch a variant into the cache (license gates first) and return its folder in Meta's layout."""
+    from llamahub.client.fetch import ensure
+    from llamahub.client.session import Session
+
+    v = registry.resolve(name)
+    with Session() as session:
+        snap = ensure(v, session, source=source, location=location, force=force,
+                      progress=progress_default() if progress is None else progress)
+    return snap.root
+
+
 def progress_default() -> bool:
     """Progress bars unless ``LLAMAHUB_PROGRESS=0`` (scripts and CI turn them off)."""
     return os.environ.get("LLAMAHUB_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")

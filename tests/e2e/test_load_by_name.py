@@ -167,3 +167,20 @@ def test_cache_ls_and_rm(make_client: MakeClient, monkeypatch: pytest.MonkeyPatc
     assert kept.name in after
     assert client.cli("cache", "verify").returncode == 0
     shutil.rmtree(client.cache)
+
+
+def test_download_returns_a_meta_layout_that_md5sum_accepts(make_client: MakeClient,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    client = make_client()
+    client.use(monkeypatch)
+    root = llamahub.download(VARIANT)
+    variant = llamahub.variant(VARIANT)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert files == sorted(variant.meta_files())
+    check = subprocess.run(["md5sum", "-c", "checklist.chk"], cwd=root / variant.meta_folder,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert llamahub.download(VARIANT) == root  # cached: same snapshot, no new link
+    assert len(client.links()) == 1
