@@ -44,7 +44,7 @@ def hub_error(response: httpx.Response, doing: str) -> LlamahubError:
     hint = error.get("hint")
     if response.status_code == 401:
         cls: type[LlamahubError] = AuthenticationError
-        hint = hint or "run `llamahub login` (or set LLAMAHUB_TOKEN)"
+        hint = "run `llamahub login` for a new token (or set LLAMAHUB_TOKEN)"
     else:
         cls = _BY_CODE.get(code, HubError)
     failure = cls(message, hint=hint)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import MakeClient
@@ -184,3 +185,27 @@ def test_download_returns_a_meta_layout_that_md5sum_accepts(make_client: MakeCli
     assert check.returncode == 0, check.stdout + check.stderr
     assert llamahub.download(VARIANT) == root  # cached: same snapshot, no new link
     assert len(client.links()) == 1
+
+
+def test_unreachable_hub_is_a_clear_error(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hubtest import free_port
+
+    from llamahub.errors import HubUnreachableError
+
+    client = make_client(accept=())  # no receipt yet, so the client must ask the hub
+    client.use(monkeypatch, LLAMAHUB_HUB_URL=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(HubUnreachableError, match="cannot reach the hub") as e:
+        llamahub.load(VARIANT)
+    assert "LLAMAHUB_OFFLINE" in (e.value.hint or "")
+    assert client.blobs() == []
+
+
+def test_bad_token_and_bad_source_are_clear_errors(make_client: MakeClient, tmp_path: Path) -> None:
+    client = make_client()
+    for args in (("license", "status"), ("download", VARIANT)):
+        denied = client.cli(*args, LLAMAHUB_TOKEN="lh_not-a-token")
+        assert denied.returncode == 1 and "llamahub login" in denied.stderr
+    missing = client.cli("download", VARIANT, "--from", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "is not a folder" in missing.stderr
+    unknown = client.cli("download", VARIANT, "--source", "ftp")
+    assert unknown.returncode == 1 and "no download source named 'ftp'" in unknown.stderr
