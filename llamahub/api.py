@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,9 +45,9 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
     from llamahub.client.session import Session
 
     v = registry.resolve(name)
-    with Session() as session:
-        snap = ensure(v, session, source=source, location=location,
-                      progress=progress_default() if progress is None else progress)
+    show = progress_default() if progress is None else progress
+    with Session(echo=_to_stderr if show else None) as session:
+        snap = ensure(v, session, source=source, location=location, progress=show)
     return load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name, options=options)
 
 
@@ -57,10 +58,14 @@ def download(name: str, *, source: str | None = None, location: str | None = Non
     from llamahub.client.session import Session
 
     v = registry.resolve(name)
-    with Session() as session:
-        snap = ensure(v, session, source=source, location=location, force=force,
-                      progress=progress_default() if progress is None else progress)
+    show = progress_default() if progress is None else progress
+    with Session(echo=_to_stderr if show else None) as session:
+        snap = ensure(v, session, source=source, location=location, force=force, progress=show)
     return snap.root
+
+
+def _to_stderr(message: str) -> None:
+    print(f"llamahub: {message}", file=sys.stderr, flush=True)
 
 
 def progress_default() -> bool:
