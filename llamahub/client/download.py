@@ -183,9 +183,16 @@ def _all(pool: ThreadPoolExecutor, work: list[Callable[[], T]]) -> list[T]:
 # --- planning ---------------------------------------------------------------------------------------
 
 
+def _on_disk(path: Path) -> int:
+    """Bytes a part file really holds (a pre-sized chunked part is sparse until filled)."""
+    if not path.exists():
+        return 0
+    st = path.stat()
+    return min(st.st_size, st.st_blocks * 512)
+
+
 def _check_space(jobs: list[_Job], staging: Path) -> None:
-    need = sum(max(0, j.size - (j.part.stat().st_size if j.part.exists() else 0))
-               for j in jobs if j.size is not None)
+    need = sum(max(0, j.size - _on_disk(j.part)) for j in jobs if j.size is not None)
     free = shutil.disk_usage(staging).free
     if need + SPACE_MARGIN > free:
         raise DiskSpaceError(f"downloading needs {_human(need)} but only {_human(free)} is free in {staging}",

@@ -16,6 +16,7 @@ from llamahub import plugins
 from llamahub.client.cache import Cache, Snapshot
 from llamahub.client.session import Session
 from llamahub.errors import ConfigError, OfflineError
+from llamahub.interfaces import Source
 from llamahub.registry import Variant
 
 DEFAULT_SOURCE = "hub"
@@ -35,7 +36,7 @@ class FetchReport:
         self.steps[step] = self.steps.get(step, 0.0) + time.perf_counter() - started
 
 
-def _source(name: str, location: str | None):
+def _source(name: str, location: str | None) -> Source:
     found = plugins.sources()
     if name not in found:
         raise ConfigError(f"no download source named {name!r}",
@@ -100,7 +101,7 @@ def _usable(cache: Cache, variant: Variant, session: Session, report: FetchRepor
     return None
 
 
-def _download(variant: Variant, session: Session, cache: Cache, source, location: str | None,
+def _download(variant: Variant, session: Session, cache: Cache, source: Source, location: str | None,
               progress: bool, report: FetchReport) -> Snapshot:
     from llamahub.client.download import DownloadOptions, download
 
@@ -119,7 +120,8 @@ def _download(variant: Variant, session: Session, cache: Cache, source, location
     digests = {}
     for item in fetched:
         cache.put_blob(item.path, item.sha256)
-        digests[item.file.path] = (item.size, item.sha256, item.md5)
+        # md5: ours when it was the digest checked, else the source's for this same content
+        digests[item.file.path] = (item.size, item.sha256, item.md5 or item.file.md5)
         report.downloaded_bytes += item.size
     for f in plan.files:
         if f.path not in digests:
