@@ -170,21 +170,25 @@ def test_cache_ls_and_rm(make_client: MakeClient, monkeypatch: pytest.MonkeyPatc
     shutil.rmtree(client.cache)
 
 
-def test_download_returns_a_meta_layout_that_md5sum_accepts(make_client: MakeClient,
+@pytest.mark.parametrize("name", [VARIANT, "llama-debug-3.1-instruct"])  # tokenizer on top / per model
+def test_download_returns_a_meta_layout_that_md5sum_accepts(make_client: MakeClient, name: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
     client = make_client()
     client.use(monkeypatch)
-    root = llamahub.download(VARIANT)
-    variant = llamahub.variant(VARIANT)
+    root = llamahub.download(name)
+    variant = llamahub.variant(name)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     assert files == sorted(variant.meta_files())
     check = subprocess.run(["md5sum", "-c", "checklist.chk"], cwd=root / variant.meta_folder,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert llamahub.download(VARIANT) == root  # cached: same snapshot, no new link
+    assert llamahub.download(name) == root  # cached: same snapshot, no new link
     assert len(client.links()) == 1
+    model = llamahub.load(name)
+    assert isinstance(model.chat([{"role": "user", "content": "Hi"}], max_new_tokens=3, temperature=0), str)
+    model.close()
 
 
 def test_unreachable_hub_is_a_clear_error(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
