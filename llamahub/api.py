@@ -14,6 +14,7 @@ from llamahub.interfaces import LoadOptions
 from llamahub.registry import Variant
 
 if TYPE_CHECKING:
+    from llamahub.client.cache import Snapshot
     from llamahub.model.checkpoint import Checkpoint
     from llamahub.model.llm import LlamaModel
 
@@ -41,19 +42,19 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
     options = LoadOptions(backend=backend, dtype=dtype, device=device, threads=threads)
     if isinstance(name, Path) or _looks_like_path(name):
         return load_local(Path(name), variant=variant, options=options)
-    from llamahub.client.fetch import ensure
-    from llamahub.client.session import Session
-
-    v = registry.resolve(name)
-    show = progress_default() if progress is None else progress
-    with Session(echo=_to_stderr if show else None) as session:
-        snap = ensure(v, session, source=source, location=location, progress=show)
+    v, snap = _fetch(name, source, location, progress)
     return load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name, options=options)
 
 
 def download(name: str, *, source: str | None = None, location: str | None = None,
              progress: bool | None = None, force: bool = False) -> Path:
     """Fetch a variant into the cache (license gates first) and return its folder in Meta's layout."""
+    return _fetch(name, source, location, progress, force=force)[1].root
+
+
+def _fetch(name: str, source: str | None, location: str | None, progress: bool | None,
+           force: bool = False) -> tuple[Variant, Snapshot]:
+    """(variant, its cached snapshot) after the license gates and, if needed, a download."""
     from llamahub.client.fetch import ensure
     from llamahub.client.session import Session
 
@@ -61,7 +62,7 @@ def download(name: str, *, source: str | None = None, location: str | None = Non
     show = progress_default() if progress is None else progress
     with Session(echo=_to_stderr if show else None) as session:
         snap = ensure(v, session, source=source, location=location, force=force, progress=show)
-    return snap.root
+    return v, snap
 
 
 def _to_stderr(message: str) -> None:

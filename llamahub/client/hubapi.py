@@ -7,29 +7,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from llamahub.errors import (
-    AcceptableUseError,
-    AuthenticationError,
-    HubError,
-    HubUnreachableError,
-    LicenseError,
-    LicenseNotAcceptedError,
-    LlamahubError,
-    MauLimitError,
-)
-
-_BY_CODE: dict[str, type[LlamahubError]] = {
-    "license_not_accepted": LicenseNotAcceptedError,
-    "eu_multimodal_restricted": LicenseError,
-    "no_intended_use": AcceptableUseError,
-    "unknown_use": AcceptableUseError,
-    "prohibited_use": AcceptableUseError,
-    "mau_over_threshold": MauLimitError,
-    "grant_mau_exceeded": MauLimitError,
-    "grant_expired": MauLimitError,
-    "grant_not_yet_valid": MauLimitError,
-    "grant_revoked": MauLimitError,
-}
+from llamahub.errors import AuthenticationError, HubError, HubUnreachableError, LlamahubError
+from llamahub.policy.gates import error_class
 
 
 def hub_error(response: httpx.Response, doing: str) -> LlamahubError:
@@ -46,7 +25,7 @@ def hub_error(response: httpx.Response, doing: str) -> LlamahubError:
         cls: type[LlamahubError] = AuthenticationError
         hint = "run `llamahub login` for a new token (or set LLAMAHUB_TOKEN)"
     else:
-        cls = _BY_CODE.get(code, HubError)
+        cls = error_class(code) or HubError  # a license refusal keeps its own class
     failure = cls(message, hint=hint)
     failure.code = code
     return failure

@@ -46,6 +46,11 @@ _ERRORS: dict[str, type[LicenseError]] = {
     "grant_revoked": MauLimitError,
 }
 CODES = (OK, *_ERRORS)
+
+
+def error_class(code: str) -> type[LicenseError] | None:
+    """The LicenseError subclass a refusal ``code`` raises (None for codes that are not refusals)."""
+    return _ERRORS.get(code)
 # When several grants match but none is usable, report the most actionable reason.
 _GRANT_REASON_RANK = ("grant_mau_exceeded", "grant_expired", "grant_not_yet_valid", "grant_revoked")
 
