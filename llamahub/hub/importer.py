@@ -12,7 +12,6 @@ folder's files are served under ``<variant>/``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ from llamahub.errors import CheckpointError, NotACheckpointError
 from llamahub.hub.blobs import BlobInfo, BlobStore
 from llamahub.hub.errors import ImportRefusedError
 from llamahub.hub.store import FileRecord, Store
+from llamahub.model.checklist import parse_checklist
 from llamahub.registry import Variant
 
 TOP_TEXTS = ("LICENSE", "USE_POLICY.md")
-_CHECK_LINE = re.compile(r"^([0-9a-fA-F]{32})\s+\*?(?:\./)?(\S.*)$")
 _SKIP_HF = {"llamahub.json"}
 
 
@@ -144,16 +143,10 @@ def _read_checklist(path: Path, prefix: str) -> dict[str, str]:
     except (OSError, UnicodeDecodeError) as e:
         raise ImportRefusedError(f"cannot read {path}: {e}", code="bad_checklist",
                                  hint="re-download the variant") from e
-    out = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        match = _CHECK_LINE.match(line.strip())
-        if match is None or "/" in match.group(2) or match.group(2) in (".", ".."):
-            raise ImportRefusedError(f"{path}:{number} is not a '<md5>  <file>' line", code="bad_checklist",
-                                     hint="re-download the variant")
-        out[prefix + match.group(2)] = match.group(1).lower()
-    return out
+    try:
+        return parse_checklist(text, prefix)
+    except ValueError as e:
+        raise ImportRefusedError(f"{path}: {e}", code="bad_checklist", hint="re-download the variant") from e
 
 
 def _verify_checklists(plan: _Plan, infos: dict[str, BlobInfo]) -> None:

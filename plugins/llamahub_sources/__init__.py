@@ -7,21 +7,20 @@ the download engine fetches and verifies, the cache keeps.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from llamahub import hookimpl
-from llamahub.errors import ConfigError, MissingShardError, NotACheckpointError
+from llamahub.errors import ChecksumError, ConfigError, MissingShardError, NotACheckpointError
 from llamahub.interfaces import SourcePlan
+from llamahub.model.checklist import parse_checklist
 
 if TYPE_CHECKING:
     from llamahub.client.session import Session
     from llamahub.registry import Variant
 
-_CHECK_LINE = re.compile(r"^([0-9a-fA-F]{32})\s+\*?(?:\./)?(\S.*)$")
 OPTIONAL_LOCAL = ("LICENSE", "USE_POLICY.md")
 
 
@@ -34,23 +33,19 @@ def expand(link: str, path: str) -> str:
     return base[:-1] + quote(path) + sep + query
 
 
-def parse_checklist(text: str, prefix: str) -> dict[str, str]:
-    """``{path: md5}`` from Meta's ``<md5>  <file>`` lines (paths prefixed with the folder)."""
-    out = {}
-    for line in text.splitlines():
-        match = _CHECK_LINE.match(line.strip())
-        if match:
-            out[prefix + match.group(2).strip()] = match.group(1).lower()
-    return out
-
-
 def _checklists(variant: Variant, read: Callable[[str], str | None]) -> dict[str, str]:
     md5s: dict[str, str] = {}
     for path in variant.meta_files():
         if path.endswith(".chk"):
             text = read(path)
-            if text is not None:
+            if text is None:
+                continue
+            try:
                 md5s.update(parse_checklist(text, path.rpartition("/")[0] + "/" if "/" in path else ""))
+            except ValueError as e:
+                raise ChecksumError(f"{path} is not a checklist md5sum can read ({e})",
+                                    hint="the download is damaged or the URL is not a Meta download; "
+                                         "get a new link") from e
     return md5s
 
 
