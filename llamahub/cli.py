@@ -147,10 +147,11 @@ def plugins_cmd(as_json: bool) -> None:
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
     """The whole path on the embedded hub: license, profile, signed link, download, load, chat."""
+    from llamahub.api import progress_default
     from llamahub.demo import run_demo
 
     run_demo(yes=yes, confirm=lambda q: click.confirm(q), max_new_tokens=max_new_tokens,
-             progress=not no_progress, echo=click.echo)
+             progress=not no_progress and progress_default(), echo=click.echo)
 
 
 # The hub server and `llamahub link` (llamahub.hub.cli imports only click; the server loads lazily),

@@ -245,6 +245,7 @@ def license_status(as_json: bool) -> None:
 def download(name: str, source: str | None, meta_url: str | None, folder: str | None, force: bool,
              no_progress: bool) -> None:
     """Fetch a variant into the cache (after the license gates) and verify it."""
+    from llamahub.api import progress_default
     from llamahub.client.fetch import FetchReport, ensure
     from llamahub.registry import resolve
 
@@ -254,8 +255,8 @@ def download(name: str, source: str | None, meta_url: str | None, folder: str | 
     variant = resolve(name)
     report = FetchReport()
     with _session() as session:
-        snap = ensure(variant, session, source=source, location=meta_url or folder, progress=not no_progress,
-                      force=force, report=report)
+        snap = ensure(variant, session, source=source, location=meta_url or folder,
+                      progress=not no_progress and progress_default(), force=force, report=report)
     if report.cached:
         click.echo(f"{variant.name} is cached and intact: {snap.root}")
     else:

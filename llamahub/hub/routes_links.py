@@ -9,10 +9,12 @@ per-file download cap is not exhausted (a GET from byte 0 is a start; a resume i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -209,12 +211,36 @@ def _blob_response(blob: Path, row: dict[str, Any], span: tuple[int, int] | None
                              media_type="application/octet-stream")
 
 
-def _read(blob: Path, start: int, length: int) -> Iterator[bytes]:
-    with blob.open("rb") as f:
-        f.seek(start)
+async def _read(blob: Path, start: int, length: int) -> AsyncIterator[bytes | memoryview]:
+    """The blob's bytes ``start..start+length`` in CHUNK blocks.
+
+    A block already in the page cache is read right on the event loop; any other is read in a
+    worker thread, so a cold disk never stalls the loop. A warm hub thus serves without a thread
+    hand-off per block, which costs it about a quarter less CPU per byte (bench/results/hub.md).
+    """
+    fd = os.open(blob, os.O_RDONLY)
+    try:
         while length > 0:
-            block = f.read(min(CHUNK, length))
+            n = min(CHUNK, length)
+            block = _read_cached(fd, n, start)
+            if block is None:
+                block = await anyio.to_thread.run_sync(os.pread, fd, n, start)
             if not block:
                 raise BadRequestError(f"blob {blob.name} is shorter than recorded", code="blob_truncated")
-            length -= len(block)
+            start, length = start + len(block), length - len(block)
             yield block
+    finally:
+        os.close(fd)
+
+
+def _read_cached(fd: int, n: int, offset: int) -> memoryview | None:
+    """Up to ``n`` bytes at ``offset`` if the page cache holds them (Linux), else None."""
+    nowait = getattr(os, "RWF_NOWAIT", None)
+    if nowait is None:
+        return None
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], offset, nowait)  # fails with EAGAIN rather than wait for the disk
+    except OSError:  # EAGAIN, or a file system that does not support RWF_NOWAIT
+        return None
+    return memoryview(buf)[:got] if got else None

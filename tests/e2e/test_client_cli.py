@@ -88,3 +88,15 @@ def test_demo_without_yes_does_not_accept(tmp_path: Path) -> None:
     refused = _cli(tmp_path / "home", "demo", "--no-progress")
     assert refused.returncode != 0
     assert "5. accept" not in refused.stdout
+
+
+def test_progress_bar_follows_the_flag_and_the_environment(tmp_path: Path) -> None:
+    shown = _cli(tmp_path / "a", "demo", "--yes", LLAMAHUB_PROGRESS="1")
+    assert shown.returncode == 0, shown.stderr
+    assert "download: 100%" in shown.stderr
+    quiet = _cli(tmp_path / "b", "demo", "--yes", LLAMAHUB_PROGRESS="0")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "download:" not in quiet.stderr and "7. download" in quiet.stdout
+    flag = _cli(tmp_path / "c", "demo", "--yes", "--no-progress", LLAMAHUB_PROGRESS="1")
+    assert flag.returncode == 0, flag.stderr
+    assert "download:" not in flag.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import time
@@ -115,3 +116,37 @@ def test_served_bytes_match_the_manifest(hub: Hub, make_user: MakeUser, path: st
     response = httpx.get(file_url(url, path))
     assert hashlib.sha256(response.content).hexdigest() == entry["sha256"]
     assert response.headers["etag"] == f'"{entry["sha256"]}"'
+
+
+def _evict(blob: Path) -> bool:
+    """Drop a blob from the page cache; False where the file system cannot (tmpfs keeps it)."""
+    from llamahub.hub.routes_links import _read_cached
+
+    fd = os.open(blob, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        evicted = _read_cached(fd, 4096, 0) is None
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the probe may have started readahead
+        return evicted
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="reads without waiting need Linux")
+def test_blocks_are_read_on_the_loop_only_when_cached(hub: Hub, make_user: MakeUser) -> None:
+    """A warm blob is read without waiting; a cold one goes to a worker thread, bytes intact."""
+    from llamahub.hub.routes_links import _read_cached
+
+    url = make_user().link(variant="llama-debug-2-chat")["url"]
+    entry = next(f for f in manifest(hub, url)["files"] if f["path"] == SHARD)
+    blob = hub.data / "blobs" / "sha256" / entry["sha256"][:2] / entry["sha256"][2:]
+    warm = blob.read_bytes()
+    fd = os.open(blob, os.O_RDONLY)
+    try:
+        assert bytes(_read_cached(fd, 1000, 10) or b"") == warm[10:1010]
+    finally:
+        os.close(fd)
+    if not _evict(blob):
+        pytest.skip("this file system keeps every page in memory")
+    body = full(url)
+    assert len(body) == entry["size"] and hashlib.sha256(body).hexdigest() == entry["sha256"]
