@@ -272,10 +272,18 @@ def machine_info() -> dict[str, Any]:
     git = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip()
     curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    versions = {m: importlib.metadata.version(m) for m in ("httpx", "uvicorn", "fastapi", "starlette", "h11")}
+    packages = ("httpx", "uvicorn", "httptools", "uvloop", "fastapi", "starlette", "h11")
+    versions = {m: _version(m) for m in packages}
     return {"cpu": cpu, "nproc": int(nproc), "kernel": platform.release(),
             "python": platform.python_version(), **versions, "curl": " ".join(curl.split()[:2]),
             "sqlite": sqlite3.sqlite_version, "git": git}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -290,7 +298,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"- CPU: {m['cpu']}, nproc {m['nproc']}; Linux {m['kernel']}. The hub (one uvicorn process) and "
         "the client share these cores.",
-        f"- Python {m['python']}, uvicorn {m['uvicorn']}, fastapi {m['fastapi']}, httpx {m['httpx']}, "
+        f"- Python {m['python']}, uvicorn {m['uvicorn']} (httptools {m.get('httptools')}, uvloop "
+        f"{m.get('uvloop')}), fastapi {m['fastapi']}, httpx {m['httpx']}, "
         f"{m['curl']}, SQLite {m['sqlite']}; llamahub {m['git']}.",
         f"- Date: {r['date']}; 1-minute load average before the run: {r['loadavg_before']:.2f}.",
         f"- Median (min–max) of {r['runs']} runs; MB = 10^6 bytes.",
