@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from faultserver import FaultServer
 
-from llamahub.client.download import DownloadOptions, RemoteFile, download
+from llamahub.client.download import DownloadOptions, RemoteFile, _hash_ahead, _Job, download
 from llamahub.errors import ChecksumError, DiskSpaceError, DownloadError
 
 FAST = DownloadOptions(workers=4, chunk_bytes=64 << 10, retries=3, backoff=0.01, progress=False)
@@ -111,6 +111,32 @@ def test_corrupted_once_is_fetched_again(server: FaultServer, tmp_path: Path) ->
     server.faults["a.bin"].corrupt = 1
     [got] = download([f], tmp_path, options=FAST)
     assert got.path.read_bytes() == server.files["a.bin"] and server.requests["a.bin"] == 2
+
+
+def test_a_corrupted_chunk_is_caught_and_the_file_fetched_again(server: FaultServer, tmp_path: Path) -> None:
+    f = _publish(server, "big.bin", 300_000)  # five chunks, hashed as they land
+    server.faults["big.bin"].corrupt = 1
+    [got] = download([f], tmp_path, options=FAST)
+    assert got.path.read_bytes() == server.files["big.bin"] and got.sha256 == f.sha256
+    assert server.requests["big.bin"] == 10
+
+
+def test_chunks_are_hashed_in_file_order_as_they_land(tmp_path: Path) -> None:
+    data = os.urandom(5 * 1000 + 123)
+    part = tmp_path / "x.part"
+    part.write_bytes(data)
+    job = _Job(RemoteFile("x", "http://127.0.0.1:9/x", len(data)), part, len(data), ranges=True)
+    opts = DownloadOptions(chunk_bytes=1000, progress=False)
+    job.done_chunks = {0, 2000}
+    _hash_ahead(job, opts)
+    assert job.hashed == 1000  # the chunk at 1000 is not in yet
+    job.done_chunks |= {1000, 3000, 5000}
+    _hash_ahead(job, opts)
+    assert job.hashed == 4000
+    job.done_chunks.add(4000)
+    _hash_ahead(job, opts)
+    assert job.hashed == len(data) and job.hashers is not None
+    assert job.hashers["sha256"].hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 def test_corrupted_always_is_refused_and_nothing_is_left(server: FaultServer, tmp_path: Path) -> None:
