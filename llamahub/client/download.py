@@ -7,9 +7,10 @@ the verified part files; the caller (the cache) moves them into place. Nothing u
 the staging folder.
 
 - Files larger than ``chunk_bytes`` whose server accepts ranges are fetched as parallel ranged
-  chunks written in place (``os.pwrite``); ``<key>.part.json`` records finished chunks, so a
-  killed process resumes with only the missing ones. Smaller files stream sequentially and are
-  hashed as they arrive; a rerun resumes with ``Range: bytes=N-``.
+  chunks written in place (``os.pwrite``) and hashed in file order as they land;
+  ``<key>.part.json`` records finished chunks, so a killed process resumes with only the missing
+  ones. Smaller files stream sequentially and are hashed as they arrive; a rerun resumes with
+  ``Range: bytes=N-``.
 - 5xx, 429, connection errors, timeouts and bodies that end early are retried with exponential
   backoff; other 4xx answers fail at once with the server's message.
 - A digest mismatch deletes the part and fetches the file once more from scratch; a second
