@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from llamahub.client.progress import ByteBar
 from llamahub.errors import ChecksumError, DiskSpaceError, DownloadError
 
 BUFFER = 1 << 20
@@ -143,7 +143,7 @@ def download(files: Sequence[RemoteFile], staging: Path, *, options: DownloadOpt
                 _probe(http, job, opts)
         _check_space(jobs, staging)
         total = sum(j.size or 0 for j in jobs)
-        with _Bar(total, opts.progress) as advance, ThreadPoolExecutor(opts.workers) as pool:
+        with ByteBar(total, opts.progress, "download") as advance, ThreadPoolExecutor(opts.workers) as pool:
             results = _run(pool, http, jobs, opts, advance)
         return [results[id(j)] for j in jobs]
     finally:
@@ -488,29 +488,3 @@ def _larger_reads() -> None:
 
 def _local(url: str) -> Path:
     return Path(unquote(urlsplit(url).path)) if url.startswith("file://") else Path(url)
-
-
-class _Bar:
-    """A thread-safe byte counter shown as one tqdm bar on stderr (nothing when disabled)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self._tqdm: Any = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self.enabled:
-            from tqdm import tqdm
-
-            self._tqdm = tqdm(total=self.total or None, unit="B", unit_scale=True, unit_divisor=1024,
-                              file=sys.stderr, desc="download", leave=True)
-        return self.advance
-
-    def advance(self, n: int) -> None:
-        if self._tqdm is not None and n:
-            with self._lock:
-                self._tqdm.update(n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
