@@ -216,7 +216,8 @@ async def _read(blob: Path, start: int, length: int) -> AsyncIterator[bytes | me
 
     A block already in the page cache is read right on the event loop; any other is read in a
     worker thread, so a cold disk never stalls the loop. A warm hub thus serves without a thread
-    hand-off per block, which costs it about a quarter less CPU per byte (bench/results/hub.md).
+    hand-off per block: measured on the 2-core bench machine, about a quarter less hub CPU per
+    byte than reading every block in a thread.
     """
     fd = os.open(blob, os.O_RDONLY)
     try:
