@@ -15,6 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from llamahub import crypto
+
 CLI = [sys.executable, "-m", "llamahub.cli"]
 STARTUP_TIMEOUT = 60.0
 
@@ -104,3 +106,10 @@ def downloads(hub: Hub, link_url: str) -> dict[str, int]:
 
 def error_code(response: httpx.Response) -> str:
     return response.json()["error"]["code"]
+
+
+def published_keys(hub: Hub) -> dict[str, crypto.Ed25519PublicKey]:
+    """What an offline client keeps: the hub's non-revoked public keys by id."""
+    doc = httpx.get(f"{hub.url}/.well-known/llamahub-keys.json").json()
+    return {k["kid"]: crypto.public_key_from_raw(crypto.b64url_decode(k["x"]))
+            for k in doc["keys"] if not k["revoked"]}

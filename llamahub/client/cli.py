@@ -1,4 +1,5 @@
-"""Client commands: ``login``, ``logout``, ``profile``, ``license``, ``download``, ``cache``, ``chat``.
+"""Client commands: ``login``, ``logout``, ``profile``, ``license``, ``enterprise``, ``download``,
+``cache``, ``chat``.
 
 Only click is imported at module level; everything else loads inside the commands.
 """
@@ -232,6 +233,64 @@ def license_status(as_json: bool) -> None:
         click.echo(f"  {r['id']:12} {state:40} {r['title']}")
 
 
+# --- enterprise requests ------------------------------------------------------------------------------
+
+
+@click.group()
+def enterprise() -> None:
+    """Ask the hub for an enterprise grant above a license's monthly-active-user threshold."""
+
+
+@enterprise.command("request")
+@click.option("--family", "families", multiple=True, required=True,
+              help="a model family, e.g. llama-2 (repeat for more)")
+@click.option("--mau", type=click.IntRange(1), help="monthly active users to cover (default: your profile's)")
+@click.option("--note", default="", help="what the models are for, for the reviewer")
+def enterprise_request(families: tuple[str, ...], mau: int | None, note: str) -> None:
+    """Submit a request; an operator of the hub approves or denies it."""
+    with _session(echo=False) as session:
+        session.require_account()
+        mau = mau or session.cfg.profile.mau
+        if not mau:
+            raise ConfigError("how many monthly active users should the grant cover?",
+                              hint="pass --mau N, or declare it with `llamahub profile set --mau N`")
+        request = session.hub.request_enterprise(list(families), mau, note)["request"]
+    click.echo(f"submitted {request['id']}: {', '.join(request['families'])} for {request['organisation']}, "
+               f"up to {request['mau']:,} monthly active users")
+    click.echo("an operator of the hub reviews it; `llamahub enterprise status` shows the decision")
+
+
+@enterprise.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def enterprise_status(as_json: bool) -> None:
+    """Your requests and their decisions."""
+    with _session(echo=False) as session:
+        session.require_account()
+        rows = session.hub.enterprise_requests()["requests"]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no enterprise requests; `llamahub enterprise request --family F --mau N` submits one")
+    for r in rows:
+        click.echo(f"{r['id']}  {r['status']:9}  {', '.join(r['families'])}  up to {r['mau']:,} MAU  "
+                   f"(submitted {r['created_at'][:19]})")
+        if r["grant_id"]:
+            click.echo(f"    grant {r['grant_id']}: downloads above the threshold work now")
+        if r["decision_note"]:
+            click.echo(f"    {r['decision_note']}")
+
+
+@enterprise.command("withdraw")
+@click.argument("request_id")
+def enterprise_withdraw(request_id: str) -> None:
+    """Withdraw a request that is still pending."""
+    with _session(echo=False) as session:
+        session.require_account()
+        session.hub.withdraw_enterprise(request_id)
+    click.echo(f"withdrew {request_id}")
+
+
 # --- download and cache ------------------------------------------------------------------------------
 
 
@@ -371,4 +430,4 @@ def chat(model: str, system: str | None, dtype: str | None, max_new_tokens: int,
         m.close()
 
 
-COMMANDS = (login, logout, profile, license, download, cache, chat)
+COMMANDS = (login, logout, profile, license, enterprise, download, cache, chat)

@@ -107,3 +107,14 @@ class HubClient:
     def manifest(self, link_url: str) -> dict[str, Any]:
         query = urlsplit(link_url).query
         return self._call("GET", f"/api/links/manifest?{query}", "reading the link's manifest")
+
+    def request_enterprise(self, families: list[str], mau: int, note: str) -> dict[str, Any]:
+        body = {"families": families, "mau": mau, "note": note}
+        return self._call("POST", "/api/enterprise/requests", "submitting an enterprise request", json=body)
+
+    def enterprise_requests(self) -> dict[str, Any]:
+        return self._call("GET", "/api/enterprise/requests", "reading your enterprise requests")
+
+    def withdraw_enterprise(self, request_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/enterprise/requests/{request_id}/withdraw",
+                          f"withdrawing enterprise request {request_id}")

@@ -1,4 +1,4 @@
-"""Command line of the hub: ``llamahub hub init|serve|import|seed-demo`` and ``llamahub link``.
+"""Command line of the hub: ``llamahub hub init|serve|import|seed-demo|requests`` and ``llamahub link``.
 
 Only click is imported here; the server, the store and httpx are imported inside the commands so
 that ``llamahub --help`` stays fast.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -119,6 +120,95 @@ def seed_demo_cmd(data: Path | None, database_url: str | None) -> None:
             seed_demo(store, blobs, Path(work), echo=click.echo)
     finally:
         store.close()
+
+
+# --- enterprise requests (operator side) -----------------------------------------------------------
+
+
+@hub.group("requests")
+def requests_group() -> None:
+    """Review enterprise license requests: list, approve (creates the grant), deny."""
+
+
+def _open(data: Path | None, database_url: str | None) -> Any:
+    from llamahub.hub.context import open_store
+
+    store, _, _ = open_store(_data(data), database_url)
+    return store
+
+
+@requests_group.command("list")
+@click.option("--status", type=click.Choice(["pending", "approved", "denied", "withdrawn"]))
+@click.option("--json", "as_json", is_flag=True)
+@data_option
+@db_option
+def requests_list(status: str | None, as_json: bool, data: Path | None, database_url: str | None) -> None:
+    """Every request (oldest first), or those of one status."""
+    from llamahub.hub import enterprise
+
+    store = _open(data, database_url)
+    try:
+        rows = enterprise.listing(store, status=status)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no enterprise requests" + (f" with status {status}" if status else ""))
+    for r in rows:
+        click.echo(f"{r['id']}  {r['status']:9}  {r['organisation']}: {', '.join(r['families'])}, "
+                   f"up to {r['mau']:,} MAU  (submitted {r['created_at'][:19]})")
+        if r["note"]:
+            click.echo(f"    {r['note']}")
+
+
+@requests_group.command("approve")
+@click.argument("request_id")
+@click.option("--max-mau", type=click.IntRange(1), help="default: what the request asked for")
+@click.option("--expires", type=click.DateTime(["%Y-%m-%d"]),
+              help="last day (UTC) of the grant; default: never")
+@click.option("--note", default="", help="a note for the requester")
+@data_option
+@db_option
+def requests_approve(request_id: str, max_mau: int | None, expires: Any, note: str, data: Path | None,
+                     database_url: str | None) -> None:
+    """Approve a pending request: its organisation gets an enterprise grant for those families."""
+    import datetime as dt
+
+    from llamahub.hub import enterprise
+
+    now = dt.datetime.now(dt.UTC)
+    end = expires.replace(tzinfo=dt.UTC) + dt.timedelta(days=1) if expires else None
+    if end is not None and end <= now:
+        raise click.BadParameter("that day is over", param_hint="--expires")
+    store = _open(data, database_url)
+    try:
+        done = enterprise.approve(store, request_id, max_mau=max_mau, not_before=now.isoformat(),
+                                  expires=end.isoformat() if end else None, note=note, actor="operator")
+    finally:
+        store.close()
+    grant = done["grant"]
+    limit = f"up to {grant['max_mau']:,} MAU" if grant["max_mau"] else "no MAU limit"
+    click.echo(f"approved {request_id}: grant {grant['id']} for {grant['organisation']} "
+               f"({', '.join(grant['families'])}, {limit}, expires {grant['expires'] or 'never'})")
+
+
+@requests_group.command("deny")
+@click.argument("request_id")
+@click.option("--reason", required=True, help="shown to the requester")
+@data_option
+@db_option
+def requests_deny(request_id: str, reason: str, data: Path | None, database_url: str | None) -> None:
+    """Deny a pending request, with a reason the requester sees."""
+    from llamahub.hub import enterprise
+
+    store = _open(data, database_url)
+    try:
+        enterprise.deny(store, request_id, reason=reason, actor="operator")
+    finally:
+        store.close()
+    click.echo(f"denied {request_id}")
 
 
 # --- user side -------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Admin routes (``Authorization: Bearer <admin token>``): enterprise grants, signing keys, audit log.
 
-The enterprise request/review workflow comes later; for now an administrator creates a grant
-directly. Grants are returned with an Ed25519-signed document the organisation can verify.
+An administrator creates a grant directly here, or approves an organisation's request
+(routes_enterprise.py). Grants are returned with an Ed25519-signed document the organisation can
+verify.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llamahub import crypto
 from llamahub.hub.accounts import to_grant
+from llamahub.hub.context import HubContext
 from llamahub.hub.deps import Ctx, require_admin
 from llamahub.hub.errors import BadRequestError
 
@@ -37,25 +39,39 @@ def _aware(value: dt.datetime | None, what: str) -> dt.datetime | None:
     return value
 
 
-@router.post("/grants", status_code=201)
-def create_grant(body: GrantBody, ctx: Ctx) -> dict[str, Any]:
-    """Grant an organisation use above the MAU threshold for some families."""
+def grant_window(ctx: HubContext, not_before: dt.datetime | None, expires: dt.datetime | None
+                 ) -> tuple[str, str | None]:
+    """(not_before, expires) of a new grant as ISO strings: now and never by default."""
+    start = _aware(not_before, "not_before") or ctx.now()
+    end = _aware(expires, "expires")
+    if end is not None and end <= start:
+        raise BadRequestError("the grant would expire before it starts", code="invalid_request",
+                              hint="set expires after not_before")
+    return start.isoformat(), end.isoformat() if end else None
+
+
+def check_families(ctx: HubContext, families: list[str]) -> None:
     known = {v.family for v in ctx.registry}
-    unknown = sorted(set(body.families) - known)
+    unknown = sorted(set(families) - known)
     if unknown:
         raise BadRequestError(f"unknown families {unknown}", code="unknown_family",
                               hint=f"known families: {', '.join(sorted(known))}")
-    not_before = _aware(body.not_before, "not_before") or ctx.now()
-    expires = _aware(body.expires, "expires")
-    if expires is not None and expires <= not_before:
-        raise BadRequestError("the grant would expire before it starts", code="invalid_request",
-                              hint="set expires after not_before")
-    row = ctx.store.create_grant(body.organisation, body.families, body.max_mau,
-                                 not_before.isoformat(), expires.isoformat() if expires else None)
-    to_grant(row)  # the policy's own validation of the record
+
+
+def grant_document(ctx: HubContext, grant: dict[str, Any]) -> dict[str, Any]:
+    """The grant signed with the hub's current key, for the organisation to keep and verify."""
+    to_grant(grant)  # the policy's own validation of the record
     _, key = ctx.keys.signing_key()
-    return {"grant": row, "document": crypto.sign_document({"type": "llamahub.enterprise_grant", "v": 1,
-                                                            **row}, key)}
+    return crypto.sign_document({"type": "llamahub.enterprise_grant", "v": 1, **grant}, key)
+
+
+@router.post("/grants", status_code=201)
+def create_grant(body: GrantBody, ctx: Ctx) -> dict[str, Any]:
+    """Grant an organisation use above the MAU threshold for some families."""
+    check_families(ctx, body.families)
+    not_before, expires = grant_window(ctx, body.not_before, body.expires)
+    row = ctx.store.create_grant(body.organisation, body.families, body.max_mau, not_before, expires)
+    return {"grant": row, "document": grant_document(ctx, row)}
 
 
 @router.get("/grants")

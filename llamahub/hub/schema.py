@@ -82,6 +82,21 @@ grants = Table(
     Column("revoked_at", String(32), nullable=True),
 )
 
+enterprise_requests = Table(
+    "enterprise_requests", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
+    Column("organisation", String(200), nullable=False),
+    Column("families", Text, nullable=False),  # JSON list
+    Column("mau", Integer, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # pending|approved|denied|withdrawn
+    Column("created_at", String(32), nullable=False),
+    Column("decided_at", String(32), nullable=True),
+    Column("decision_note", Text, nullable=True),
+    Column("grant_id", String(32), ForeignKey("grants.id"), nullable=True),
+)
+
 signing_keys = Table(
     "signing_keys", metadata,
     Column("key_id", String(16), primary_key=True),

@@ -258,14 +258,19 @@ class Store:
 
     def create_grant(self, organisation: str, families: Sequence[str], max_mau: int | None,
                      not_before: str, expires: str | None, actor: str = "admin") -> dict:
+        with self.write() as conn:
+            return self.insert_grant(conn, organisation, families, max_mau, not_before, expires, actor)
+
+    def insert_grant(self, conn: Connection, organisation: str, families: Sequence[str], max_mau: int | None,
+                     not_before: str, expires: str | None, actor: str) -> dict:
+        """A new grant (and its audit row) inside the caller's transaction."""
         row = {"id": new_id("g_"), "organisation": organisation.strip(),
                "organisation_key": org_key(organisation), "families": json.dumps(list(families)),
                "max_mau": max_mau, "not_before": not_before, "expires": expires, "created_at": utcnow(),
                "revoked_at": None}
-        with self.write() as conn:
-            conn.execute(insert(t.grants).values(**row))
-            self.audit(conn, actor, "grant.create", row["id"], organisation=row["organisation"],
-                       families=list(families), max_mau=max_mau, not_before=not_before, expires=expires)
+        conn.execute(insert(t.grants).values(**row))
+        self.audit(conn, actor, "grant.create", row["id"], organisation=row["organisation"],
+                   families=list(families), max_mau=max_mau, not_before=not_before, expires=expires)
         return _grant_dict(row)
 
     def revoke_grant(self, grant_id: str, actor: str = "admin") -> dict:

@@ -8,17 +8,10 @@ import uuid
 
 import httpx
 import pytest
-from hubtest import Hub, MakeUser, error_code
+from hubtest import Hub, MakeUser, error_code, published_keys
 
 from llamahub import crypto
 from llamahub.model.writer import PLACEHOLDER_LICENSE
-
-
-def published_keys(hub: Hub) -> dict[str, crypto.Ed25519PublicKey]:
-    """What an offline client keeps: the hub's non-revoked public keys by id."""
-    doc = httpx.get(f"{hub.url}/.well-known/llamahub-keys.json").json()
-    return {k["kid"]: crypto.public_key_from_raw(crypto.b64url_decode(k["x"]))
-            for k in doc["keys"] if not k["revoked"]}
 
 
 def test_register_returns_the_token_once_and_stores_its_hash(hub: Hub) -> None:
