@@ -29,7 +29,7 @@ from llamahub.errors import (
     RegistryError,
     UnknownVariantError,
 )
-from llamahub.hub import routes_account, routes_admin, routes_enterprise, routes_links
+from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
@@ -118,6 +118,7 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.include_router(routes_admin.router)
     app.include_router(routes_enterprise.router)
     app.include_router(routes_enterprise.admin)
+    app.include_router(pages.router)
     return app
 
 

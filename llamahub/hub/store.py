@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from llamahub.hub import schema as t
@@ -124,6 +124,13 @@ class Store:
               **detail: Any) -> None:
         conn.execute(insert(t.audit).values(at=utcnow(), actor=actor, action=action, target=target,
                                             detail=json.dumps(detail, sort_keys=True)))
+
+    def latest_audit(self, prefixes: Sequence[str], limit: int = 20) -> list[dict]:
+        """The newest audit rows whose action starts with one of ``prefixes``, newest first."""
+        query = (select(t.audit).where(or_(*(t.audit.c.action.startswith(p) for p in prefixes)))
+                 .order_by(t.audit.c.id.desc()).limit(limit))
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
 
     def record(self, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
         """An audit row on its own (refusals, operator actions)."""

@@ -1,0 +1,336 @@
+"""Web pages of the enterprise workflow: ``/enterprise`` for organisations, ``/admin/enterprise`` for
+operators. They call the same functions as the JSON API (llamahub.hub.enterprise), so every step
+lands in the audit log the same way.
+
+Signing in means pasting an API token (a user's, or the admin token of ``llamahub hub init``); it
+is kept in an HttpOnly, SameSite=Strict cookie. Every POST must come from the hub's own pages
+(its Origin header, when the browser sends one, must be the hub's). Every value shown is
+HTML-escaped. Forms are plain ``application/x-www-form-urlencoded``; no JavaScript.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from html import escape
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from llamahub.errors import LlamahubError
+from llamahub.hub import enterprise
+from llamahub.hub.context import HubContext
+from llamahub.hub.deps import get_ctx
+from llamahub.hub.errors import BadRequestError, ForbiddenError
+from llamahub.hub.routes_admin import check_families, grant_window
+
+router = APIRouter(include_in_schema=False)
+USER_COOKIE, ADMIN_COOKIE = "llamahub_token", "llamahub_admin"
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+         "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4rem;"
+         "text-align:left;vertical-align:top}.error{background:#fee;padding:.6rem}.ok{background:#efe;"
+         "padding:.6rem}form.inline{display:inline}label{display:block;margin:.4rem 0}")
+
+
+# --- plumbing ---------------------------------------------------------------------------------------
+
+
+def _html(title: str, body: str, status: int = 200) -> HTMLResponse:
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)} · llamahub"
+            f"</title><style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
+    return HTMLResponse(page, status_code=status)
+
+
+def _error(e: LlamahubError) -> str:
+    hint = f"<br><small>{escape(e.hint)}</small>" if e.hint else ""
+    return f"<p class=error role=alert>{escape(e.message)}{hint}</p>"
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """The posted form, after checking that it comes from this hub's own pages."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
+        raise ForbiddenError("this form was posted from another site", code="cross_site_form",
+                             hint="use the hub's own pages")
+    return parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True)
+
+
+def _one(form: dict[str, list[str]], name: str) -> str:
+    return (form.get(name) or [""])[0].strip()
+
+
+def _int(form: dict[str, list[str]], name: str, label: str) -> int | None:
+    raw = _one(form, name).replace(",", "").replace("_", "")
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadRequestError(f"{label} must be a whole number above 0", code="invalid_request",
+                              hint=f"write {label} like 800000000")
+    return int(raw)
+
+
+def _redirect(path: str) -> RedirectResponse:
+    return RedirectResponse(path, status_code=303)
+
+
+def _set_cookie(response: Response, request: Request, name: str, value: str | None) -> Response:
+    if value is None:
+        response.delete_cookie(name, path="/")
+    else:
+        response.set_cookie(name, value, httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+    return response
+
+
+def _signed_in(request: Request, ctx: HubContext, cookie: str) -> tuple[str, dict[str, Any] | None] | None:
+    token = request.cookies.get(cookie)
+    return ctx.store.token_owner(token) if token else None
+
+
+def _sign_in_form(action: str, what: str, error: str = "") -> str:
+    return (f"{error}<form method=post action='{action}/sign-in'><label>{escape(what)} "
+            "<input type=password name=token required autocomplete=off></label>"
+            "<button>Sign in</button></form>")
+
+
+def _families(values: list[str]) -> str:
+    return escape(", ".join(values))
+
+
+# --- organisations ------------------------------------------------------------------------------------
+
+
+def _user(request: Request, ctx: HubContext) -> dict[str, Any] | None:
+    owner = _signed_in(request, ctx, USER_COOKIE)
+    return owner[1] if owner and owner[0] == "user" else None
+
+
+@router.get("/enterprise", response_class=HTMLResponse)
+def user_page(request: Request, notice: str = "") -> HTMLResponse:
+    ctx = get_ctx(request)
+    user = _user(request, ctx)
+    if user is None:
+        return _html("Enterprise license requests", _sign_in_form(
+            "/enterprise", "Your API token (from registering or `llamahub login`)"))
+    return _html("Enterprise license requests", _user_body(ctx, user, notice=notice))
+
+
+def _user_body(ctx: HubContext, user: dict[str, Any], *, notice: str = "", error: str = "") -> str:
+    mine = enterprise.listing(ctx.store, user_id=user["id"])
+    rows = "".join(
+        f"<tr data-id='{escape(r['id'])}'><td>{escape(r['id'])}</td><td>{_families(r['families'])}</td>"
+        f"<td>{r['mau']:,}</td><td class=status>{escape(r['status'])}</td><td>{escape(r['created_at'][:19])}"
+        f"</td><td>{escape(r['decision_note'] or '')}{_grant_cell(r)}</td><td>{_withdraw_button(r)}</td></tr>"
+        for r in mine)
+    table = (f"<table><tr><th>request</th><th>families</th><th>MAU</th><th>status</th><th>submitted</th>"
+             f"<th>decision</th><th></th></tr>{rows}</table>" if rows else "<p>No requests yet.</p>")
+    mau = ctx.store.get_profile(user["id"])["mau"] or ""
+    boxes = "".join(f"<label><input type=checkbox name=family value='{escape(f)}'> {escape(f)}</label>"
+                    for f in sorted({v.family for v in ctx.registry}))
+    done = ""
+    if notice in {r["id"] for r in mine}:
+        done = f"<p class=ok role=status>Submitted {escape(notice)}; an operator reviews it.</p>"
+    return (f"<p>Signed in as {escape(user['email'])} ({escape(user['organisation'])}). "
+            "<form class=inline method=post action='/enterprise/sign-out'><button>Sign out</button>"
+            "</form></p>"
+            f"{done}{error}<h2>Your requests</h2>{table}<h2>New request</h2>"
+            "<p>Above a license's monthly-active-user threshold you need an enterprise grant.</p>"
+            f"<form method=post action='/enterprise/requests'><fieldset><legend>Families</legend>{boxes}"
+            f"</fieldset><label>Monthly active users <input name=mau inputmode=numeric value='{mau}' "
+            "required>"
+            "</label><label>What the models are for<br><textarea name=note rows=3 cols=60></textarea></label>"
+            "<button>Submit request</button></form>")
+
+
+def _grant_cell(r: dict[str, Any]) -> str:
+    return f"<br>grant <code>{escape(r['grant_id'])}</code>" if r["grant_id"] else ""
+
+
+def _withdraw_button(r: dict[str, Any]) -> str:
+    if r["status"] != enterprise.PENDING:
+        return ""
+    return (f"<form class=inline method=post action='/enterprise/requests/{escape(r['id'])}/withdraw'>"
+            "<button>Withdraw</button></form>")
+
+
+@router.post("/enterprise/sign-in", response_class=HTMLResponse)
+async def user_sign_in(request: Request) -> Response:
+    token = _one(await _form(request), "token")
+    owner = get_ctx(request).store.token_owner(token) if token else None
+    if owner is None or owner[0] != "user":
+        error = _error(BadRequestError("that is not a live user token", hint="paste the token "
+                                       "you got when registering (admins: /admin/enterprise)"))
+        form = _sign_in_form("/enterprise", "Your API token", error)
+        return _html("Enterprise license requests", form, 401)
+    return _set_cookie(_redirect("/enterprise"), request, USER_COOKIE, token)
+
+
+@router.post("/enterprise/sign-out")
+async def user_sign_out(request: Request) -> Response:
+    await _form(request)
+    return _set_cookie(_redirect("/enterprise"), request, USER_COOKIE, None)
+
+
+@router.post("/enterprise/requests", response_class=HTMLResponse)
+async def user_submit(request: Request) -> Response:
+    ctx = get_ctx(request)
+    user = _user(request, ctx)
+    if user is None:
+        return _redirect("/enterprise")
+    try:
+        form = await _form(request)
+        families = [f.strip() for f in form.get("family", []) if f.strip()]
+        if not families:
+            raise BadRequestError("choose at least one family", code="invalid_request",
+                                  hint="tick the families the grant should cover")
+        check_families(ctx, families)
+        mau = _int(form, "mau", "monthly active users")
+        if mau is None:
+            raise BadRequestError("how many monthly active users?", code="invalid_request",
+                                  hint="write the number the grant should cover")
+        done = enterprise.submit(ctx.store, user, families, mau, _one(form, "note")[:4000])
+    except LlamahubError as e:
+        status = getattr(e, "status", 400)
+        return _html("Enterprise license requests", _user_body(ctx, user, error=_error(e)), status)
+    return _redirect(f"/enterprise?notice={done['id']}")
+
+
+@router.post("/enterprise/requests/{request_id}/withdraw", response_class=HTMLResponse)
+async def user_withdraw(request: Request, request_id: str) -> Response:
+    ctx = get_ctx(request)
+    user = _user(request, ctx)
+    if user is None:
+        return _redirect("/enterprise")
+    try:
+        await _form(request)
+        enterprise.withdraw(ctx.store, request_id, user)
+    except LlamahubError as e:
+        return _html("Enterprise license requests", _user_body(ctx, user, error=_error(e)),
+                     getattr(e, "status", 400))
+    return _redirect("/enterprise")
+
+
+# --- operators ----------------------------------------------------------------------------------------
+
+
+def _admin(request: Request, ctx: HubContext) -> bool:
+    owner = _signed_in(request, ctx, ADMIN_COOKIE)
+    return owner is not None and owner[0] == "admin"
+
+
+@router.get("/admin/enterprise", response_class=HTMLResponse)
+def admin_page(request: Request) -> HTMLResponse:
+    ctx = get_ctx(request)
+    if not _admin(request, ctx):
+        return _html("Review enterprise requests", _sign_in_form(
+            "/admin/enterprise", "The admin token (printed by `llamahub hub init`)"))
+    return _html("Review enterprise requests", _admin_body(ctx))
+
+
+def _admin_body(ctx: HubContext, error: str = "") -> str:
+    requests = enterprise.listing(ctx.store)
+    pending = [r for r in requests if r["status"] == enterprise.PENDING]
+    decided = [r for r in requests if r["status"] != enterprise.PENDING]
+    return ("<form class=inline method=post action='/admin/enterprise/sign-out'><button>Sign out</button>"
+            f"</form>{error}<h2>Pending</h2>{''.join(_pending_card(r) for r in pending) or '<p>None.</p>'}"
+            f"<h2>Decided</h2>{_decided_table(decided)}<h2>Grants</h2>{_grants_table(ctx)}"
+            f"<h2>Audit log (latest)</h2>{_audit_table(ctx)}")
+
+
+def _pending_card(r: dict[str, Any]) -> str:
+    base = f"/admin/enterprise/requests/{escape(r['id'])}"
+    return (f"<section data-id='{escape(r['id'])}'><h3>{escape(r['organisation'])}: "
+            f"{_families(r['families'])}"
+            f"</h3><p>{r['mau']:,} monthly active users · {escape(r['id'])} · submitted "
+            f"{escape(r['created_at'][:19])}</p><blockquote>{escape(r['note'])}</blockquote>"
+            f"<form method=post action='{base}/approve'><label>Up to MAU "
+            f"<input name=max_mau value='{r['mau']}'>"
+            "</label><label>Last day (UTC, optional) <input type=date name=expires></label><label>Note "
+            "<input name=note></label><button>Approve</button></form>"
+            f"<form method=post action='{base}/deny'><label>Reason <input name=reason required></label>"
+            "<button>Deny</button></form></section>")
+
+
+def _decided_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>None.</p>"
+    body = "".join(f"<tr data-id='{escape(r['id'])}'><td>{escape(r['id'])}</td>"
+                   f"<td>{escape(r['organisation'])}</td><td>{_families(r['families'])}</td><td>{r['mau']:,}</td>"
+                   f"<td class=status>{escape(r['status'])}</td>"
+                   f"<td>{escape(r['decision_note'] or '')}{_grant_cell(r)}</td></tr>" for r in rows)
+    return ("<table><tr><th>request</th><th>organisation</th><th>families</th><th>MAU</th><th>status</th>"
+            f"<th>decision</th></tr>{body}</table>")
+
+
+def _grants_table(ctx: HubContext) -> str:
+    rows = []
+    for g in ctx.store.grants():
+        state = f"revoked {escape(g['revoked_at'][:19])}" if g["revoked_at"] else (
+            f"<form class=inline method=post action='/admin/enterprise/grants/{escape(g['id'])}/revoke'>"
+            "<button>Revoke</button></form>")
+        limit = f"{g['max_mau']:,}" if g["max_mau"] else "no limit"
+        rows.append(f"<tr data-id='{escape(g['id'])}'><td>{escape(g['id'])}</td>"
+                    f"<td>{escape(g['organisation'])}</td><td>{_families(g['families'])}</td><td>{limit}</td><td>"
+                    f"{escape(g['expires'] or 'never')}</td><td>{state}</td></tr>")
+    if not rows:
+        return "<p>None.</p>"
+    return ("<table><tr><th>grant</th><th>organisation</th><th>families</th><th>MAU</th><th>expires</th>"
+            f"<th></th></tr>{''.join(rows)}</table>")
+
+
+def _audit_table(ctx: HubContext) -> str:
+    rows = ctx.store.latest_audit(("request.", "grant."), limit=20)
+    body = "".join(f"<tr><td>{escape(a['at'][:19])}</td><td>{escape(a['actor'])}</td>"
+                   f"<td>{escape(a['action'])}</td><td>{escape(a['target'] or '')}</td></tr>" for a in rows)
+    return f"<table><tr><th>at</th><th>who</th><th>what</th><th>on</th></tr>{body}</table>"
+
+
+@router.post("/admin/enterprise/sign-in", response_class=HTMLResponse)
+async def admin_sign_in(request: Request) -> Response:
+    token = _one(await _form(request), "token")
+    owner = get_ctx(request).store.token_owner(token) if token else None
+    if owner is None or owner[0] != "admin":
+        error = _error(BadRequestError("that is not the admin token", hint="`llamahub hub init` printed "
+                                       "it once; organisations use /enterprise"))
+        form = _sign_in_form("/admin/enterprise", "The admin token", error)
+        return _html("Review enterprise requests", form, 401)
+    return _set_cookie(_redirect("/admin/enterprise"), request, ADMIN_COOKIE, token)
+
+
+@router.post("/admin/enterprise/sign-out")
+async def admin_sign_out(request: Request) -> Response:
+    await _form(request)
+    return _set_cookie(_redirect("/admin/enterprise"), request, ADMIN_COOKIE, None)
+
+
+@router.post("/admin/enterprise/{kind}/{item_id}/{action}", response_class=HTMLResponse)
+async def admin_decide(request: Request, kind: str, item_id: str, action: str) -> Response:
+    ctx = get_ctx(request)
+    if not _admin(request, ctx):
+        return _redirect("/admin/enterprise")
+    try:
+        form = await _form(request)
+        if (kind, action) == ("requests", "approve"):
+            expires = _one(form, "expires")
+            end = None
+            if expires:  # the grant lasts through that whole day
+                end = dt.datetime.fromisoformat(expires).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
+            not_before, until = grant_window(ctx, None, end)
+            enterprise.approve(ctx.store, item_id, max_mau=_int(form, "max_mau", "the MAU limit"),
+                               not_before=not_before, expires=until, note=_one(form, "note")[:4000])
+        elif (kind, action) == ("requests", "deny"):
+            if not _one(form, "reason"):
+                raise BadRequestError("a denial needs a reason", code="invalid_request",
+                                      hint="the requester sees it; say what would change the answer")
+            enterprise.deny(ctx.store, item_id, reason=_one(form, "reason")[:4000])
+        elif (kind, action) == ("grants", "revoke"):
+            ctx.store.revoke_grant(item_id)
+        else:
+            return _html("Not found", "<p>No such action.</p>", 404)
+    except LlamahubError as e:
+        return _html("Review enterprise requests", _admin_body(ctx, _error(e)), getattr(e, "status", 400))
+    except ValueError:
+        error = _error(BadRequestError("that date is not a date", hint="pick a day, like 2027-06-30"))
+        return _html("Review enterprise requests", _admin_body(ctx, error), 400)
+    return _redirect("/admin/enterprise")
