@@ -4,7 +4,8 @@ lands in the audit log the same way.
 
 Signing in means pasting an API token (a user's, or the admin token of ``llamahub hub init``); it
 is kept in an HttpOnly, SameSite=Strict cookie. Every POST must come from the hub's own pages
-(its Origin header, when the browser sends one, must be the hub's). Every value shown is
+(its Origin header, when the browser sends one, must name the hub: the address the request came
+to, or ``--public-url``). Every value shown is
 HTML-escaped. Forms are plain ``application/x-www-form-urlencoded``; no JavaScript.
 """
 
@@ -50,7 +51,9 @@ def _error(e: LlamahubError) -> str:
 async def _form(request: Request) -> dict[str, list[str]]:
     """The posted form, after checking that it comes from this hub's own pages."""
     origin = request.headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.url.netloc:
+    public = get_ctx(request).public_url
+    ours = {request.url.netloc} | ({urlsplit(public).netloc} if public else set())
+    if origin and origin != "null" and urlsplit(origin).netloc not in ours:
         raise ForbiddenError("this form was posted from another site", code="cross_site_form",
                              hint="use the hub's own pages")
     return parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True)
