@@ -1,4 +1,5 @@
-"""Command line of the hub: ``llamahub hub init|serve|import|seed-demo|requests`` and ``llamahub link``.
+"""Command line of the hub: ``llamahub hub init|serve|import|seed-demo|requests|grants|audit`` and
+``llamahub link``.
 
 Only click is imported here; the server, the store and httpx are imported inside the commands so
 that ``llamahub --help`` stays fast.
@@ -209,6 +210,74 @@ def requests_deny(request_id: str, reason: str, data: Path | None, database_url:
     finally:
         store.close()
     click.echo(f"denied {request_id}")
+
+
+@hub.group("grants")
+def grants_group() -> None:
+    """Enterprise grants: list them, revoke one."""
+
+
+@grants_group.command("list")
+@click.option("--organisation", help="only this organisation's")
+@click.option("--json", "as_json", is_flag=True)
+@data_option
+@db_option
+def grants_list(organisation: str | None, as_json: bool, data: Path | None, database_url: str | None) -> None:
+    store = _open(data, database_url)
+    try:
+        rows = store.grants(organisation)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no grants")
+    for g in rows:
+        limit = f"up to {g['max_mau']:,} MAU" if g["max_mau"] else "no MAU limit"
+        state = f"revoked {g['revoked_at'][:19]}" if g["revoked_at"] else f"expires {g['expires'] or 'never'}"
+        click.echo(f"{g['id']}  {g['organisation']}: {', '.join(g['families'])}, {limit}, {state}")
+
+
+@grants_group.command("revoke")
+@click.argument("grant_id")
+@data_option
+@db_option
+def grants_revoke(grant_id: str, data: Path | None, database_url: str | None) -> None:
+    """Revoke a grant: from now on its organisation is held to the license threshold again."""
+    store = _open(data, database_url)
+    try:
+        grant = store.revoke_grant(grant_id, actor="operator")
+    finally:
+        store.close()
+    click.echo(f"revoked {grant['id']} ({grant['organisation']}) at {grant['revoked_at']}")
+
+
+@hub.command("audit")
+@click.option("--action", help="only actions starting so, e.g. request. or grant.revoke")
+@click.option("--after", type=click.IntRange(0), help="the rows after this id (default: the latest ones)")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@data_option
+@db_option
+def audit_cmd(action: str | None, after: int | None, limit: int, as_json: bool, data: Path | None,
+              database_url: str | None) -> None:
+    """The append-only audit log: the latest --limit rows, or those after --after; oldest first."""
+    store = _open(data, database_url)
+    try:
+        if after is None:
+            rows = store.latest_audit((action or "",), limit=limit)[::-1]
+        else:
+            rows = store.audit_log(after=after, limit=limit, action=action)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        detail = " ".join(f"{k}={v}" for k, v in row["detail"].items())
+        click.echo(f"{row['id']:>6}  {row['at'][:19]}  {row['actor']:<24}  {row['action']:<18} "
+                   f"{row['target'] or ''}  {detail}".rstrip())
 
 
 # --- user side -------------------------------------------------------------------------------------

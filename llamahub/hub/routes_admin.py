@@ -105,5 +105,6 @@ def revoke_key(kid: str, ctx: Ctx) -> dict[str, Any]:
 @router.get("/audit")
 def audit_log(ctx: Ctx, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
               action: str | None = None) -> dict[str, Any]:
-    """The append-only audit log, oldest first, ``limit`` rows after id ``after``."""
+    """The append-only audit log, oldest first, ``limit`` rows after id ``after``; ``action`` keeps
+    the actions starting with it (``grant.`` or ``link.create``)."""
     return {"entries": ctx.store.audit_log(after=after, limit=limit, action=action)}

@@ -130,7 +130,10 @@ class Store:
         query = (select(t.audit).where(or_(*(t.audit.c.action.startswith(p) for p in prefixes)))
                  .order_by(t.audit.c.id.desc()).limit(limit))
         with self.read() as conn:
-            return [dict(r._mapping) for r in conn.execute(query)]
+            rows = [dict(r._mapping) for r in conn.execute(query)]
+        for row in rows:
+            row["detail"] = json.loads(row["detail"])
+        return rows
 
     def record(self, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
         """An audit row on its own (refusals, operator actions)."""
@@ -139,8 +142,8 @@ class Store:
 
     def audit_log(self, *, after: int = 0, limit: int = 100, action: str | None = None) -> list[dict]:
         query = select(t.audit).where(t.audit.c.id > after).order_by(t.audit.c.id).limit(limit)
-        if action:
-            query = query.where(t.audit.c.action == action)
+        if action:  # a prefix: "grant." is every grant action
+            query = query.where(t.audit.c.action.startswith(action))
         with self.read() as conn:
             rows = [dict(r._mapping) for r in conn.execute(query)]
         for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -49,6 +50,24 @@ def test_the_refusal_hint_leads_to_a_grant_and_a_load(make_client: MakeClient,
     llamahub.load(VARIANT).close()  # the hub now finds the grant
     again = client.cli("hub", "requests", "deny", request_id, "--reason", "too late", "--data", data)
     assert again.returncode == 1 and "already approved" in again.stderr
+
+    org = client.account.organisation
+    grants = client.cli("hub", "grants", "list", "--organisation", org, "--data", data)
+    assert grants.returncode == 0, grants.stderr
+    [grant_id] = re.findall(r"^(g_\w+)", grants.stdout, re.M)
+    assert "expires never" in grants.stdout
+    revoked = client.cli("hub", "grants", "revoke", grant_id, "--data", data)
+    assert revoked.returncode == 0 and f"revoked {grant_id}" in revoked.stdout
+    with pytest.raises(MauLimitError):  # held to the threshold again
+        llamahub.load(VARIANT)
+    audit = client.cli("hub", "audit", "--json", "--limit", "10000", "--data", data)
+    rows = json.loads(audit.stdout)
+    mine = [(r["action"], r["target"]) for r in rows if r["target"] in (request_id, grant_id)]
+    assert mine == [("request.submit", request_id), ("grant.create", grant_id),
+                    ("request.approve", request_id), ("grant.revoke", grant_id)]
+    latest = client.cli("hub", "audit", "--action", "request.", "--limit", "2", "--data", data)
+    assert [line.split()[3] for line in latest.stdout.splitlines()] == ["request.submit", "request.approve"]
+    assert request_id in latest.stdout and "note=welcome" in latest.stdout
 
 
 def test_withdraw_and_deny_from_the_command_line(make_client: MakeClient) -> None:
