@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 from html import escape
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from llamahub.errors import LlamahubError
@@ -48,7 +48,7 @@ def _error(e: LlamahubError) -> str:
     return f"<p class=error role=alert>{escape(e.message)}{hint}</p>"
 
 
-async def _form(request: Request) -> dict[str, list[str]]:
+async def _posted(request: Request) -> dict[str, list[str]]:
     """The posted form, after checking that it comes from this hub's own pages."""
     origin = request.headers.get("origin")
     public = get_ctx(request).public_url
@@ -56,7 +56,12 @@ async def _form(request: Request) -> dict[str, list[str]]:
     if origin and origin != "null" and urlsplit(origin).netloc not in ours:
         raise ForbiddenError("this form was posted from another site", code="cross_site_form",
                              hint="use the hub's own pages")
-    return parse_qs((await request.body()).decode("utf-8"), keep_blank_values=True)
+    return parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+
+
+# Handlers take the form through this dependency and stay sync, so their database work runs in
+# the thread pool, never on the event loop.
+PostedForm = Annotated[dict[str, list[str]], Depends(_posted)]
 
 
 def _one(form: dict[str, list[str]], name: str) -> str:
@@ -158,8 +163,8 @@ def _withdraw_button(r: dict[str, Any]) -> str:
 
 
 @router.post("/enterprise/sign-in", response_class=HTMLResponse)
-async def user_sign_in(request: Request) -> Response:
-    token = _one(await _form(request), "token")
+def user_sign_in(request: Request, form: PostedForm) -> Response:
+    token = _one(form, "token")
     owner = get_ctx(request).store.token_owner(token) if token else None
     if owner is None or owner[0] != "user":
         error = _error(BadRequestError("that is not a live user token", hint="paste the token "
@@ -170,19 +175,17 @@ async def user_sign_in(request: Request) -> Response:
 
 
 @router.post("/enterprise/sign-out")
-async def user_sign_out(request: Request) -> Response:
-    await _form(request)
+def user_sign_out(request: Request, form: PostedForm) -> Response:
     return _set_cookie(_redirect("/enterprise"), request, USER_COOKIE, None)
 
 
 @router.post("/enterprise/requests", response_class=HTMLResponse)
-async def user_submit(request: Request) -> Response:
+def user_submit(request: Request, form: PostedForm) -> Response:
     ctx = get_ctx(request)
     user = _user(request, ctx)
     if user is None:
         return _redirect("/enterprise")
     try:
-        form = await _form(request)
         families = [f.strip() for f in form.get("family", []) if f.strip()]
         if not families:
             raise BadRequestError("choose at least one family", code="invalid_request",
@@ -200,13 +203,12 @@ async def user_submit(request: Request) -> Response:
 
 
 @router.post("/enterprise/requests/{request_id}/withdraw", response_class=HTMLResponse)
-async def user_withdraw(request: Request, request_id: str) -> Response:
+def user_withdraw(request: Request, request_id: str, form: PostedForm) -> Response:
     ctx = get_ctx(request)
     user = _user(request, ctx)
     if user is None:
         return _redirect("/enterprise")
     try:
-        await _form(request)
         enterprise.withdraw(ctx.store, request_id, user)
     except LlamahubError as e:
         return _html("Enterprise license requests", _user_body(ctx, user, error=_error(e)),
@@ -290,8 +292,8 @@ def _audit_table(ctx: HubContext) -> str:
 
 
 @router.post("/admin/enterprise/sign-in", response_class=HTMLResponse)
-async def admin_sign_in(request: Request) -> Response:
-    token = _one(await _form(request), "token")
+def admin_sign_in(request: Request, form: PostedForm) -> Response:
+    token = _one(form, "token")
     owner = get_ctx(request).store.token_owner(token) if token else None
     if owner is None or owner[0] != "admin":
         error = _error(BadRequestError("that is not the admin token", hint="`llamahub hub init` printed "
@@ -302,18 +304,16 @@ async def admin_sign_in(request: Request) -> Response:
 
 
 @router.post("/admin/enterprise/sign-out")
-async def admin_sign_out(request: Request) -> Response:
-    await _form(request)
+def admin_sign_out(request: Request, form: PostedForm) -> Response:
     return _set_cookie(_redirect("/admin/enterprise"), request, ADMIN_COOKIE, None)
 
 
 @router.post("/admin/enterprise/{kind}/{item_id}/{action}", response_class=HTMLResponse)
-async def admin_decide(request: Request, kind: str, item_id: str, action: str) -> Response:
+def admin_decide(request: Request, kind: str, item_id: str, action: str, form: PostedForm) -> Response:
     ctx = get_ctx(request)
     if not _admin(request, ctx):
         return _redirect("/admin/enterprise")
     try:
-        form = await _form(request)
         if (kind, action) == ("requests", "approve"):
             expires = _one(form, "expires")
             end = None
