@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hubtest import Hub, MakeUser
+from hubtest import CLI, Hub, MakeUser, free_port, wait_ready
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("LLAMAHUB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -121,3 +123,28 @@ def test_forms_from_another_site_and_forged_notices_are_refused(hub: Hub, make_u
                            headers={"Origin": hub.url})
     assert same_site.status_code == 303
     assert len(user.http.get("/api/enterprise/requests").json()["requests"]) == 1
+
+
+def test_a_hub_behind_a_proxy_takes_forms_from_its_public_address(hub: Hub, make_user: MakeUser,
+                                                                   tmp_path: Path) -> None:
+    port, log = free_port(), tmp_path / "proxied-hub.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(hub.data), "--port", str(port),
+                                 "--public-url", "https://hub.example.test", "--log-level", "warning"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        user = make_user(mau=OVER)
+        form, cookies = {"family": "llama-2", "mau": str(OVER)}, {"llamahub_token": user.token}
+        public = httpx.post(f"{url}/enterprise/requests", data=form, cookies=cookies,
+                            headers={"Origin": "https://hub.example.test"})
+        assert public.status_code == 303
+        elsewhere = httpx.post(f"{url}/enterprise/requests", data={"family": "llama-3", "mau": str(OVER)},
+                               cookies=cookies, headers={"Origin": "https://other.example.test"})
+        assert elsewhere.status_code == 403
+        assert [r["families"] for r in user.http.get("/api/enterprise/requests").json()["requests"]] == [
+            ["llama-2"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
