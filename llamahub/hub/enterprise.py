@@ -93,7 +93,7 @@ def _pending(conn: Any, request_id: str, user_id: str | None = None) -> dict:
     if row is None or (user_id is not None and row.user_id != user_id):
         raise NotFoundError(f"no enterprise request {request_id}", code="unknown_request",
                             hint="`llamahub enterprise status` lists yours; operators: "
-                                 "GET /api/admin/enterprise/requests")
+                                 "`llamahub hub requests list`")
     if row.status != PENDING:
         raise ConflictError(f"request {request_id} is already {row.status}", code="request_decided",
                             hint="a decided request does not change; submit a new one if needed")
