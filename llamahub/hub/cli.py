@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,18 @@ def default_data_dir() -> Path:
 
 def _data(data: Path | None) -> Path:
     return (data or default_data_dir()).expanduser().resolve()
+
+
+@contextmanager
+def _opened(data: Path | None, database_url: str | None) -> Iterator[tuple[Any, Any]]:
+    """(store, blobs) of the hub in ``data``, closed afterwards."""
+    from llamahub.hub.context import open_store
+
+    store, blobs, _ = open_store(_data(data), database_url)
+    try:
+        yield store, blobs
+    finally:
+        store.close()
 
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_ENV,
@@ -92,16 +106,12 @@ def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int,
 @db_option
 def import_cmd(folder: Path, variant_name: str, data: Path | None, database_url: str | None) -> None:
     """Import a Meta download (root or model folder) or an HF folder, after checking it."""
-    from llamahub.hub.context import open_store
     from llamahub.hub.importer import import_folder
     from llamahub.registry import resolve
 
     variant = resolve(variant_name)
-    store, blobs, _ = open_store(_data(data), database_url)
-    try:
+    with _opened(data, database_url) as (store, blobs):
         report = import_folder(store, blobs, folder, variant)
-    finally:
-        store.close()
     click.echo(f"imported {report.variant} ({report.format}): {len(report.files)} files, "
                f"{report.bytes:,} bytes ({report.new_blobs} new blobs)")
 
@@ -111,16 +121,11 @@ def import_cmd(folder: Path, variant_name: str, data: Path | None, database_url:
 @db_option
 def seed_demo_cmd(data: Path | None, database_url: str | None) -> None:
     """Generate and import the tiny random-weight llama-debug variants."""
-    from llamahub.hub.context import open_store
     from llamahub.hub.importer import seed_demo
 
-    data_dir = _data(data)
-    store, blobs, _ = open_store(data_dir, database_url)
-    try:
-        with tempfile.TemporaryDirectory(dir=data_dir, prefix="seed-") as work:
-            seed_demo(store, blobs, Path(work), echo=click.echo)
-    finally:
-        store.close()
+    with _opened(data, database_url) as (store, blobs), \
+            tempfile.TemporaryDirectory(dir=_data(data), prefix="seed-") as work:
+        seed_demo(store, blobs, Path(work), echo=click.echo)
 
 
 # --- enterprise requests (operator side) -----------------------------------------------------------
@@ -130,12 +135,6 @@ def seed_demo_cmd(data: Path | None, database_url: str | None) -> None:
 def requests_group() -> None:
     """Review enterprise license requests: list, approve (creates the grant), deny."""
 
-
-def _open(data: Path | None, database_url: str | None) -> Any:
-    from llamahub.hub.context import open_store
-
-    store, _, _ = open_store(_data(data), database_url)
-    return store
 
 
 @requests_group.command("list")
@@ -147,11 +146,8 @@ def requests_list(status: str | None, as_json: bool, data: Path | None, database
     """Every request (oldest first), or those of one status."""
     from llamahub.hub import enterprise
 
-    store = _open(data, database_url)
-    try:
+    with _opened(data, database_url) as (store, _):
         rows = enterprise.listing(store, status=status)
-    finally:
-        store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -183,12 +179,9 @@ def requests_approve(request_id: str, max_mau: int | None, expires: Any, note: s
     end = expires.replace(tzinfo=dt.UTC) + dt.timedelta(days=1) if expires else None
     if end is not None and end <= now:
         raise click.BadParameter("that day is over", param_hint="--expires")
-    store = _open(data, database_url)
-    try:
+    with _opened(data, database_url) as (store, _):
         done = enterprise.approve(store, request_id, max_mau=max_mau, not_before=now.isoformat(),
                                   expires=end.isoformat() if end else None, note=note, actor="operator")
-    finally:
-        store.close()
     grant = done["grant"]
     limit = f"up to {grant['max_mau']:,} MAU" if grant["max_mau"] else "no MAU limit"
     click.echo(f"approved {request_id}: grant {grant['id']} for {grant['organisation']} "
@@ -204,11 +197,8 @@ def requests_deny(request_id: str, reason: str, data: Path | None, database_url:
     """Deny a pending request, with a reason the requester sees."""
     from llamahub.hub import enterprise
 
-    store = _open(data, database_url)
-    try:
+    with _opened(data, database_url) as (store, _):
         enterprise.deny(store, request_id, reason=reason, actor="operator")
-    finally:
-        store.close()
     click.echo(f"denied {request_id}")
 
 
@@ -223,11 +213,8 @@ def grants_group() -> None:
 @data_option
 @db_option
 def grants_list(organisation: str | None, as_json: bool, data: Path | None, database_url: str | None) -> None:
-    store = _open(data, database_url)
-    try:
+    with _opened(data, database_url) as (store, _):
         rows = store.grants(organisation)
-    finally:
-        store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -245,11 +232,8 @@ def grants_list(organisation: str | None, as_json: bool, data: Path | None, data
 @db_option
 def grants_revoke(grant_id: str, data: Path | None, database_url: str | None) -> None:
     """Revoke a grant: from now on its organisation is held to the license threshold again."""
-    store = _open(data, database_url)
-    try:
+    with _opened(data, database_url) as (store, _):
         grant = store.revoke_grant(grant_id, actor="operator")
-    finally:
-        store.close()
     click.echo(f"revoked {grant['id']} ({grant['organisation']}) at {grant['revoked_at']}")
 
 
@@ -263,14 +247,11 @@ def grants_revoke(grant_id: str, data: Path | None, database_url: str | None) ->
 def audit_cmd(action: str | None, after: int | None, limit: int, as_json: bool, data: Path | None,
               database_url: str | None) -> None:
     """The append-only audit log: the latest --limit rows, or those after --after; oldest first."""
-    store = _open(data, database_url)
-    try:
+    with _opened(data, database_url) as (store, _):
         if after is None:
             rows = store.latest_audit((action or "",), limit=limit)[::-1]
         else:
             rows = store.audit_log(after=after, limit=limit, action=action)
-    finally:
-        store.close()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
