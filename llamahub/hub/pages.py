@@ -12,6 +12,7 @@ HTML-escaped. Forms are plain ``application/x-www-form-urlencoded``; no JavaScri
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from html import escape
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +28,27 @@ from llamahub.hub.errors import BadRequestError, ForbiddenError
 from llamahub.hub.routes_admin import check_families, grant_window
 
 router = APIRouter(include_in_schema=False)
-USER_COOKIE, ADMIN_COOKIE = "llamahub_token", "llamahub_admin"
+
+
+@dataclass(frozen=True)
+class _Area:
+    """One side of the pages: where it lives, whose token signs in, and what a wrong token hears."""
+
+    path: str
+    cookie: str
+    role: str
+    title: str
+    token_label: str
+    refusal: str
+    refusal_hint: str
+
+
+USERS = _Area("/enterprise", "llamahub_token", "user", "Enterprise license requests",
+              "Your API token (from registering or `llamahub login`)", "that is not a live user token",
+              "paste the token you got when registering (admins: /admin/enterprise)")
+OPERATORS = _Area("/admin/enterprise", "llamahub_admin", "admin", "Review enterprise requests",
+                  "The admin token (printed by `llamahub hub init`)", "that is not the admin token",
+                  "`llamahub hub init` printed it once; organisations use /enterprise")
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
          "table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4rem;"
          "text-align:left;vertical-align:top}.error{background:#fee;padding:.6rem}.ok{background:#efe;"
@@ -91,15 +112,25 @@ def _set_cookie(response: Response, request: Request, name: str, value: str | No
     return response
 
 
-def _signed_in(request: Request, ctx: HubContext, cookie: str) -> tuple[str, dict[str, Any] | None] | None:
-    token = request.cookies.get(cookie)
-    return ctx.store.token_owner(token) if token else None
+def _signed_in(request: Request, ctx: HubContext, area: _Area) -> dict[str, Any] | None:
+    """The owner of the area's cookie token when it has the area's role: a user row, or {} (admin)."""
+    token = request.cookies.get(area.cookie)
+    owner = ctx.store.token_owner(token) if token else None
+    return (owner[1] or {}) if owner is not None and owner[0] == area.role else None
 
 
-def _sign_in_form(action: str, what: str, error: str = "") -> str:
-    return (f"{error}<form method=post action='{action}/sign-in'><label>{escape(what)} "
-            "<input type=password name=token required autocomplete=off></label>"
-            "<button>Sign in</button></form>")
+def _sign_in_page(area: _Area, error: str = "", status: int = 200) -> HTMLResponse:
+    return _html(area.title, f"{error}<form method=post action='{area.path}/sign-in'><label>"
+                 f"{escape(area.token_label)} <input type=password name=token required autocomplete=off>"
+                 "</label><button>Sign in</button></form>", status)
+
+
+def _sign_in(request: Request, form: dict[str, list[str]], area: _Area) -> Response:
+    token = _one(form, "token")
+    owner = get_ctx(request).store.token_owner(token) if token else None
+    if owner is None or owner[0] != area.role:
+        return _sign_in_page(area, _error(BadRequestError(area.refusal, hint=area.refusal_hint)), 401)
+    return _set_cookie(_redirect(area.path), request, area.cookie, token)
 
 
 def _families(values: list[str]) -> str:
@@ -109,19 +140,13 @@ def _families(values: list[str]) -> str:
 # --- organisations ------------------------------------------------------------------------------------
 
 
-def _user(request: Request, ctx: HubContext) -> dict[str, Any] | None:
-    owner = _signed_in(request, ctx, USER_COOKIE)
-    return owner[1] if owner and owner[0] == "user" else None
-
-
 @router.get("/enterprise", response_class=HTMLResponse)
 def user_page(request: Request, notice: str = "") -> HTMLResponse:
     ctx = get_ctx(request)
-    user = _user(request, ctx)
+    user = _signed_in(request, ctx, USERS)
     if user is None:
-        return _html("Enterprise license requests", _sign_in_form(
-            "/enterprise", "Your API token (from registering or `llamahub login`)"))
-    return _html("Enterprise license requests", _user_body(ctx, user, notice=notice))
+        return _sign_in_page(USERS)
+    return _html(USERS.title, _user_body(ctx, user, notice=notice))
 
 
 def _user_body(ctx: HubContext, user: dict[str, Any], *, notice: str = "", error: str = "") -> str:
@@ -164,27 +189,20 @@ def _withdraw_button(r: dict[str, Any]) -> str:
 
 @router.post("/enterprise/sign-in", response_class=HTMLResponse)
 def user_sign_in(request: Request, form: PostedForm) -> Response:
-    token = _one(form, "token")
-    owner = get_ctx(request).store.token_owner(token) if token else None
-    if owner is None or owner[0] != "user":
-        error = _error(BadRequestError("that is not a live user token", hint="paste the token "
-                                       "you got when registering (admins: /admin/enterprise)"))
-        form = _sign_in_form("/enterprise", "Your API token", error)
-        return _html("Enterprise license requests", form, 401)
-    return _set_cookie(_redirect("/enterprise"), request, USER_COOKIE, token)
+    return _sign_in(request, form, USERS)
 
 
 @router.post("/enterprise/sign-out")
 def user_sign_out(request: Request, form: PostedForm) -> Response:
-    return _set_cookie(_redirect("/enterprise"), request, USER_COOKIE, None)
+    return _set_cookie(_redirect(USERS.path), request, USERS.cookie, None)
 
 
 @router.post("/enterprise/requests", response_class=HTMLResponse)
 def user_submit(request: Request, form: PostedForm) -> Response:
     ctx = get_ctx(request)
-    user = _user(request, ctx)
+    user = _signed_in(request, ctx, USERS)
     if user is None:
-        return _redirect("/enterprise")
+        return _redirect(USERS.path)
     try:
         families = [f.strip() for f in form.get("family", []) if f.strip()]
         if not families:
@@ -198,39 +216,33 @@ def user_submit(request: Request, form: PostedForm) -> Response:
         done = enterprise.submit(ctx.store, user, families, mau, _one(form, "note")[:4000])
     except LlamahubError as e:
         status = getattr(e, "status", 400)
-        return _html("Enterprise license requests", _user_body(ctx, user, error=_error(e)), status)
+        return _html(USERS.title, _user_body(ctx, user, error=_error(e)), status)
     return _redirect(f"/enterprise?notice={done['id']}")
 
 
 @router.post("/enterprise/requests/{request_id}/withdraw", response_class=HTMLResponse)
 def user_withdraw(request: Request, request_id: str, form: PostedForm) -> Response:
     ctx = get_ctx(request)
-    user = _user(request, ctx)
+    user = _signed_in(request, ctx, USERS)
     if user is None:
-        return _redirect("/enterprise")
+        return _redirect(USERS.path)
     try:
         enterprise.withdraw(ctx.store, request_id, user)
     except LlamahubError as e:
-        return _html("Enterprise license requests", _user_body(ctx, user, error=_error(e)),
+        return _html(USERS.title, _user_body(ctx, user, error=_error(e)),
                      getattr(e, "status", 400))
-    return _redirect("/enterprise")
+    return _redirect(USERS.path)
 
 
 # --- operators ----------------------------------------------------------------------------------------
 
 
-def _admin(request: Request, ctx: HubContext) -> bool:
-    owner = _signed_in(request, ctx, ADMIN_COOKIE)
-    return owner is not None and owner[0] == "admin"
-
-
 @router.get("/admin/enterprise", response_class=HTMLResponse)
 def admin_page(request: Request) -> HTMLResponse:
     ctx = get_ctx(request)
-    if not _admin(request, ctx):
-        return _html("Review enterprise requests", _sign_in_form(
-            "/admin/enterprise", "The admin token (printed by `llamahub hub init`)"))
-    return _html("Review enterprise requests", _admin_body(ctx))
+    if _signed_in(request, ctx, OPERATORS) is None:
+        return _sign_in_page(OPERATORS)
+    return _html(OPERATORS.title, _admin_body(ctx))
 
 
 def _admin_body(ctx: HubContext, error: str = "") -> str:
@@ -293,26 +305,19 @@ def _audit_table(ctx: HubContext) -> str:
 
 @router.post("/admin/enterprise/sign-in", response_class=HTMLResponse)
 def admin_sign_in(request: Request, form: PostedForm) -> Response:
-    token = _one(form, "token")
-    owner = get_ctx(request).store.token_owner(token) if token else None
-    if owner is None or owner[0] != "admin":
-        error = _error(BadRequestError("that is not the admin token", hint="`llamahub hub init` printed "
-                                       "it once; organisations use /enterprise"))
-        form = _sign_in_form("/admin/enterprise", "The admin token", error)
-        return _html("Review enterprise requests", form, 401)
-    return _set_cookie(_redirect("/admin/enterprise"), request, ADMIN_COOKIE, token)
+    return _sign_in(request, form, OPERATORS)
 
 
 @router.post("/admin/enterprise/sign-out")
 def admin_sign_out(request: Request, form: PostedForm) -> Response:
-    return _set_cookie(_redirect("/admin/enterprise"), request, ADMIN_COOKIE, None)
+    return _set_cookie(_redirect(OPERATORS.path), request, OPERATORS.cookie, None)
 
 
 @router.post("/admin/enterprise/{kind}/{item_id}/{action}", response_class=HTMLResponse)
 def admin_decide(request: Request, kind: str, item_id: str, action: str, form: PostedForm) -> Response:
     ctx = get_ctx(request)
-    if not _admin(request, ctx):
-        return _redirect("/admin/enterprise")
+    if _signed_in(request, ctx, OPERATORS) is None:
+        return _redirect(OPERATORS.path)
     try:
         if (kind, action) == ("requests", "approve"):
             expires = _one(form, "expires")
@@ -332,8 +337,8 @@ def admin_decide(request: Request, kind: str, item_id: str, action: str, form: P
         else:
             return _html("Not found", "<p>No such action.</p>", 404)
     except LlamahubError as e:
-        return _html("Review enterprise requests", _admin_body(ctx, _error(e)), getattr(e, "status", 400))
+        return _html(OPERATORS.title, _admin_body(ctx, _error(e)), getattr(e, "status", 400))
     except ValueError:
         error = _error(BadRequestError("that date is not a date", hint="pick a day, like 2027-06-30"))
-        return _html("Review enterprise requests", _admin_body(ctx, error), 400)
-    return _redirect("/admin/enterprise")
+        return _html(OPERATORS.title, _admin_body(ctx, error), 400)
+    return _redirect(OPERATORS.path)
