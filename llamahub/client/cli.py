@@ -314,13 +314,18 @@ def download(name: str, source: str | None, meta_url: str | None, folder: str | 
     variant = resolve(name)
     report = FetchReport()
     with _session() as session:
-        snap = ensure(variant, session, source=source, location=meta_url or folder,
-                      progress=not no_progress and progress_default(), force=force, report=report)
+        try:
+            snap = ensure(variant, session, source=source, location=meta_url or folder,
+                          progress=not no_progress and progress_default(), force=force, report=report)
+        except KeyboardInterrupt:
+            click.echo(f"\ninterrupted: what arrived is kept; `llamahub download {name}` resumes", err=True)
+            raise
     if report.cached:
         click.echo(f"{variant.name} is cached and intact: {snap.root}")
-    else:
-        click.echo(f"{variant.name}: downloaded {_human(report.downloaded_bytes)} "
-                   f"({report.reused_files} files reused from the cache), verified: {snap.root}")
+        return
+    resumed = f"{_human(report.resumed_bytes)} resumed from an earlier run, " if report.resumed_bytes else ""
+    click.echo(f"{variant.name}: downloaded {_human(report.downloaded_bytes)} ({resumed}"
+               f"{report.reused_files} files reused from the cache), verified: {snap.root}")
 
 
 @click.group()

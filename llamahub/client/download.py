@@ -16,6 +16,8 @@ the staging folder.
 - A digest mismatch deletes the part and fetches the file once more from scratch; a second
   mismatch raises ChecksumError.
 - ``file://`` URLs are copied with the same staging and verification.
+- Ctrl-C (or any error) stops every transfer at its next piece: the workers see a shared stop
+  flag, nothing is retried after it, and what arrived stays in staging for the next run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -83,6 +84,10 @@ class _Retry(Exception):
     """A failure worth retrying (5xx, 429, a body that ended early)."""
 
 
+class _Stopped(Exception):
+    """The download is being abandoned (Ctrl-C, or another transfer failed): stop at once."""
+
+
 @dataclass
 class _Job:
     file: RemoteFile
@@ -97,6 +102,11 @@ class _Job:
     hashers: dict[str, Any] | None = None
     hashed: int = 0
     hash_lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)  # shared by one download's jobs
+
+    def check_stop(self) -> None:
+        if self.stop.is_set():
+            raise _Stopped(self.file.path)
 
     @property
     def sidecar(self) -> Path:
@@ -135,16 +145,24 @@ def download(files: Sequence[RemoteFile], staging: Path, *, options: DownloadOpt
     own = client is None
     http = client or httpx.Client(timeout=opts.timeout, follow_redirects=True,
                                   limits=httpx.Limits(max_connections=2 * opts.workers + 2))
+    stop = threading.Event()
     try:
-        jobs = [_Job(f, staging / f"{_key(f)}.part", f.size, ranges=True) for f in files]
+        jobs = [_Job(f, staging / f"{_key(f)}.part", f.size, ranges=True, stop=stop) for f in files]
         _check_space(jobs, staging)
         for job in jobs:
             if job.size is None:
                 _probe(http, job, opts)
         _check_space(jobs, staging)
         total = sum(j.size or 0 for j in jobs)
-        with ByteBar(total, opts.progress, "download") as advance, ThreadPoolExecutor(opts.workers) as pool:
-            results = _run(pool, http, jobs, opts, advance)
+        pool = ThreadPoolExecutor(opts.workers)
+        try:
+            with ByteBar(total, opts.progress, "download") as advance:
+                results = _run(pool, http, jobs, opts, advance)
+        except BaseException:  # Ctrl-C lands here in the main thread: stop the workers too
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return [results[id(j)] for j in jobs]
     finally:
         if own:
@@ -182,8 +200,7 @@ def _all(pool: ThreadPoolExecutor, work: list[Callable[[], T]]) -> list[T]:
     if failed:
         for f in running:
             f.cancel()
-        wait(running)
-        raise failed[0].exception()  # type: ignore[misc]
+        raise failed[0].exception()  # type: ignore[misc]  # download() stops the running ones
     return [f.result() for f in futures]
 
 
@@ -262,14 +279,15 @@ def _save_sidecar(job: _Job, opts: DownloadOptions) -> None:
 
 def _retrying(fn: Callable[[], None], job: _Job, opts: DownloadOptions) -> None:
     for attempt in range(opts.retries + 1):
+        job.check_stop()
         try:
             return fn()
         except (httpx.TransportError, _Retry) as e:
-            if attempt == opts.retries:
+            if attempt == opts.retries or job.stop.is_set():
                 raise DownloadError(f"{job.file.path}: gave up after {opts.retries + 1} attempts: {e}",
                                     hint="check the connection and run the same command again: it resumes"
                                     ) from e
-            time.sleep(min(8.0, opts.backoff * 2**attempt))
+            job.stop.wait(min(8.0, opts.backoff * 2**attempt))
 
 
 def _refuse(job: _Job, r: httpx.Response) -> None:
@@ -303,10 +321,11 @@ def _sequential(http: httpx.Client, job: _Job, opts: DownloadOptions, advance: C
     with _Stream(http, job, have) as (status, chunks):
         if status == 200 and have:  # the server ignored the Range: start over
             advance(-have)
-            have, hashers = 0, _hashers(job.file)
+            have, hashers, job.resumed_from = 0, _hashers(job.file), 0
         with job.part.open("r+b" if have else "wb") as out:
             out.seek(have)
             for data in chunks:
+                job.check_stop()
                 out.write(data)
                 for h in hashers.values():
                     h.update(data)
@@ -364,6 +383,7 @@ def _chunk(http: httpx.Client, job: _Job, start: int, opts: DownloadOptions,
             fd = os.open(job.part, os.O_WRONLY)
             try:
                 for data in _body(r):
+                    job.check_stop()
                     if skip:
                         cut = min(skip, len(data))
                         data, skip = data[cut:], skip - cut
@@ -401,7 +421,7 @@ def _hash_ahead(job: _Job, opts: DownloadOptions) -> None:
     try:
         if job.hashers is None:
             job.hashers, job.hashed = _hashers(job.file), 0
-        while True:
+        while not job.stop.is_set():
             with job.lock:
                 if job.hashed not in job.done_chunks:
                     return

@@ -28,7 +28,8 @@ class FetchReport:
 
     snapshot: Snapshot | None = None
     cached: bool = False
-    downloaded_bytes: int = 0
+    downloaded_bytes: int = 0  # what crossed the network this time
+    resumed_bytes: int = 0  # what an earlier, interrupted run had already fetched
     reused_files: int = 0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -122,7 +123,8 @@ def _download(variant: Variant, session: Session, cache: Cache, source: Source, 
         cache.put_blob(item.path, item.sha256)
         # md5: ours when it was the digest checked, else the source's for this same content
         digests[item.file.path] = (item.size, item.sha256, item.md5 or item.file.md5)
-        report.downloaded_bytes += item.size
+        report.downloaded_bytes += item.size - item.resumed_from
+        report.resumed_bytes += item.resumed_from
     for f in plan.files:
         if f.path not in digests:
             assert f.sha256 is not None and f.size is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,35 @@ def test_progress_on_draws_a_bar(server: FaultServer, tmp_path: Path,
     opts = DownloadOptions(progress=True, backoff=0.01)
     download([_publish(server, "a.bin", 1000)], tmp_path, options=opts)
     assert "download" in capfd.readouterr().err
+
+
+def test_ctrl_c_stops_every_transfer_and_the_next_call_resumes(server: FaultServer, tmp_path: Path) -> None:
+    import signal
+    import sys
+    import threading
+    import time
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from netproxy import ThrottledProxy
+
+    size = 2 << 20  # eight chunks of 256 KiB, four workers, 200 KB/s each: about 2.6 s in all
+    f = _publish(server, "big.bin", size)
+    proxy = ThrottledProxy(int(f.url.split(":")[2].split("/")[0]), rate=200_000)
+    slow = RemoteFile(f.path, f.url.replace(server.url(""), proxy.url + "/"), f.size, f.md5, f.sha256)
+    opts = DownloadOptions(workers=4, chunk_bytes=256 << 10, retries=3, backoff=0.01, progress=False)
+    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            download([slow], tmp_path, options=opts)
+        stopped = time.monotonic() - started
+    finally:
+        proxy.close()
+    part = tmp_path / f"{f.sha256}.part"
+    on_disk = part.stat().st_blocks * 512
+    assert stopped < 1.6, f"took {stopped:.2f} s to stop"  # the signal came at 0.6 s
+    assert on_disk < size // 2, f"{on_disk} bytes staged"  # the transfers did not run on
+    record = json.loads(part.with_name(part.name + ".json").read_text())
+    [got] = download([f], tmp_path, options=opts)
+    assert got.path.read_bytes() == server.files["big.bin"]
+    assert got.resumed_from == len(record["done"]) * (256 << 10)

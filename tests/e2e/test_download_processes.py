@@ -30,6 +30,12 @@ def _staged_bytes(client: Client) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.part")) if folder.is_dir() else 0
 
 
+def _on_disk(client: Client) -> int:
+    """Bytes staging really holds (a pre-sized part is sparse until filled)."""
+    folder = client.cache / "staging" / BIG
+    return sum(p.stat().st_blocks * 512 for p in folder.glob("*.part")) if folder.is_dir() else 0
+
+
 def _range_starts(text: str) -> list[int]:
     return [int(m) for m in re.findall(r"(?i)^range: bytes=(\d+)-", text, flags=re.MULTILINE)]
 
@@ -100,3 +106,39 @@ def test_local_source(make_client: MakeClient, debug_root: Path) -> None:
     assert client.links() == []  # nothing came from the hub
     listed = client.cli("cache", "ls", "--json")
     assert '"source": "local"' in listed.stdout
+
+
+def test_ctrl_c_stops_the_download_at_once_and_the_rerun_resumes(make_client: MakeClient) -> None:
+    client = make_client()
+    proxy = ThrottledProxy(client.hub.port, rate=1e6)  # 1 MB/s per connection: ~13 s for a shard
+    try:
+        proc = client.popen("download", BIG, "--no-progress", hub_url=proxy.url)
+        deadline = time.monotonic() + 60
+        while _staged_bytes(client) < 2_000_000:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "download did not start"
+            time.sleep(0.02)
+        at_signal = _on_disk(client)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        _out, err = proc.communicate(timeout=30)
+        to_exit = time.monotonic() - sent
+        staged = _on_disk(client)
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and f"llamahub download {BIG}` resumes" in err
+        assert to_exit < 3.0, f"{to_exit:.2f} s from SIGINT to exit"
+        # two connections at 1 MB/s for at most the time it took to stop, and nothing more
+        assert staged - at_signal < 2e6 * to_exit + 1_000_000, (at_signal, staged)
+        assert staged < 12_000_000
+        assert not (client.cache / "variants" / BIG).exists()
+        print(f"SIGINT at {at_signal:,} staged bytes; exit after {to_exit:.2f} s with {staged:,} staged")
+
+        done = client.cli("download", BIG, "--no-progress")
+        assert done.returncode == 0, done.stderr
+        fetched = re.search(r"downloaded ([\d.]+) MiB \(([\d.]+) MiB resumed from an earlier", done.stdout)
+        assert fetched, done.stdout
+        total = sum(p.stat().st_size for p in (client.cache / "blobs").iterdir())
+        assert abs(float(fetched.group(1)) + float(fetched.group(2)) - total / 2**20) < 0.2
+        assert float(fetched.group(2)) * 2**20 >= staged - 2**20
+    finally:
+        proxy.close()
