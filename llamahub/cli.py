@@ -82,10 +82,10 @@ def info(name: str, as_json: bool) -> None:
 @click.option("--variant", help="registry name of a local folder that is not recognised")
 @click.option("--backend", help="backend to use (see `llamahub plugins`)")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="weights dtype")
-@click.option("--threads", type=int, help="CPU threads")
-@click.option("-n", "--max-new-tokens", default=128, show_default=True)
-@click.option("-t", "--temperature", default=0.6, show_default=True)
-@click.option("--top-p", default=0.9, show_default=True)
+@click.option("--threads", type=click.IntRange(1), help="CPU threads")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("-t", "--temperature", type=click.FloatRange(0), default=0.6, show_default=True)
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
 @click.option("--seed", type=int)
 @click.option("--chat", "as_chat", is_flag=True, help="send PROMPT as a user message in the chat format")
 def run(model: str, prompt: str, variant: str | None, backend: str | None, dtype: str | None,
@@ -97,15 +97,24 @@ def run(model: str, prompt: str, variant: str | None, backend: str | None, dtype
     m = load(model, variant=variant, backend=backend, dtype=dtype, threads=threads)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
               stream=True)
-    if as_chat:
-        pieces = m.chat([{"role": "user", "content": prompt}], **kw)
-    else:
-        click.echo(prompt, nl=False)
-        pieces = m.generate(prompt, **kw)
-    for piece in pieces:
-        click.echo(piece, nl=False)
-    click.echo()
-    m.close()
+    printed = False
+    try:
+        # both check their arguments (lengths, sampling) before returning the stream
+        if as_chat:
+            pieces = m.chat([{"role": "user", "content": prompt}], **kw)
+        else:
+            pieces = m.generate(prompt, **kw)
+            click.echo(prompt, nl=False)
+            printed = True
+        for piece in pieces:
+            click.echo(piece, nl=False)
+            printed = True
+        click.echo()
+        printed = False
+    finally:
+        if printed:  # stopped mid-line (Ctrl-C): the line ends before any message
+            click.echo()
+        m.close()
 
 
 @cli.command("plugins")

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from llamahub.client.chatcli import chat
 from llamahub.errors import ConfigError
 
 
@@ -394,45 +395,6 @@ def cache_verify(names: tuple[str, ...]) -> None:
     if bad:
         raise CacheError(f"{bad} damaged file(s) found and removed from the cache",
                          hint="run `llamahub download NAME` online to fetch them again")
-
-
-# --- chat --------------------------------------------------------------------------------------------
-
-
-@click.command()
-@click.argument("model")
-@click.option("--system", help="a system prompt")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]))
-@click.option("-n", "--max-new-tokens", default=256, show_default=True)
-@click.option("-t", "--temperature", default=0.6, show_default=True)
-@click.option("--seed", type=int)
-def chat(model: str, system: str | None, dtype: str | None, max_new_tokens: int, temperature: float,
-         seed: int | None) -> None:
-    """An interactive chat with MODEL (a name or a folder). Empty line or Ctrl-D ends it."""
-    from llamahub.api import load
-
-    m = load(model, dtype=dtype)
-    dialog = [{"role": "system", "content": system}] if system else []
-    click.echo(f"chatting with {model} ({m.backend}, {m.dtype}); an empty line ends", err=True)
-    try:
-        while True:
-            try:
-                line = click.prompt("you", default="", show_default=False, prompt_suffix="> ")
-            except (EOFError, click.exceptions.Abort):
-                break
-            if not line.strip():
-                break
-            dialog.append({"role": "user", "content": line})
-            pieces = []
-            click.echo("model> ", nl=False)
-            for piece in m.chat(dialog, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                stream=True):
-                pieces.append(piece)
-                click.echo(piece, nl=False)
-            click.echo()
-            dialog.append({"role": "assistant", "content": "".join(pieces)})
-    finally:
-        m.close()
 
 
 COMMANDS = (login, logout, profile, license, enterprise, download, cache, chat)

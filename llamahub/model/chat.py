@@ -9,10 +9,10 @@ inserted by id, never by encoding their text, and text a user types is always pl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from llamahub.errors import ChatFormatError, TokenizerError
+from llamahub.errors import ChatFormatError, ContextLengthError, TokenizerError
 from llamahub.model.tokenizer import Tokenizer
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Message",
     "chat_stop_ids",
     "encode_dialog",
+    "fit_dialog",
     "format_prompt",
     "validate_dialog",
 ]
@@ -252,3 +253,39 @@ def format_prompt(messages: Sequence[Mapping[str, str]], fmt: str) -> str:
     names into plain text, which is not the prompt the model expects. Use :func:`encode_dialog`.
     """
     return "".join(p.name if isinstance(p, _Special) else p for p in _prompt_parts(messages, fmt))
+
+
+# --- a dialog that outgrows the context ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FittedDialog:
+    messages: list[Message]
+    max_new_tokens: int
+    dropped: int  # how many of the oldest messages were left out
+
+
+def fit_dialog(messages: Sequence[Message], count: Callable[[list[Message]], int], limit: int,
+               max_new_tokens: int) -> FittedDialog:
+    """The newest part of a dialog whose prompt plus an answer fits a ``limit``-token context.
+
+    The oldest exchanges go first, whole (a user message and what answered it); the system prompt
+    stays. If the newest message alone leaves less room than ``max_new_tokens``, the answer is
+    shortened to the room left; if there is no room at all, ContextLengthError.
+    """
+    head = list(messages[:1]) if messages and messages[0]["role"] == "system" else []
+    body = list(messages[len(head):])
+    dropped = 0
+    used = count(head + body)
+    while used + max_new_tokens > limit and len(body) > 1:
+        body.pop(0)
+        dropped += 1
+        while len(body) > 1 and body[0]["role"] != "user":
+            body.pop(0)
+            dropped += 1
+        used = count(head + body)
+    room = limit - used
+    if room < 1:
+        raise ContextLengthError(f"the last message takes {used} of the {limit}-token context "
+                                 "with no room left for an answer", hint="send a shorter message")
+    return FittedDialog(head + body, min(max_new_tokens, room), dropped)

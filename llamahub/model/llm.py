@@ -57,16 +57,24 @@ class LlamaModel:
              top_p: float = 0.9, top_k: int = 0, seed: int | None = None, stop: Sequence[str] = (),
              stream: bool = False) -> str | Iterator[str]:
         """Answer a dialog (system/user/assistant messages) in the variant's chat format."""
-        fmt = self.variant.chat_format
-        if fmt is None:
-            raise ChatFormatError(f"{self.variant.name} is a base model with no chat format",
-                                  hint="load the chat/instruct variant, or use generate()")
+        fmt = self._chat_format()
         validate_dialog(messages, fmt)
         ids = encode_dialog(self.tokenizer, messages, fmt)
         sampling = Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
         out = self._run([ids], max_new_tokens, sampling, chat_stop_ids(self.tokenizer, fmt), stop,
                         stream=stream, single=True)
         return out if stream else str(out).strip()
+
+    def chat_tokens(self, messages: list[Message]) -> int:
+        """How many prompt tokens ``messages`` take in the variant's chat format."""
+        return len(encode_dialog(self.tokenizer, messages, self._chat_format()))
+
+    def _chat_format(self) -> str:
+        fmt = self.variant.chat_format
+        if fmt is None:
+            raise ChatFormatError(f"{self.variant.name} is a base model with no chat format",
+                                  hint="load the chat/instruct variant, or use generate()")
+        return fmt
 
     # --- shared -----------------------------------------------------------------------------
 

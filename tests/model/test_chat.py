@@ -233,3 +233,25 @@ def test_encode_dialog_validates(llama2: SentencePieceTokenizer, llama3: Tiktoke
 def test_valid_dialogs_pass(fmt: str, messages: list[dict]) -> None:
     validate_dialog(messages, fmt)
     assert format_prompt(messages, fmt)
+
+
+def test_fit_dialog_drops_the_oldest_exchanges_and_keeps_the_system_prompt() -> None:
+    from llamahub.errors import ContextLengthError
+    from llamahub.model.chat import fit_dialog
+
+    def count(messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"]) for m in messages)
+
+    dialog = [{"role": "system", "content": "s" * 10}]
+    for i in range(3):
+        dialog += [{"role": "user", "content": f"{i}" * 30}, {"role": "assistant", "content": "a" * 30}]
+    dialog.append({"role": "user", "content": "q" * 20})
+    whole = fit_dialog(dialog, count, limit=500, max_new_tokens=100)
+    assert whole.messages == dialog and whole.dropped == 0 and whole.max_new_tokens == 100
+    fitted = fit_dialog(dialog, count, limit=200, max_new_tokens=60)
+    assert fitted.dropped == 4 and fitted.messages == [dialog[0], *dialog[5:]]
+    assert fitted.messages[1]["role"] == "user" and fitted.max_new_tokens == 60
+    short = fit_dialog(dialog, count, limit=50, max_new_tokens=60)  # only the question fits: a shorter answer
+    assert short.messages == [dialog[0], dialog[-1]] and short.max_new_tokens == 20
+    with pytest.raises(ContextLengthError, match="no room left"):
+        fit_dialog(dialog, count, limit=30, max_new_tokens=10)
