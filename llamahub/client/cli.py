@@ -95,6 +95,7 @@ def profile() -> None:
 @profile.command("show")
 @click.option("--json", "as_json", is_flag=True)
 def profile_show(as_json: bool) -> None:
+    """The profile saved locally: organisation, country, MAU, intended uses."""
     from dataclasses import asdict
 
     from llamahub.client.config import load_config

@@ -52,7 +52,7 @@ def _prepare(data: Path, profile: LocalProfile, echo: Callable[[str], None]) -> 
     with file_lock(data / "setup.lock", what="the embedded hub's setup", waiting=echo):
         if account.is_file():
             return str(json.loads(account.read_text())["token"])
-        store, blobs, _ = open_store(data)
+        store, blobs, _ = open_store(data, create=True)
         try:
             if not store.signing_keys():
                 store.close()

@@ -213,6 +213,7 @@ def grants_group() -> None:
 @data_option
 @db_option
 def grants_list(organisation: str | None, as_json: bool, data: Path | None, database_url: str | None) -> None:
+    """Every enterprise grant: organisation, families, MAU limit, expiry or revocation."""
     with _opened(data, database_url) as (store, _):
         rows = store.grants(organisation)
     if as_json:

@@ -7,6 +7,7 @@ A data dir holds ``hub.db`` (SQLite, unless a database URL is given), ``blobs/``
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from llamahub.hub.keys import KeyRing
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
 from llamahub.hub.store import Store
 from llamahub.registry import Registry
+
+DATA_ENV = "LLAMAHUB_HUB_DATA"
 
 
 @dataclass
@@ -44,10 +47,26 @@ class HubContext:
         return self._registry
 
 
-def open_store(data_dir: Path, database_url: str | None = None) -> tuple[Store, BlobStore, KeyRing]:
-    """Open (creating tables and folders if needed) the store, blobs and key ring of ``data_dir``."""
+def is_hub(data_dir: Path, database_url: str | None = None) -> bool:
+    """Whether ``hub init`` made ``data_dir`` (its database, or with an external one its keys)."""
+    return (data_dir / "keys").is_dir() if database_url else (data_dir / "hub.db").is_file()
+
+
+def open_store(data_dir: Path, database_url: str | None = None, *,
+               create: bool = False) -> tuple[Store, BlobStore, KeyRing]:
+    """Open the store, blobs and key ring of the hub in ``data_dir``.
+
+    Only ``create=True`` (``hub init``) makes a new one; otherwise a folder that is not a hub is
+    refused and nothing is written to it (a mistyped ``--data`` must not leave a hub behind).
+    """
     data_dir = Path(data_dir).expanduser().resolve()
+    if not create and not is_hub(data_dir, database_url):
+        raise NotInitialisedError(f"{data_dir} is not a hub (no {'keys/' if database_url else 'hub.db'})",
+                                  hint=f"check --data (or {DATA_ENV}); `llamahub hub init --data "
+                                       f"{data_dir}` makes a new hub there")
     data_dir.mkdir(parents=True, exist_ok=True)
+    if database_url is None and not (data_dir / "hub.db").exists():
+        os.close(os.open(data_dir / "hub.db", os.O_WRONLY | os.O_CREAT, 0o600))  # owner-only, like keys
     store = Store(database_url) if database_url else Store.for_dir(data_dir)
     store.create_all()
     blobs = BlobStore(data_dir)
@@ -57,7 +76,7 @@ def open_store(data_dir: Path, database_url: str | None = None) -> tuple[Store, 
 
 def init_hub(data_dir: Path, database_url: str | None = None) -> tuple[str, str]:
     """Create the first signing key and an admin token; returns (key id, admin token)."""
-    store, _, keys = open_store(data_dir, database_url)
+    store, _, keys = open_store(data_dir, database_url, create=True)
     try:
         if store.signing_keys():
             raise ConflictError(f"the hub in {data_dir} is already initialised",

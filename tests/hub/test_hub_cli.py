@@ -22,15 +22,33 @@ def test_init_creates_an_owner_only_key_and_an_admin_token(tmp_path: Path,
     assert crypto.key_id(crypto.load_private_key(key_file)) == out["key_id"]
     assert out["admin_token"].startswith("lha_")
     assert out["admin_token"].encode() not in (data / "hub.db").read_bytes()
+    assert stat.S_IMODE((data / "hub.db").stat().st_mode) == 0o600  # accounts and token hashes
     assert main(["hub", "init", "--data", str(data)]) == 1
     err = capsys.readouterr().err
     assert "already initialised" in err and "next:" in err
 
 
-def test_serve_refuses_an_uninitialised_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["hub", "serve", "--data", str(tmp_path / "empty"), "--port", "1"]) == 1
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["requests", "list"], ["grants", "list"],
+                                     ["audit"], ["seed-demo"]])
+def test_a_folder_that_is_not_a_hub_is_refused_and_left_alone(tmp_path: Path, command: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    typo = tmp_path / "typo"
+    assert main(["hub", *command, "--data", str(typo)]) == 1
     err = capsys.readouterr().err
-    assert "no signing key" in err and "llamahub hub init --data" in err
+    assert f"{typo} is not a hub" in err and f"llamahub hub init --data {typo}" in err
+    assert not typo.exists()  # no hub.db, no blobs/ left behind
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert main(["hub", *command, "--data", str(existing)]) == 1
+    assert list(existing.iterdir()) == []
+
+
+def test_help_text_of_every_hub_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for group in (["hub"], ["hub", "requests"], ["hub", "grants"], ["profile"]):
+        assert main([*group, "--help"]) == 0
+        listing = capsys.readouterr().out.split("Commands:")[1]
+        for line in listing.strip().splitlines():
+            assert len(line.split()) > 1, f"{' '.join(group)}: {line.strip()} has no help text"
 
 
 def test_link_without_a_configured_hub_asks_the_embedded_one(capsys: pytest.CaptureFixture[str]) -> None:
