@@ -29,7 +29,7 @@ from llamahub.errors import (
     RegistryError,
     UnknownVariantError,
 )
-from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links
+from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links, routes_site
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
@@ -104,7 +104,7 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
         yield
         ctx.store.close()
 
-    app = FastAPI(title="llamahub hub", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="llamahub hub", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Accounts, license gates and Ed25519-signed download links in the "
                               "shape of Meta's, serving Meta's download layout.")
     app.state.hub = ctx
@@ -119,6 +119,7 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.include_router(routes_enterprise.router)
     app.include_router(routes_enterprise.admin)
     app.include_router(pages.router)
+    app.include_router(routes_site.router)  # `/` and `/docs`, with Swagger UI served by the hub itself
     return app
 
 
