@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from typing import Any
@@ -10,7 +11,7 @@ import click
 
 from llamahub import plugins, registry
 from llamahub.client import cli as client_cli
-from llamahub.errors import LlamahubError
+from llamahub.errors import LlamahubError, RegistryError
 from llamahub.hub import cli as hub_cli
 
 
@@ -25,15 +26,41 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_cmd(family: str | None, as_json: bool) -> None:
     """Every registered variant."""
-    rows = [v for v in registry.variants() if family in (None, v.family)]
+    every = registry.variants()
+    wanted = _family(family, every) if family else None
+    rows = [v for v in every if wanted in (None, v.family)]
     if as_json:
         click.echo(json.dumps([v.summary() for v in rows], indent=2))
         return
-    click.echo(f"{'NAME':28} {'FAMILY':12} {'SIZE':6} {'KIND':5} {'PARAMS':>8} {'CONTEXT':>8}  LICENSE")
+    name_w = max([len("NAME"), *(len(v.name) for v in rows)])
+    family_w = max([len("FAMILY"), *(len(v.family) for v in rows)])
+    click.echo(f"{'NAME':{name_w}} {'FAMILY':{family_w}} {'SIZE':6} {'KIND':5} {'PARAMS':>8} {'CONTEXT':>8}"
+               "  LICENSE")
     for v in rows:
         tag = "  (debug: random weights)" if v.debug else ""
-        click.echo(f"{v.name:28} {v.family:12} {v.size:6} {v.kind:5} {_human(v.param_count()):>8} "
-                   f"{v.context_length:>8}  {v.license}{tag}")
+        click.echo(f"{v.name:{name_w}} {v.family:{family_w}} {v.size:6} {v.kind:5} "
+                   f"{_human(v.param_count()):>8} {v.context_length:>8}  {v.license}{tag}")
+
+
+def _family(name: str, every: list[registry.Variant]) -> str:
+    """A family name as the registry spells it, also from the license's spelling (llama2, llama3.1)."""
+    families = sorted({v.family for v in every})
+    plain = {f.replace("-", ""): f for f in families}
+    found = plain.get(name.lower().replace("-", "").replace("_", ""))
+    if found:
+        return found
+    close = difflib.get_close_matches(name.lower(), families, n=3, cutoff=0.5)
+    raise RegistryError(f"no family named {name!r}",
+                        hint=(f"did you mean {', '.join(close)}? " if close else "")
+                        + f"families: {', '.join(families)}")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _human(n: float) -> str:
@@ -67,8 +94,8 @@ def info(name: str, as_json: bool) -> None:
     scaling = f", scaled x{a.rope_scaling.factor:g}" if a.rope_scaling else ""
     click.echo(f"  rope          theta {a.rope_theta:g}{scaling}; context {v.context_length} tokens")
     click.echo(f"  tokenizer     {v.tokenizer}; chat format {v.chat_format or '-'}")
-    click.echo(f"  memory        {data['memory_bf16'] / 2**30:.1f} GiB bf16, "
-               f"{data['memory_fp32'] / 2**30:.1f} GiB fp32 (weights + full-context KV cache)")
+    click.echo(f"  memory        {_bytes(data['memory_bf16'])} bf16, "
+               f"{_bytes(data['memory_fp32'])} fp32 (weights + full-context KV cache)")
     click.echo(f"  license       {v.license} (released {v.release_date})")
     click.echo(f"  aliases       {', '.join(v.aliases) or '-'}")
     if v.hf_repo:
@@ -159,7 +186,7 @@ def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
     from llamahub.api import progress_default
     from llamahub.demo import run_demo
 
-    run_demo(yes=yes, confirm=lambda q: click.confirm(q), max_new_tokens=max_new_tokens,
+    run_demo(yes=yes, confirm=lambda q: client_cli.confirm(q, "llamahub demo"), max_new_tokens=max_new_tokens,
              progress=not no_progress and progress_default(), echo=click.echo)
 
 

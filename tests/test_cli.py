@@ -72,3 +72,40 @@ def test_plugins_allowlist_from_environment(allow: str) -> None:
 
     out = run("plugins", "--json", env={**os.environ, "LLAMAHUB_PLUGINS": allow})
     assert json.loads(out.stdout) == {"plugins": [], "backends": {}, "sources": {}}
+
+
+def test_list_takes_the_license_spelling_of_a_family_and_suggests_close_ones() -> None:
+    by_license = run("list", "--family", "llama2")
+    assert by_license.returncode == 0, by_license.stderr
+    names = [line.split()[0] for line in by_license.stdout.splitlines()[1:]]
+    assert len(names) == 6 and all(n.startswith("llama-2-") for n in names)
+    assert run("list", "--family", "llama3.1", "--json").stdout.count('"family": "llama-3.1"') > 0
+    typo = run("list", "--family", "lama-2")
+    assert typo.returncode == 1 and "did you mean llama-2" in typo.stderr
+    nope = run("list", "--family", "nope")
+    assert nope.returncode == 1 and "no family named 'nope'" in nope.stderr
+    assert "families: llama-2, llama-3" in nope.stderr and nope.stdout == ""
+
+
+def test_list_columns_line_up_for_every_family() -> None:
+    lines = run("list").stdout.splitlines()
+    header = lines[0]
+    for column in ("FAMILY", "SIZE", "KIND"):
+        at = header.index(column)
+        assert all(line[at - 1] == " " and line[at] != " " for line in lines[1:]), column
+
+
+def test_info_shows_the_memory_of_tiny_variants() -> None:
+    out = run("info", "llama-debug-2").stdout
+    assert "0.0 GiB" not in out and "KiB bf16" in out
+    assert "GiB bf16" in run("info", "llama-2-7b").stdout
+
+
+def test_license_words_and_suggestions() -> None:
+    shown = run("license", "show", "llama2")
+    assert shown.returncode == 0 and ".." not in shown.stdout and "Meta Platforms, Inc." in shown.stdout
+    unknown = run("license", "show", "llama9")
+    assert unknown.returncode == 1
+    assert "no license, family or variant named 'llama9'" in unknown.stderr
+    assert "did you mean llama3, llama2" in unknown.stderr
+    assert "licenses: llama-debug, llama2" in unknown.stderr

@@ -6,7 +6,10 @@ Only click is imported at module level; everything else loads inside the command
 
 from __future__ import annotations
 
+import difflib
 import json
+import re
+import sys
 from typing import Any
 
 import click
@@ -30,15 +33,43 @@ def _human(n: float) -> str:
 
 
 # --- login -----------------------------------------------------------------------------------------
+# The hub's own rules for a new account, checked as they are typed so that a wrong answer is asked
+# again (the hub checks them once more).
+
+
+def _email(value: str) -> str:
+    if not re.fullmatch(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+", value.strip()):
+        raise click.BadParameter("not an email address (name@example.com)")
+    return value.strip()
+
+
+def _filled(value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must not be blank")
+    return value.strip()
+
+
+def _country(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
+        raise click.BadParameter("use a two-letter ISO 3166-1 code, e.g. US or DE (not the name)")
+    return value.strip().upper()
+
+
+def _checked(rule: Any) -> Any:
+    return lambda _ctx, _param, value: value if value is None else rule(value)
+
+
+def _ask(label: str, rule: Any) -> str:
+    return str(click.prompt(label, value_proc=rule))
 
 
 @click.command()
 @click.option("--hub", "hub_url", envvar="LLAMAHUB_HUB_URL", help="the hub's URL")
 @click.option("--token", help="an API token you already have (else register a new account)")
-@click.option("--email")
-@click.option("--name")
-@click.option("--organisation")
-@click.option("--country", help="two-letter ISO code, e.g. US or DE")
+@click.option("--email", callback=_checked(_email))
+@click.option("--name", callback=_checked(_filled))
+@click.option("--organisation", callback=_checked(_filled))
+@click.option("--country", callback=_checked(_country), help="two-letter ISO code, e.g. US or DE")
 def login(hub_url: str | None, token: str | None, email: str | None, name: str | None,
           organisation: str | None, country: str | None) -> None:
     """Use the hub at --hub: with --token, or by registering an account (prompts for what is missing)."""
@@ -53,11 +84,12 @@ def login(hub_url: str | None, token: str | None, email: str | None, name: str |
     cfg = load_config()
     hub_url = hub_url.rstrip("/")
     if not token:
-        email = email or click.prompt("email")
+        email = email or _ask("email", _email)
+        name = name or _ask("name", _filled)
+        organisation = organisation or _ask("organisation", _filled)
+        country = country or _ask("country (two letters, e.g. US or DE)", _country)
         with HubClient(hub_url) as anonymous:
-            answer = anonymous.register(email, name or click.prompt("name"),
-                                        organisation or click.prompt("organisation"),
-                                        country or click.prompt("country (two letters)"))
+            answer = anonymous.register(email, name, organisation, country)
         token = answer["token"]
         click.echo(f"registered {answer['user']['email']} ({answer['user']['id']})")
     cfg = replace(cfg, hub_url=hub_url, token=token)
@@ -155,6 +187,7 @@ def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None
 
 def _license_id(name: str) -> str:
     """A license id from a license id, a family or a variant name."""
+    from llamahub.errors import RegistryError, UnknownVariantError
     from llamahub.policy import load_licenses
     from llamahub.registry import default_registry
 
@@ -164,7 +197,24 @@ def _license_id(name: str) -> str:
     for terms in licenses.values():
         if terms.covers(name):
             return terms.id
-    return default_registry().resolve(name).license
+    try:
+        return default_registry().resolve(name).license
+    except UnknownVariantError:
+        close = difflib.get_close_matches(name, sorted(licenses), n=3, cutoff=0.5)
+        raise RegistryError(f"no license, family or variant named {name!r}",
+                            hint=(f"did you mean {', '.join(close)}? " if close else "")
+                            + f"licenses: {', '.join(sorted(licenses))}") from None
+
+
+def confirm(question: str, command: str) -> bool:
+    """Ask a yes/no question; with no terminal to ask on, say how to answer up front (--yes)."""
+    try:
+        return click.confirm(question)
+    except click.exceptions.Abort:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise ConfigError("this needs a yes, and there is no terminal to ask on",
+                              hint=f"read the terms above, then run `{command} --yes`") from None
+        raise
 
 
 @click.group()
@@ -200,9 +250,10 @@ def license_accept(name: str, yes: bool) -> None:
         session.require_account()
         text = session.hub.license_text(terms.id)
         click.echo(render_terms(terms), nl=False)
-        if not yes and not click.confirm(f"Do you accept the {terms.title} on behalf of "
-                                         f"{session.cfg.profile.organisation}?"):
-            raise click.Abort()
+        question = f"Do you accept the {terms.title} on behalf of {session.cfg.profile.organisation}?"
+        if not yes and not confirm(question, f"llamahub license accept {terms.id}"):
+            click.echo("not accepted; nothing was sent to the hub")
+            raise SystemExit(1)
         done = session.accept(terms.id, hashlib.sha256(text.encode("utf-8")).hexdigest())
     receipt = done["receipt"]
     verb = "accepted" if done["created"] else "already accepted"
@@ -224,15 +275,32 @@ def license_status(as_json: bool) -> None:
         except (HubUnreachableError, OfflineError):
             where = "local receipts only (hub not reachable)"
         accepted = session.trust.accepted()
-    rows = [{"id": t.id, "title": t.title, "accepted_at": accepted.get(t.id)}
-            for t in load_licenses().values()]
+        hub = session.cfg.hub_url or "the embedded hub (not logged in to any hub)"
+        elsewhere = _accepted_elsewhere(session.trust.root)
+    rows = [{"id": t.id, "title": t.title, "accepted_at": accepted.get(t.id),
+             "accepted_on_other_hubs": elsewhere.get(t.id, [])} for t in load_licenses().values()]
     if as_json:
-        click.echo(json.dumps({"source": where, "licenses": rows}, indent=2))
+        click.echo(json.dumps({"hub": hub, "source": where, "licenses": rows}, indent=2))
         return
-    click.echo(f"({where})")
+    click.echo(f"receipts of {hub} ({where})")
     for r in rows:
         state = f"accepted {r['accepted_at']}" if r["accepted_at"] else "not accepted"
         click.echo(f"  {r['id']:12} {state:40} {r['title']}")
+        if not r["accepted_at"] and r["accepted_on_other_hubs"]:
+            click.echo(f"  {'':12} (accepted on {', '.join(r['accepted_on_other_hubs'])}: "
+                       "`llamahub login --hub URL` uses that hub again)")
+
+
+def _accepted_elsewhere(current: Any) -> dict[str, list[str]]:
+    """{license id: [hub folder names]} of verified receipts kept for other hubs than ``current``."""
+    from llamahub.client.trust import TrustStore
+
+    out: dict[str, list[str]] = {}
+    for folder in sorted(current.parent.iterdir()) if current.parent.is_dir() else []:
+        if folder != current and folder.is_dir():
+            for license_id in TrustStore(folder).accepted():
+                out.setdefault(license_id, []).append(folder.name)
+    return out
 
 
 # --- enterprise requests ------------------------------------------------------------------------------
@@ -312,6 +380,7 @@ def download(name: str, source: str | None, meta_url: str | None, folder: str | 
 
     if meta_url and folder:
         raise ConfigError("give either --meta-url or --from, not both", hint="pick one source")
+    _check_location(meta_url, folder)
     source = source or ("meta-url" if meta_url else "local" if folder else None)
     variant = resolve(name)
     report = FetchReport()
@@ -328,6 +397,21 @@ def download(name: str, source: str | None, meta_url: str | None, folder: str | 
     resumed = f"{_human(report.resumed_bytes)} resumed from an earlier run, " if report.resumed_bytes else ""
     click.echo(f"{variant.name}: downloaded {_human(report.downloaded_bytes)} ({resumed}"
                f"{report.reused_files} files reused from the cache), verified: {snap.root}")
+
+
+def _check_location(meta_url: str | None, folder: str | None) -> None:
+    """Refuse a source location that cannot work before anything else (even a cached copy) is used."""
+    from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    if folder is not None:
+        path = Path(unquote(urlsplit(folder).path)) if folder.startswith("file://") else Path(folder)
+        if not path.exists():
+            raise ConfigError(f"--from {folder}: no such file or folder",
+                              hint="give the folder of a Meta or Hugging Face download")
+    if meta_url is not None and (not meta_url.startswith(("http://", "https://")) or "*" not in meta_url):
+        raise ConfigError(f"--meta-url has no '*' to replace with a file path, or is not http(s): {meta_url}",
+                          hint="paste the whole URL from Meta's email, quoted, '*' and all")
 
 
 @click.group()
@@ -354,8 +438,9 @@ def cache_ls(as_json: bool) -> None:
         return
     click.echo(f"cache: {c.root}")
     for s in snaps:
-        click.echo(f"  {s.variant:32} {s.id}  {_human(s.bytes):>10}  {s.origin.get('source', '?'):8} "
-                   f"{s.created_at}")
+        where = s.origin.get("hub") or s.origin.get("url") or s.origin.get("folder") or ""
+        click.echo(f"  {s.variant:32} {s.id}  {_human(s.bytes):>10}  {s.created_at}  "
+                   f"{s.origin.get('source', '?')} {where}".rstrip())
     if not snaps:
         click.echo("  (empty; `llamahub download NAME` fills it)")
 

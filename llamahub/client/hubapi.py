@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,8 @@ def hub_error(response: httpx.Response, doing: str) -> LlamahubError:
     code = error.get("code") or f"http_{response.status_code}"
     message = error.get("message") or f"the hub answered HTTP {response.status_code} while {doing}"
     hint = error.get("hint")
+    if code in ("invalid_request", "not_found", "method_not_allowed") and "/docs" in (hint or ""):
+        message, hint = _in_cli_words(response, message)
     if response.status_code == 401:
         cls: type[LlamahubError] = AuthenticationError
         hint = "run `llamahub login` for a new token (or set LLAMAHUB_TOKEN)"
@@ -29,6 +32,16 @@ def hub_error(response: httpx.Response, doing: str) -> LlamahubError:
     failure = cls(message, hint=hint)
     failure.code = code
     return failure
+
+
+def _in_cli_words(response: httpx.Response, message: str) -> tuple[str, str]:
+    """An API-worded refusal ("body.country: Value error, ...; see /docs") as the CLI says it."""
+    message = re.sub(r"\b(body|query|path|header)\.", "", message).replace("Value error, ", "")
+    if response.status_code in (404, 405):
+        base = f"{response.request.url.scheme}://{response.request.url.netloc.decode()}"
+        return message, (f"the hub at {base} does not know this request: check that --hub / "
+                         "LLAMAHUB_HUB_URL names a llamahub hub of this version")
+    return message, "correct the value named above; `--help` on the command says what each option takes"
 
 
 class HubClient:

@@ -65,6 +65,8 @@ async def _llamahub_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LlamahubError)
     status = status_for(exc)
     headers = dict(getattr(exc, "headers", None) or {})
+    # wget shows only the status line: its --server-response (-S) shows this header, with the reason
+    headers["X-Llamahub-Error"] = f"{exc.code}: {exc.message}".encode("ascii", "replace").decode()[:400]
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(error_body(exc.code, exc.message, exc.hint), status_code=status, headers=headers)

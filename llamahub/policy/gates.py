@@ -216,7 +216,7 @@ def _uses_gate(profile: Profile, terms: LicenseTerms) -> Decision | None:
 
 def _prohibited(profile: Profile, aup: Aup, use: str) -> Decision:
     category = aup.category(use)
-    description = category.description if category else use
+    description = (category.description if category else use).rstrip(".")
     held = ""
     if profile.certifications:
         held = f"; certifications held ({', '.join(profile.certifications)}) do not lift it"

@@ -406,5 +406,5 @@ def render_terms(terms: LicenseTerms) -> str:
         lines.append(f"The full text: {terms.url}")
     lines += ["", *(f"- {line}" for line in terms.summary), "",
               f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
-              f"{terms.issuer}.", f"Acceptable use policy: {terms.aup}."]
+              f"{terms.issuer.rstrip('.')}.", f"Acceptable use policy: {terms.aup}."]
     return "\n".join(lines) + "\n"
