@@ -3,8 +3,9 @@
 Decoding one token is a chain of matrix-vector products that only stream weights. In this
 torch build aten's GEMV uses one core (about half the machine's memory bandwidth) and its bf16
 path is slower still; ``csrc/gemv.cpp`` splits the rows over torch's intra-op threads. The
-kernel is compiled once per machine into llamahub's cache (about a minute, needs a C++
-compiler and ninja); when that is impossible the backend says why and uses aten instead.
+kernel is compiled on first use into the user's cache dir (``~/.cache/llamahub/kernels`` on
+Linux, whatever ``LLAMAHUB_HOME`` says): once per user and torch version, about a minute, needs
+a C++ compiler and ninja. When that is impossible the backend says why and uses aten instead.
 Set ``LLAMAHUB_CPU_KERNEL=0`` to turn it off.
 """
 
@@ -65,7 +66,7 @@ def _build() -> ModuleType | str:
     from torch.utils.cpp_extension import load
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    print("llamahub: compiling the CPU decode kernel (once per machine, about a minute)...",
+    print(f"llamahub: compiling the CPU decode kernel into {build_dir} (once per user, about a minute)...",
           file=sys.stderr, flush=True)
     try:
         return load(name=NAME, sources=[str(SOURCE)], build_directory=str(build_dir),

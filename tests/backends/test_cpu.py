@@ -91,3 +91,21 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
     bf_ref = build_decoder(ckpt, "bf16", kernel=False)
     step = torch.tensor([[3]])
     assert (bf(step, 0) - bf_ref(step, 0)).abs().max().item() < 0.05
+
+
+def test_the_kernel_is_built_once_per_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the README says: the build lives in the user's cache dir (not LLAMAHUB_HOME), keyed by
+    torch version and source, so a fresh HOME compiles again and a fresh LLAMAHUB_HOME does not."""
+    import platformdirs
+    import torch
+    from llamahub_cpu.kernels import _build_dir
+
+    monkeypatch.setenv("LLAMAHUB_HOME", str(tmp_path / "home-a"))
+    first = _build_dir()
+    monkeypatch.setenv("LLAMAHUB_HOME", str(tmp_path / "home-b"))
+    assert _build_dir() == first
+    assert first.parent == Path(platformdirs.user_cache_dir("llamahub")) / "kernels"
+    assert first.name.startswith(f"torch-{torch.__version__}-")
+    monkeypatch.setenv("HOME", str(tmp_path / "fresh-home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert _build_dir() != first and str(tmp_path / "fresh-home") in str(_build_dir())
