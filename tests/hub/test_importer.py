@@ -125,6 +125,10 @@ def test_import_an_hf_folder(hub: tuple[Store, BlobStore], tmp_path: Path) -> No
 
 def test_hub_import_command(tmp_path: Path, download: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "hub"
+    assert main(["hub", "import", str(download), "--variant", CHAT, "--data", str(data)]) == 1
+    assert "is not a hub" in capsys.readouterr().err and not data.exists()  # init comes first
+    assert main(["hub", "init", "--data", str(data)]) == 0
+    capsys.readouterr()
     assert main(["hub", "import", str(download), "--variant", CHAT, "--data", str(data)]) == 0
     assert f"imported {CHAT} (meta): 8 files" in capsys.readouterr().out
     assert main(["hub", "import", str(download), "--variant", "llama-debug-3.1", "--data", str(data)]) == 1
