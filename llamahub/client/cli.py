@@ -231,8 +231,8 @@ def license_show(name: str) -> None:
 
     terms = license_terms(_license_id(name))
     click.echo(render_terms(terms), nl=False)
-    click.echo(f"From your hub: GET /api/licenses/{terms.id}/text (the exact text an acceptance records); "
-               f"accept with `llamahub license accept {terms.id}`.")
+    click.echo(f"The exact text an acceptance records is on your hub, at /api/licenses/{terms.id}/text "
+               f"(a page to open in a browser). Accept with `llamahub license accept {terms.id}`.")
 
 
 @license.command("accept")
