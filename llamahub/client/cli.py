@@ -407,7 +407,7 @@ def _check_location(meta_url: str | None, folder: str | None) -> None:
     if folder is not None:
         path = Path(unquote(urlsplit(folder).path)) if folder.startswith("file://") else Path(folder)
         if not path.exists():
-            raise ConfigError(f"--from {folder}: no such file or folder",
+            raise ConfigError(f"--from {folder} is not a folder: nothing is there",
                               hint="give the folder of a Meta or Hugging Face download")
     if meta_url is not None and (not meta_url.startswith(("http://", "https://")) or "*" not in meta_url):
         raise ConfigError(f"--meta-url has no '*' to replace with a file path, or is not http(s): {meta_url}",

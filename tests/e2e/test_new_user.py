@@ -127,7 +127,7 @@ def test_receipts_and_cache_say_which_hub_they_are_from(make_client: MakeClient)
 
     # the --from path is checked before the cached copy is reported as fine
     wrong = _run(env, "download", "llama-debug-2", "--from", "/no/such/path")
-    assert wrong.returncode == 1 and "--from /no/such/path: no such file or folder" in wrong.stderr
+    assert wrong.returncode == 1 and "--from /no/such/path is not a folder" in wrong.stderr
 
     assert _run(env, "logout").returncode == 0
     after = _run(env | {"LLAMAHUB_OFFLINE": "1"}, "license", "status")
