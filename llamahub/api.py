@@ -1,4 +1,4 @@
-"""``llamahub.load()``: resolve → license gates → memory plan → fetch → the backend loads.
+"""``llamahub.load()``: resolve → memory plan → license gates → fetch → the backend loads.
 
 Everything that can refuse (an unknown name, a license gate, a context length, a memory plan)
 refuses before any byte is downloaded. The chosen backend receives the verified files as
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamahub import plugins, selection
+from llamahub.errors import UnknownVariantError
 from llamahub.interfaces import Artifacts, Backend, LoadOptions
 from llamahub.registry import Variant
 
@@ -36,8 +37,8 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
          **extra: Any) -> LlamaModel:
     """Load a model by registry name (downloading it if needed) or from a local folder.
 
-    By name: the license gates run first on your profile and receipts, then every installed
-    backend plans its memory and one is chosen; only then is the cached copy used, or the files
+    By name: every installed backend plans its memory and one is chosen (no network call), the
+    license gates run on your profile and receipts; only then is the cached copy used, or the files
     fetched from ``source`` (the default source — our hub — unless you name one: ``meta-url`` with
     ``location`` a presigned URL, ``local`` with a folder, or a plugin's), verified and cached.
     ``LLAMAHUB_OFFLINE=1`` loads only what is cached, with no network.
@@ -56,7 +57,7 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
         v = identify_folder(folder, variant, plugins.catalogue())
         chosen = _plan(v, options)
         return chosen.load(folder_artifacts(folder, _cache_root()), v, options)
-    v = plugins.resolve(str(name))
+    v = _resolve(str(name))
     v, snap, chosen = _fetch(v, source, location, progress, options=options)
     assert chosen is not None
     return chosen.load(snapshot_artifacts(snap, v, _cache_root()), v, options)
@@ -65,7 +66,16 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
 def download(name: str, *, source: str | None = None, location: str | None = None,
              progress: bool | None = None, force: bool = False) -> Path:
     """Fetch a variant into the cache (license gates first) and return its folder in Meta's layout."""
-    return _fetch(plugins.resolve(name), source, location, progress, force=force)[1].root
+    return _fetch(_resolve(name), source, location, progress, force=force)[1].root
+
+
+def _resolve(name: str) -> Variant:
+    try:
+        return plugins.resolve(name)
+    except UnknownVariantError as e:
+        if Path(name).expanduser().exists():  # a folder is loaded only when written as a path
+            e.hint = f"{name!r} is also a folder here: to load it, write ./{name}"
+        raise
 
 
 def load_snapshot(snap: Snapshot, v: Variant, options: LoadOptions | None = None) -> LlamaModel:
@@ -88,9 +98,8 @@ def _fetch(v: Variant, source: str | None, location: str | None, progress: bool 
     from llamahub.client.fetch import ensure
 
     show = progress_default() if progress is None else progress
+    chosen = _plan(v, options) if options is not None else None  # pure: no network, no files
     with _session(show) as session:
-        session.gate(v)  # local refusals raise here, before the plan and any network call
-        chosen = _plan(v, options) if options is not None else None
         snap = ensure(v, session, source=source, location=location, force=force, progress=show)
     return v, snap, chosen
 

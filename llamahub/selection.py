@@ -90,29 +90,37 @@ def alternatives(variant: Variant, options: LoadOptions) -> list[PlanRow]:
 
 
 def format_table(rows: list[PlanRow]) -> str:
-    lines = [f"  {'BACKEND':12} {'DTYPE':6} {'NEEDS':30} {'AVAILABLE':30} FITS"]
+    lines = [f"  {'BACKEND':12} {'DTYPE':6} {'NEEDS':>12}  {'AVAILABLE':>12}  FITS"]
     for r in rows:
-        verdict = "yes" if r.fits else f"no: {r.refusal}"
-        lines.append(f"  {r.backend:12} {r.dtype or '-':6} {r.need():30} {r.have():30} {verdict}")
+        # a plan that does not fit is explained by its two columns; other refusals say why
+        verdict = "yes" if r.fits else "no" if r.plan is not None else f"no: {r.refusal}"
+        lines.append(f"  {r.backend:12} {r.dtype or '-':6} {r.need():>12}  {r.have():>12}  {verdict}")
     return "\n".join(lines)
 
 
-def suggestion(variant: Variant, options: LoadOptions) -> str:
-    """What would fit, e.g. "dtype='int4' on cpu needs 35.8 GiB (fits)"; else the smallest need."""
+def suggestion(variant: Variant, options: LoadOptions, rows: list[PlanRow]) -> str:
+    """What would fit, e.g. "backend='cpu', dtype='int4' needs 35.8 GiB and fits"; else the
+    smallest need of any installed backend and dtype."""
     alts = alternatives(variant, options)
     fitting = [r for r in alts if r.fits]
     if fitting:
         return "; ".join(f"backend={r.backend!r}, dtype={r.dtype!r} needs {r.need()} and fits"
                          for r in fitting[:3])
-    if alts:
-        small = min(alts, key=lambda r: r.plan.host_bytes + r.plan.device_bytes * r.plan.devices)  # type: ignore[union-attr]
-        return f"nothing installed fits; the smallest is {small.dtype} on {small.backend}: {small.need()}"
+    planned = [r for r in [*rows, *alts] if r.plan is not None]
+    if planned:
+        small = min(planned, key=lambda r: _total(r.plan))  # type: ignore[arg-type]
+        return (f"nothing installed fits this machine; the smallest is {small.dtype} on "
+                f"{small.backend}, which needs {small.need()}")
     return ""
+
+
+def _total(plan: MemoryPlan) -> int:
+    return plan.host_bytes + plan.device_bytes * plan.devices
 
 
 def refuse(variant: Variant, options: LoadOptions, rows: list[PlanRow]) -> NoBackendError:
     return NoBackendError(variant.name, {r.backend: r.refusal or "fits" for r in rows},
-                          table=format_table(rows), instead=suggestion(variant, options))
+                          table=format_table(rows), instead=suggestion(variant, options, rows))
 
 
 def choose(variant: Variant, options: LoadOptions) -> Backend:

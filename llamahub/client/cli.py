@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from llamahub.cli_options import DtypeType
 from llamahub.errors import ConfigError
 
 
@@ -397,7 +398,7 @@ def cache_verify(names: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("model")
 @click.option("--system", help="a system prompt")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]))
+@click.option("--dtype", type=DtypeType(), help="weights dtype (the installed backends' choices)")
 @click.option("-n", "--max-new-tokens", default=256, show_default=True)
 @click.option("-t", "--temperature", default=0.6, show_default=True)
 @click.option("--seed", type=int)
