@@ -8,9 +8,8 @@ from typing import Any
 
 import click
 
-from llamahub import plugins
+from llamahub import cli_client, plugins
 from llamahub.cli_options import load_options, parse_options
-from llamahub.client import cli as client_cli
 from llamahub.errors import LlamahubError
 from llamahub.hub import cli as hub_cli
 
@@ -172,11 +171,10 @@ def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
              progress=not no_progress and progress_default(), echo=click.echo)
 
 
-# The hub server and `llamahub link` (llamahub.hub.cli imports only click; the server loads lazily),
-# and the client's commands (login, profile, license, download, cache, chat).
+# The hub server (llamahub.hub.cli imports only click; the server loads lazily), and the user's
+# commands (login, profile, license, download, cache, chat, link).
 cli.add_command(hub_cli.hub)
-cli.add_command(hub_cli.link)
-for _command in client_cli.COMMANDS:
+for _command in cli_client.COMMANDS:
     cli.add_command(_command)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from llamahub.client.config import ClientConfig, LocalProfile, load_config
 from llamahub.client.hubapi import HubClient
 from llamahub.client.trust import TrustStore
-from llamahub.errors import AuthenticationError, OfflineError
+from llamahub.errors import AuthenticationError, HubUnreachableError, OfflineError
 from llamahub.interfaces import HubAccess
 from llamahub.policy import Decision, Profile, check
 from llamahub.registry import Variant
@@ -77,9 +77,8 @@ class Session:
 
     def _start_embedded(self) -> tuple[str, str]:
         if self._embedded is None:
-            from llamahub.launcher import embedded_hub  # TEMPORARY until the client CLI moves up
-
-            self._embedded = embedded_hub
+            raise HubUnreachableError("no hub is configured",
+                                      hint="run `llamahub login --hub URL` or set LLAMAHUB_HUB_URL")
         return self._embedded(self.cfg.profile, self.echo)
 
     def access(self) -> HubAccess:
