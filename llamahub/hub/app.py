@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamahub import __version__
 from llamahub.crypto import SignatureError
 from llamahub.errors import (
     CheckpointError,
@@ -34,6 +33,7 @@ from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
+from llamahub.version import __version__
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 422: "invalid_request"}

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 
-from llamahub import __version__
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import NotFoundError
 from llamahub.hub.pages import STYLE
+from llamahub.version import __version__
 
 router = APIRouter(include_in_schema=False)
 

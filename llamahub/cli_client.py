@@ -14,14 +14,16 @@ from typing import Any
 
 import click
 
-from llamahub.client.chatcli import chat
+from llamahub.cli_chat import chat
 from llamahub.errors import ConfigError
 
 
-def _session(echo: bool = True) -> Any:
+def _session(cfg: Any = None, *, echo: bool = True) -> Any:
+    """A client session that starts the embedded hub when no hub is configured."""
     from llamahub.client.session import Session
+    from llamahub.launcher import embedded_hub
 
-    return Session(echo=(lambda m: click.echo(m, err=True)) if echo else None)
+    return Session(cfg, echo=(lambda m: click.echo(m, err=True)) if echo else None, embedded=embedded_hub)
 
 
 def _human(n: float) -> str:
@@ -77,7 +79,6 @@ def login(hub_url: str | None, token: str | None, email: str | None, name: str |
 
     from llamahub.client.config import load_config, save_config
     from llamahub.client.hubapi import HubClient
-    from llamahub.client.session import Session
 
     if not hub_url:
         raise ConfigError("which hub?", hint="pass --hub URL (without a hub, llamahub uses its embedded one)")
@@ -93,7 +94,7 @@ def login(hub_url: str | None, token: str | None, email: str | None, name: str |
         token = answer["token"]
         click.echo(f"registered {answer['user']['email']} ({answer['user']['id']})")
     cfg = replace(cfg, hub_url=hub_url, token=token)
-    with Session(cfg) as session:
+    with _session(cfg, echo=False) as session:
         user = session.hub.me()["user"]
         remote = session.hub.profile()
     profile = replace(cfg.profile, organisation=user["organisation"], country=user["country"],
@@ -150,7 +151,6 @@ def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None
                 eu: bool | None) -> None:
     """Declare MAU and intended uses; saved locally and sent to the hub (every change is recorded there)."""
     from llamahub.client.config import load_config, save_config, with_profile
-    from llamahub.client.session import Session
     from llamahub.errors import HubUnreachableError
     from llamahub.policy import validate_uses
 
@@ -171,7 +171,7 @@ def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None
     if cfg.offline:
         return
     try:
-        with Session(cfg) as session:
+        with _session(cfg, echo=False) as session:
             if not session.embedded:
                 session.require_account()
                 session.hub.set_profile(cfg.profile.hub_body())
@@ -483,4 +483,36 @@ def cache_verify(names: tuple[str, ...]) -> None:
                          hint="run `llamahub download NAME` online to fetch them again")
 
 
-COMMANDS = (login, logout, profile, license, enterprise, download, cache, chat)
+# --- link ---------------------------------------------------------------------------------------------
+
+
+@click.command("link")
+@click.argument("family")
+@click.option("--variant", is_flag=True, help="FAMILY names one variant rather than a family")
+@click.option("--hub", "hub_url", envvar="LLAMAHUB_HUB_URL", help="the hub's URL (env LLAMAHUB_HUB_URL)")
+@click.option("--token", envvar="LLAMAHUB_TOKEN", help="your API token (env LLAMAHUB_TOKEN)")
+@click.option("--json", "as_json", is_flag=True, help="the hub's whole answer, as JSON")
+def link(family: str, variant: bool, hub_url: str | None, token: str | None, as_json: bool) -> None:
+    """Print a signed download link for FAMILY, as Meta's email does.
+
+    Uses --hub/--token when given, else the configured hub (`llamahub login`), else the embedded one.
+    """
+    from dataclasses import replace
+
+    from llamahub.client.config import load_config
+
+    cfg = load_config()
+    if hub_url:
+        cfg = replace(cfg, hub_url=hub_url.rstrip("/"), token=token or cfg.token)
+    with _session(cfg, echo=False) as session:
+        session.require_account()
+        data = session.hub.issue_link(**{"variant" if variant else "family": family})
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(data["url"])
+    click.echo(f"# {', '.join(data['variants'])}; expires {data['expires']}; {data['max_downloads']} "
+               "downloads per file. Replace * with a file path, e.g. LICENSE.", err=True)
+
+
+COMMANDS = (login, logout, profile, license, enterprise, download, cache, chat, link)

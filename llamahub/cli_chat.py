@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from llamahub.cli_options import DtypeType
 from llamahub.errors import ContextLengthError
 
 
@@ -53,7 +54,7 @@ def _answer(m: Any, dialog: list[dict[str, str]], max_new_tokens: int, **samplin
 @click.command()
 @click.argument("model")
 @click.option("--system", help="a system prompt")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]))
+@click.option("--dtype", type=DtypeType(), help="weights dtype (the installed backends' choices)")
 @click.option("-n", "--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
 @click.option("-t", "--temperature", type=click.FloatRange(0), default=0.6, show_default=True)
 @click.option("--seed", type=int)
