@@ -23,8 +23,8 @@ def test_bf16_close_to_fp32(llama3_debug_folder: Path, tmp_path: Path) -> None:
     ref = _ref(llama3_debug_folder, tmp_path)
     tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
     with torch.inference_mode():
-        fp32 = build_decoder(ref, "fp32")(tokens, 0)
-        bf16_model = build_decoder(ref, "bf16")
+        fp32 = build_decoder(ref.reader, "fp32")(tokens, 0)
+        bf16_model = build_decoder(ref.reader, "bf16")
         assert bf16_model.output.weight.dtype == torch.bfloat16
         bf16 = bf16_model(tokens, 0)
     assert bf16.dtype == torch.float32  # logits are always float32
@@ -33,7 +33,7 @@ def test_bf16_close_to_fp32(llama3_debug_folder: Path, tmp_path: Path) -> None:
 
 def test_weights_are_not_copied_when_dtype_matches(llama3_debug_folder: Path, tmp_path: Path) -> None:
     ref = _ref(llama3_debug_folder, tmp_path)
-    model = build_decoder(ref, "fp32")
+    model = build_decoder(ref.reader, "fp32")
     w = ref.reader.state_dict()["layers.0.feed_forward.w2.weight"]
     assert model.layers[0].feed_forward.w2.weight.data_ptr() == w.data_ptr()
 
@@ -86,8 +86,8 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
     if isinstance(kernel(), str):
         pytest.skip(f"decode kernel unavailable: {kernel()}")
     ref = _ref(llama3_debug_folder, tmp_path)
-    fast = build_decoder(ref, "fp32")
-    slow = build_decoder(ref, "fp32", kernel=False)
+    fast = build_decoder(ref.reader, "fp32")
+    slow = build_decoder(ref.reader, "fp32", kernel=False)
     assert fast.kernel.startswith("llamahub") and slow.kernel == "aten"
     assert isinstance(fast.layers[0].attention.wq, DecodeLinear)  # swapped on meta, then assigned
     w2 = ref.reader.state_dict()["layers.0.feed_forward.w2.weight"]
@@ -98,7 +98,7 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
         for i in range(5, 30):  # decode: one token at a time through the kernel
             step = torch.tensor([[i]])
             assert (fast(step, i) - slow(step, i)).abs().max().item() < 1e-4
-        bf = build_decoder(ref, "bf16")
-        bf_slow = build_decoder(ref, "bf16", kernel=False)
+        bf = build_decoder(ref.reader, "bf16")
+        bf_slow = build_decoder(ref.reader, "bf16", kernel=False)
         step = torch.tensor([[3]])
         assert (bf(step, 0) - bf_slow(step, 0)).abs().max().item() < 0.05
