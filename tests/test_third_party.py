@@ -119,7 +119,8 @@ def _readme_block(marker: str) -> str:
 def test_the_readme_backend_example_works(tmp_path: Path, llama2_debug_folder: Path) -> None:
     site = tmp_path / "site"
     (site / "llamahub_mybackend").mkdir(parents=True)
-    (site / "llamahub_mybackend" / "__init__.py").write_text(_readme_block("# llamahub_mybackend/__init__.py"))
+    example = _readme_block("# llamahub_mybackend/__init__.py")
+    (site / "llamahub_mybackend" / "__init__.py").write_text(example)
     dist = site / "llamahub_mybackend-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llamahub-mybackend\nVersion: 0.1\n")
