@@ -37,6 +37,7 @@ import httpx
 
 from llamahub.client.progress import ByteBar
 from llamahub.errors import ChecksumError, DiskSpaceError, DownloadError
+from llamahub.fsutil import atomic_write
 from llamahub.interfaces import RemoteFile
 
 BUFFER = 1 << 20
@@ -244,9 +245,8 @@ def _open_chunked(job: _Job, opts: DownloadOptions) -> None:
 
 
 def _save_sidecar(job: _Job, opts: DownloadOptions) -> None:
-    tmp = job.sidecar.with_name(f"{job.sidecar.name}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({"size": job.size, "chunk": opts.chunk_bytes, "done": sorted(job.done_chunks)}))
-    os.replace(tmp, job.sidecar)
+    state = {"size": job.size, "chunk": opts.chunk_bytes, "done": sorted(job.done_chunks)}
+    atomic_write(job.sidecar, json.dumps(state), durable=False)  # a resume hint: losing it costs a refetch
 
 
 # --- transfers -------------------------------------------------------------------------------------
