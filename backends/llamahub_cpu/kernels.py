@@ -3,7 +3,7 @@
 Decoding one token is a chain of matrix-vector products that only stream weights. In this
 torch build aten's GEMV uses one core (about half the machine's memory bandwidth) and its bf16
 path is slower still; ``csrc/gemv.cpp`` splits the rows over torch's intra-op threads. The
-kernel is compiled once per machine into llamahub's cache (about a minute, needs a C++
+kernel is compiled once into llamahub's cache, ``<cache>/kernels`` (about a minute, needs a C++
 compiler and ninja); when that is impossible the backend says why and uses aten instead.
 Set ``LLAMAHUB_CPU_KERNEL=0`` to turn it off.
 """
@@ -19,22 +19,32 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-import platformdirs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamahub.client.config import cache_dir
+
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
 NAME = "llamahub_gemv"
+KERNEL_DIR_ENV = "LLAMAHUB_CPU_KERNEL_DIR"
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
 
 
 def _build_dir() -> Path:
-    """One folder per torch version and kernel source, so a changed source is rebuilt."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return Path(platformdirs.user_cache_dir("llamahub")) / "kernels" / f"torch-{torch.__version__}-{digest}"
+    """``<cache>/kernels/torch-<version>-<source hash>``: a changed source or torch is rebuilt.
+
+    ``<cache>`` is llamahub's cache (``LLAMAHUB_CACHE``, else ``LLAMAHUB_HOME/cache``, else the
+    platform's); ``LLAMAHUB_CPU_KERNEL_DIR`` names another folder for the builds (say, one shared
+    by several caches).
+    """
+    with SOURCE.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    root = os.environ.get(KERNEL_DIR_ENV)
+    base = Path(root).expanduser() if root else cache_dir() / "kernels"
+    return base / f"torch-{torch.__version__}-{digest}"
 
 
 def _import_built(path: Path) -> ModuleType | None:
