@@ -105,11 +105,6 @@ def load_file(path: Path) -> list[Variant]:
     return [Variant(**fields) for fields in parse_variants(data, path.name)]
 
 
-def check_variant(v: Variant) -> None:
-    """Validate a variant built in code (e.g. registered by a plugin) as file entries are."""
-    registry_schema.check_variant(v, v.source or "plugin")
-
-
 class Registry:
     """An index of variants by name and alias (case-insensitive)."""
 
@@ -164,11 +159,7 @@ def validate(v: Variant, where: str) -> Variant:
     if not isinstance(v, Variant):
         raise RegistryError(f"{where}: registered {type(v).__name__}, not a llamahub Variant",
                             hint="build it with llamahub.plugin.Variant(...)")
-    try:
-        v.arch.validate()
-    except CheckpointError as e:
-        raise RegistryError(f"{where}: variant {v.name}: {e.message}", hint="fix its arch") from e
-    _check_variant(v, where)
+    registry_schema.check_variant(v, where)
     return v
 
 

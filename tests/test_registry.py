@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llamahub.errors import DataFileError, RegistryError, UnknownVariantError
-from llamahub.registry import Registry, _builtin, _registry_root, check_variant, load_file
+from llamahub.registry import Registry, _builtin, _registry_root, load_file, validate
 
 EXPECTED = {  # name: (dim, layers, heads, kv heads, ffn, vocab, shards)
     "llama-2-7b": (4096, 32, 32, 32, 11008, 32000, 1),
@@ -206,9 +206,9 @@ def test_toml_dates_are_accepted_as_release_dates(tmp_path: Path) -> None:
 
 def test_variants_built_in_code_are_checked_alike() -> None:
     v = _builtin().resolve("llama-2-7b")
-    check_variant(v)
+    assert validate(v, "my_plugin") is v
     with pytest.raises(DataFileError) as err:
-        check_variant(replace(v, kind="instruct", shards=3, source="my_plugin"))
+        validate(replace(v, kind="instruct", shards=3), "my_plugin")
     assert (err.value.file, err.value.entry, err.value.fields) == ("my_plugin", "variant llama-2-7b",
                                                                    ["kind", "shards"])
 
