@@ -37,6 +37,7 @@ def build_decoder(reader: CheckpointReader, dtype: str = DEFAULT_DTYPE, *,
                               hint=f"use one of {', '.join(TORCH_DTYPES)}")
     layout = reader.checkpoint.rope_layout  # the files' own q/k order: no copy of q/k at load
     model = build_meta(reader.args, layout)
+    model.cache_dtype = torch.float32  # see CACHE_BYTES in llamahub_cpu
     model.kernel = use_decode_kernel(model) if kernel else "aten"
     return assign_weights(model, reader.state_dict(layout, dtype=TORCH_DTYPES[dtype]))
 

@@ -49,6 +49,7 @@ def test_threads_apply_while_the_model_generates_only(llama2_debug_folder: Path)
     assert torch.get_num_threads() == before and m.info["threads"] == wanted
     m.generate("hello", max_new_tokens=3, temperature=0)
     assert seen and set(seen) == {wanted}
+    assert m.decoder.layers[0].attention.cache.k.dtype == torch.float32  # even for bf16 weights
     assert torch.get_num_threads() == before  # the process's setting is back
 
 
@@ -66,7 +67,7 @@ def test_plan_counts_weights_and_a_full_context_cache() -> None:
     v = shipped().resolve("llama-2-7b")
     fp32, bf16 = b.plan(v, LoadOptions(dtype="fp32")), b.plan(v, LoadOptions())
     assert bf16.dtype == "bf16" and fp32.host_bytes > bf16.host_bytes
-    kv_full = 2 * 32 * 32 * 128 * 4096 * 2  # layers x kv heads x head_dim x 4096 positions, bf16
+    kv_full = 2 * 32 * 32 * 128 * 4096 * 4  # layers x kv heads x head_dim x 4096 positions, float32
     assert bf16.host_bytes - v.param_count() * 2 - llamahub_cpu.WORKING_BYTES == kv_full
     short = b.plan(v, LoadOptions(context_length=1024))
     assert bf16.host_bytes - short.host_bytes == kv_full * 3 // 4
