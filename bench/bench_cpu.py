@@ -7,6 +7,10 @@ so peak RSS (VmHWM) is per engine; load is timed in --load-runs fresh processes 
 
     python bench/bench_cpu.py --all --out bench/results/cpu.jsonl
     python bench/bench_cpu.py --config tiny --dtype fp32 --engine llamahub --runs 1 --out x.jsonl
+
+Layouts: ``hf`` (one safetensors file, both engines) and ``meta1``/``meta2``/``meta4`` (Meta's
+consolidated.NN.pth shards, llamahub only: transformers does not read Meta's format), so the
+load time and peak memory of merging N shards are measured too.
 """
 
 from __future__ import annotations
@@ -39,15 +43,16 @@ MARK = "BENCH_JSON "
 # allocator's per-thread arenas and GEMM packing buffers. It does not grow with the weights.
 WORKING_MIB = 64
 CONFIGS: dict[str, ModelArgs] = {
-    "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=32000, ffn_dim=128, max_seq_len=1024,
+    # FFN widths by Meta's formula (128, 2048, 5632), so the Meta layouts can write params.json.
+    "tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=32000, multiple_of=128,
+                      ffn_dim_multiplier=0.75, max_seq_len=1024, tie_embeddings=True),
+    "110m": ModelArgs(dim=768, n_layers=12, n_heads=12, vocab_size=32000, max_seq_len=1024,
                       tie_embeddings=True),
-    "110m": ModelArgs(dim=768, n_layers=12, n_heads=12, vocab_size=32000, ffn_dim=2048, max_seq_len=1024,
-                      tie_embeddings=True),
-    "1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=32000, ffn_dim=5632,
-                    max_seq_len=2048),
+    "1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=32000, max_seq_len=2048),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ENGINES = ("llamahub", "transformers")
+LAYOUTS = ("hf", "meta1", "meta2", "meta4")
 # A run returns (time of the call, time stamp of each new token, the new token ids).
 Run = Callable[[], tuple[float, list[float], list[int]]]
 # A loader returns (run, load seconds, first 1-token forward seconds, what was loaded).
@@ -65,17 +70,25 @@ def weight_bytes(args: ModelArgs, dtype: str) -> tuple[int, int]:
     return args.param_count() * size, per_token * size
 
 
-def ensure_weights(config: str, dtype: str, work: Path) -> Path:
-    """Random HF checkpoint (seed 0) for (config, dtype) in ``work``, written once and reused."""
-    from llamahub.model.writer import random_state_dict, write_hf
+def weights_folder(work: Path, config: str, dtype: str, layout: str) -> Path:
+    return work / (f"{config}-{dtype}" if layout == "hf" else f"{config}-{dtype}-{layout}")
 
-    args, folder = CONFIGS[config], work / f"{config}-{dtype}"
-    stamp = {"config": config, "dtype": dtype, "seed": SEED, "args": args.as_dict()}
+
+def ensure_weights(config: str, dtype: str, work: Path, layout: str = "hf") -> Path:
+    """Random checkpoint (seed 0) for (config, dtype, layout) in ``work``, written once and reused."""
+    from llamahub.model.writer import random_state_dict, write_hf, write_meta
+
+    args, folder = CONFIGS[config], weights_folder(work, config, dtype, layout)
+    stamp = {"config": config, "dtype": dtype, "seed": SEED, "args": args.as_dict(), "layout": layout}
     marker = folder / "bench.json"
     if marker.is_file() and json.loads(marker.read_text()) == stamp:
         return folder
-    print(f"writing {config} {dtype} weights to {folder}", file=sys.stderr)
-    write_hf(folder, args, random_state_dict(args, seed=SEED, dtype=DTYPES[dtype]))
+    print(f"writing {config} {dtype} {layout} weights to {folder}", file=sys.stderr)
+    state = random_state_dict(args, seed=SEED, dtype=DTYPES[dtype])
+    if layout == "hf":
+        write_hf(folder, args, state)
+    else:
+        write_meta(folder, args, state, shards=int(layout.removeprefix("meta")))
     marker.write_text(json.dumps(stamp))
     return folder
 
@@ -99,9 +112,11 @@ def llamahub_loader() -> Loader:
 
     def load(folder: Path, dtype: str, threads: int, prompt: list[int]) -> tuple[Run, float, float, str]:
         t0 = time.perf_counter()
-        decoder = build_decoder(open_checkpoint(folder), dtype, threads)
+        torch.set_num_threads(threads)
+        decoder = build_decoder(open_checkpoint(folder).reader(), dtype)
         t1 = time.perf_counter()
-        decoder(torch.tensor([prompt[:1]]), 0)
+        with torch.inference_mode():
+            decoder(torch.tensor([prompt[:1]]), 0)
         t2 = time.perf_counter()
 
         def run() -> tuple[float, list[float], list[int]]:
@@ -167,7 +182,7 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
     # imports, so pay it here, before anything is timed, for both engines alike.
     gc.collect()
     rss_imports = rss_mib()
-    folder = opts.work / f"{opts.config}-{opts.dtype}"
+    folder = weights_folder(opts.work, opts.config, opts.dtype, opts.layout)
     warm(folder)
     prompt = prompt_ids(CONFIGS[opts.config].vocab_size)
     run, load_s, first_s, impl = loader(folder, opts.dtype, opts.threads, prompt)
@@ -212,7 +227,7 @@ def measure(opts: argparse.Namespace, config: str, dtype: str, engine: str,
     """Measure one (config, dtype, engine) in fresh processes and derive the ratios."""
     loadavg = os.getloadavg()[0]  # > ~0.5 before a run means another process shares the cores
     base = [str(Path(__file__)), "--config", config, "--dtype", dtype, "--engine", engine,
-            "--threads", str(opts.threads), "--work", str(opts.work)]
+            "--threads", str(opts.threads), "--work", str(opts.work), "--layout", opts.layout]
     rec = spawn([*base, "--child", "measure", "--runs", str(opts.runs), "--warmup", str(opts.warmup)],
                 opts.threads)
     loads = [rec] + [spawn([*base, "--child", "load"], opts.threads) for _ in range(opts.load_runs - 1)]
@@ -222,7 +237,8 @@ def measure(opts: argparse.Namespace, config: str, dtype: str, engine: str,
     load = stats([r["load_s"] for r in loads])
     read_s = reading["seconds"]["median"]
     return {
-        "config": config, "dtype": dtype, "engine": engine, "impl": rec["impl"], "threads": opts.threads,
+        "config": config, "dtype": dtype, "engine": engine, "layout": opts.layout, "impl": rec["impl"],
+        "threads": opts.threads,
         "batch": 1, "prompt_tokens": PROMPT_LEN, "new_tokens": NEW_TOKENS,
         "runs": opts.runs, "warmup": opts.warmup, "params": CONFIGS[config].param_count(),
         "decode_tok_s": rec["decode_tok_s"], "prefill_s": rec["prefill_s"],
@@ -249,19 +265,25 @@ def drive(opts: argparse.Namespace) -> None:
     command = shlex.join([exe, *sys.argv])
     machine = machine_info()
     opts.out.parent.mkdir(parents=True, exist_ok=True)
+    layouts = opts.layout.split(",")
     for config in opts.config.split(","):
         for dtype in opts.dtype.split(","):
-            folder = ensure_weights(config, dtype, opts.work)
-            bw = spawn([str(HERE / "bandwidth.py"), "--threads", str(opts.threads), "--size-mib",
-                        str(opts.bandwidth_mib), "--read-once", str(folder)], opts.threads)
-            for engine in opts.engine.split(","):
-                rec = measure(opts, config, dtype, engine, bw["memory"], bw["read_once"])
-                rec |= {"machine": machine, "command": command}
-                with opts.out.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                print(f"{config} {dtype} {engine}: {rec['decode_tok_s']['median']:.1f} tok/s "
-                      f"({rec['fraction_of_ceiling']:.0%} of ceiling), load {rec['load_s']['median']:.3f} s, "
-                      f"peak RSS {rec['peak_rss_mib']:.0f} MiB", file=sys.stderr)
+            for layout in layouts:
+                opts.layout = layout
+                folder = ensure_weights(config, dtype, opts.work, layout)
+                bw = spawn([str(HERE / "bandwidth.py"), "--threads", str(opts.threads), "--size-mib",
+                            str(opts.bandwidth_mib), "--read-once", str(folder)], opts.threads)
+                for engine in opts.engine.split(","):
+                    if engine == "transformers" and layout != "hf":
+                        continue  # transformers reads only Hugging Face folders
+                    rec = measure(opts, config, dtype, engine, bw["memory"], bw["read_once"])
+                    rec |= {"machine": machine, "command": command}
+                    with opts.out.open("a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    print(f"{config} {dtype} {layout} {engine}: {rec['decode_tok_s']['median']:.1f} tok/s "
+                          f"({rec['fraction_of_ceiling']:.0%} of ceiling), load "
+                          f"{rec['load_s']['median']:.3f} s, peak RSS {rec['peak_rss_mib']:.0f} MiB "
+                          f"({rec['rss_over_weights']:.2f}x weights)", file=sys.stderr)
 
 
 def parse() -> argparse.Namespace:
@@ -270,6 +292,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--config", help=f"comma-separated, of {', '.join(CONFIGS)} (--all: 110m,1b)")
     p.add_argument("--dtype", help="comma-separated, of fp32, bf16 (--all: both)")
     p.add_argument("--engine", help="comma-separated, of llamahub, transformers (--all: both)")
+    p.add_argument("--layout", default="hf", help=f"comma-separated, of {', '.join(LAYOUTS)} (--all: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3, help="timed generations per process")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations first")
@@ -283,9 +306,10 @@ def parse() -> argparse.Namespace:
         opts.config = opts.config or "110m,1b"
         opts.dtype = opts.dtype or ",".join(DTYPES)
         opts.engine = opts.engine or ",".join(ENGINES)
+        opts.layout = opts.layout if opts.layout != "hf" else ",".join(LAYOUTS)
     if not (opts.config and opts.dtype and opts.engine):
         p.error("give --all, or all of --config, --dtype and --engine")
-    for name, allowed in (("config", CONFIGS), ("dtype", DTYPES), ("engine", ENGINES)):
+    for name, allowed in (("config", CONFIGS), ("dtype", DTYPES), ("engine", ENGINES), ("layout", LAYOUTS)):
         bad = set(getattr(opts, name).split(",")) - set(allowed)
         if bad:
             p.error(f"unknown --{name} {', '.join(sorted(bad))}; choose from {', '.join(allowed)}")

@@ -2,7 +2,8 @@
 
     python bench/summarize.py bench/results/cpu.jsonl [--out bench/results/cpu-decode.md]
 
-The file is appended to by every run; for each (config, dtype, engine) the last line wins.
+The file is appended to by every run; for each (config, dtype, engine, layout) the last line
+wins. Meta-layout runs (``--layout meta1,meta2,meta4``) appear as engines ``llamahub-metaN``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ SPEEDUP_TARGET = {"110m": 2.0, "1b": 1.3}  # llamahub decode tok/s over transfor
 LOAD_TARGET = 1.3  # load time over the time to read the files once
 RSS_TARGET = 1.15  # (peak RSS - fixed overhead) over the weight bytes
 ORDER = ["tiny", "110m", "1b"]
+SHARD_ENGINES = ("llamahub-meta1", "llamahub-meta2", "llamahub-meta4")
 Rec = dict[str, Any]
 
 
@@ -25,7 +27,9 @@ def latest(lines: list[Rec]) -> dict[tuple[str, str], dict[str, Rec]]:
     """{(config, dtype): {engine: last record}}, configs in size order."""
     groups: dict[tuple[str, str], dict[str, Rec]] = {}
     for r in lines:
-        groups.setdefault((r["config"], r["dtype"]), {})[r["engine"]] = r
+        layout = r.get("layout", "hf")
+        engine = r["engine"] if layout == "hf" else f"{r['engine']}-{layout}"
+        groups.setdefault((r["config"], r["dtype"]), {})[engine] = r
     rank = {c: i for i, c in enumerate(ORDER)} | {"fp32": 0, "bf16": 1}
     return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], 9), rank.get(kv[0][1], 9), kv[0])))
 
@@ -88,6 +92,25 @@ def summary_table(groups: dict[tuple[str, str], dict[str, Rec]]) -> list[str]:
     return out
 
 
+def shards_table(groups: dict[tuple[str, str], dict[str, Rec]]) -> list[str]:
+    """Meta's consolidated.NN.pth layout: merging N shards at load, against one HF file."""
+    out = ["| config | dtype | layout | load, s | load ÷ read-once (≤ 1.3) | "
+           "(peak − fixed overhead) ÷ weights (≤ 1.15) | decode tok/s |", "|---|---|---|---|---|---|---|"]
+    for (config, dtype), g in groups.items():
+        for engine in ("llamahub", *SHARD_ENGINES):
+            r = g.get(engine)
+            if r is None:
+                continue
+            layout = r.get("layout", "hf")
+            label = "HF, 1 file" if layout == "hf" else f"Meta, {layout.removeprefix('meta')} shard(s)"
+            out.append(f"| {config} | {dtype} | {label} | {r['load_s']['median']:.3f} | "
+                       f"{r['load_over_read_once']:.2f} "
+                       f"{verdict(r['load_over_read_once'], LOAD_TARGET, False)} | "
+                       f"{r['rss_over_weights']:.2f} {verdict(r['rss_over_weights'], RSS_TARGET, False)} | "
+                       f"{r['decode_tok_s']['median']:.1f} |")
+    return out
+
+
 ROWS: list[tuple[str, Callable[[Rec], str]]] = [
     ("decode tok/s, median (min–max)", lambda r: spread(r["decode_tok_s"])),
     ("fraction of bandwidth ceiling", lambda r: f"{r['fraction_of_ceiling']:.0%}"),
@@ -112,7 +135,7 @@ ROWS: list[tuple[str, Callable[[Rec], str]]] = [
 
 def group_section(config: str, dtype: str, g: dict[str, Rec]) -> list[str]:
     any_rec = next(iter(g.values()))
-    engines = [e for e in ("llamahub", "transformers") if e in g]
+    engines = [e for e in ("llamahub", "transformers", *SHARD_ENGINES) if e in g]
     bw = any_rec["copy_GBps"]
     out = [f"## {config} {dtype}", "",
            f"- Weights {any_rec['weight_bytes'] / 1e6:.1f} MB ({any_rec['params'] / 1e6:.2f} M params); "
@@ -148,7 +171,9 @@ def header(records: list[Rec], source: Path) -> list[str]:
         f"{first['new_tokens']} new tokens, no EOS stop. Decode tok/s = 127 ÷ (t[token 128] − t[token 1]); "
         f"median (min–max) of {first['runs']} runs after {first['warmup']} warm-up, "
         "each (config, dtype, engine) in its own process. Prefill = call to first token.",
-        "- Load = `open_checkpoint` + `build_decoder` (llamahub) or `from_pretrained` (transformers), "
+        "- Load = `open_checkpoint` + `build_decoder` (llamahub: build on meta, swap in the decode "
+        "kernel, assign the memory-mapped weights; Meta shards merged tensor by tensor) or "
+        "`from_pretrained` (transformers), "
         "page cache warm, one load per fresh process; the first 1-token forward is shown apart. "
         "Imports are not timed (for llamahub they include loading the decode kernel's shared "
         "library, about 0.06 s once per process; transformers' imports take seconds).",
@@ -176,6 +201,8 @@ def main() -> None:
     groups = latest(records)
     kept = [r for g in groups.values() for r in g.values()]
     lines = [*header(kept, opts.jsonl), "## Summary", "", *summary_table(groups), ""]
+    if any(e in g for g in groups.values() for e in SHARD_ENGINES):
+        lines += ["## Checkpoint layouts (llamahub)", "", *shards_table(groups), ""]
     for (config, dtype), g in groups.items():
         lines += group_section(config, dtype, g)
     opts.out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,9 @@ from llamahub.errors import (
 )
 from llamahub.hookspecs import hookimpl
 from llamahub.interfaces import LoadOptions
-from llamahub.registry import Variant, variants
-from llamahub.registry import resolve as variant
+from llamahub.plugins import resolve as variant
+from llamahub.plugins import variants
+from llamahub.registry import Variant
 from llamahub.version import __version__
 
 __all__ = [

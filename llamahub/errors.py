@@ -35,6 +35,24 @@ class RegistryError(LlamahubError):
     code = "registry_invalid"
 
 
+class DataFileError(RegistryError):
+    """An entry of a registry data file breaks its schema; names the file, the entry and each field.
+
+    The message reads ``<file>, <entry>: <field>: <problem>[; <field>: <problem> ...]``.
+    """
+
+    def __init__(self, file: str, entry: str, problems: Sequence[tuple[str, str]], *, hint: str) -> None:
+        self.file = file
+        self.entry = entry
+        self.problems = list(problems)
+        detail = "; ".join(f"{field}: {problem}" for field, problem in self.problems)
+        super().__init__(f"{file}, {entry}: {detail}", hint=hint)
+
+    @property
+    def fields(self) -> list[str]:
+        return [field for field, _ in self.problems]
+
+
 class UnknownVariantError(RegistryError):
     """A variant name or alias that the registry does not know."""
 

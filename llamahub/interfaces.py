@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from llamahub.fsutil import atomic_write
+
 if TYPE_CHECKING:
     from llamahub.model.llm import LlamaModel
     from llamahub.registry import Variant
@@ -80,9 +82,7 @@ class Artifacts:
         """Record what ``derived(key)`` holds (written atomically: readers never see half)."""
         self.derived(key)
         path = self.derived_root / f"{key}.json"
-        tmp = path.with_name(f".{path.name}.{id(data)}.tmp")
-        tmp.write_text(json.dumps(dict(data), indent=2))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(dict(data), indent=2))
 
 
 @dataclass(frozen=True)

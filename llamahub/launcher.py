@@ -27,6 +27,7 @@ from typing import Any
 from llamahub.client.config import LocalProfile, data_dir
 from llamahub.client.locks import file_lock
 from llamahub.errors import HubUnreachableError
+from llamahub.fsutil import atomic_write
 
 LOCAL_EMAIL = "you@localhost.localdomain"
 
@@ -69,11 +70,7 @@ def _prepare(data: Path, profile: LocalProfile, echo: Callable[[str], None]) -> 
                                             profile.organisation, profile.country)
         finally:
             store.close()
-        tmp = account.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"user_id": user["id"], "token": token}, f)
-        os.replace(tmp, account)
+        atomic_write(account, json.dumps({"user_id": user["id"], "token": token}), mode=0o600)
         return token
 
 

@@ -40,6 +40,7 @@ from llamahub.interfaces import (
     SourcePlan,
 )
 from llamahub.model.checklist import parse_checklist
+from llamahub.paths import cache_dir
 from llamahub.registry import Variant
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ __all__ = [
     "assign_weights",
     "build_meta",
     "build_model",
+    "cache_dir",
     "context_length",
     "generate_ids",
     "hookimpl",

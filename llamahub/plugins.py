@@ -141,8 +141,7 @@ def finetuners() -> dict[str, Finetuner]:
 def plugin_variants() -> list[Variant]:
     from llamahub.registry import validate
 
-    return [validate(v, f"a plugin's variant {getattr(v, 'name', v)!r}")
-            for v in _collect("register_variants")]
+    return [validate(v, "a plugin's variants") for v in _collect("register_variants")]
 
 
 def catalogue() -> Registry:

@@ -1,33 +1,29 @@
 """The variant registry: reads ``registry/variants/*.toml``, validates it, resolves names.
 
 Variants are data. Each family file has a ``[family]`` table (defaults shared by its variants,
-including ``[family.arch]``) and ``[[variant]]`` entries that may override any family key.
+including ``[family.arch]``) and ``[[variant]]`` entries that may override some of them. Their
+schema (pydantic models, one error format naming file, entry and field) is in
+``llamahub/registry_schema.py``.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import tomllib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llamahub.errors import CheckpointError, RegistryError, UnknownVariantError
-from llamahub.model.args import ModelArgs, RopeScaling
+from llamahub import registry_schema
+from llamahub.errors import DataFileError, RegistryError, UnknownVariantError
+from llamahub.model.args import ModelArgs
+from llamahub.registry_schema import parse_variants
+from llamahub.schema import read_toml
 
-KINDS = ("base", "chat")
-TOKENIZERS = ("sentencepiece", "tiktoken")
-CHAT_FORMATS = ("llama2", "llama3")
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2,
                "int8": 1, "int4": 0.5}
-_VARIANT_KEYS = {"name", "size", "kind", "shards", "meta_folder", "hf_repo", "hf_repo_native",
-                 "aliases", "arch", "chat_format", "tokenizer", "tokenizer_location",
-                 "meta_llama2_vocab", "description"}
-_FAMILY_KEYS = {"name", "title", "license", "tokenizer", "tokenizer_location", "context_length",
-                "release_date", "meta_llama2_vocab", "arch", "debug"}
 
 
 @dataclass(frozen=True)
@@ -100,81 +96,13 @@ def _registry_root() -> Path:
     return Path(str(resources.files("llamahub_registry")))
 
 
-def _arch(table: dict[str, Any], where: str) -> ModelArgs:
-    table = dict(table)
-    rs = table.pop("rope_scaling", None)
-    try:
-        args = ModelArgs(**table, rope_scaling=RopeScaling(**rs) if rs else None)
-        args.validate()
-    except TypeError as e:
-        raise RegistryError(f"{where}: bad arch table: {e}",
-                            hint="arch keys are the fields of llamahub.model.args.ModelArgs") from e
-    except CheckpointError as e:
-        raise RegistryError(f"{where}: {e.message}", hint="fix the arch table") from e
-    return args
-
-
-def _variant(family: dict[str, Any], entry: dict[str, Any], where: str) -> Variant:
-    unknown = set(entry) - _VARIANT_KEYS
-    if unknown:
-        raise RegistryError(f"{where}: unknown keys {sorted(unknown)}",
-                            hint=f"allowed keys: {', '.join(sorted(_VARIANT_KEYS))}")
-    merged = {k: v for k, v in family.items() if k not in ("arch", "name", "title")}
-    merged.update({k: v for k, v in entry.items() if k != "arch"})
-    arch_table = {**family.get("arch", {}), **entry.get("arch", {})}
-    try:
-        v = Variant(
-            name=entry["name"], family=family["name"], family_title=family.get("title", family["name"]),
-            size=entry["size"], kind=entry["kind"], shards=int(entry["shards"]),
-            arch=replace(_arch(arch_table, where), max_seq_len=int(merged["context_length"])),
-            meta_folder=entry["meta_folder"], tokenizer=merged["tokenizer"],
-            tokenizer_location=merged["tokenizer_location"], license=merged["license"],
-            context_length=int(merged["context_length"]), release_date=str(merged["release_date"]),
-            chat_format=entry.get("chat_format"), hf_repo=entry.get("hf_repo"),
-            hf_repo_native=entry.get("hf_repo_native"), aliases=tuple(entry.get("aliases", ())),
-            meta_llama2_vocab=bool(merged.get("meta_llama2_vocab", False)),
-            debug=bool(merged.get("debug", False)), source=where,
-        )
-    except KeyError as e:
-        raise RegistryError(f"{where}: missing key {e}", hint="see registry/variants/llama-2.toml") from e
-    _check_variant(v, where)
-    return v
-
-
-def _check_variant(v: Variant, where: str) -> None:
-    problems = []
-    if v.kind not in KINDS:
-        problems.append(f"kind {v.kind!r} not in {KINDS}")
-    if v.tokenizer not in TOKENIZERS:
-        problems.append(f"tokenizer {v.tokenizer!r} not in {TOKENIZERS}")
-    if v.tokenizer_location not in ("top", "model"):
-        problems.append("tokenizer_location must be 'top' or 'model'")
-    if v.kind == "chat" and v.chat_format not in CHAT_FORMATS:
-        problems.append(f"chat variant needs chat_format in {CHAT_FORMATS}")
-    if v.kind == "base" and v.chat_format is not None:
-        problems.append("base variant must not have a chat_format")
-    if v.shards < 1 or (v.arch.kv_heads % v.shards and v.shards % v.arch.kv_heads):
-        problems.append(f"shards {v.shards} cannot split {v.arch.kv_heads} kv heads")
-    if problems:
-        raise RegistryError(f"{where}: variant {v.name}: " + "; ".join(problems),
-                            hint="fix the registry file")
+# --- reading and validating files (the schema is in registry_schema.py) ----------------------
 
 
 def load_file(path: Path) -> list[Variant]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise RegistryError(f"{path.name}: not valid TOML: {e}", hint="fix the file's syntax") from e
-    family = data.get("family")
-    if not isinstance(family, dict) or "name" not in family:
-        raise RegistryError(f"{path.name}: missing [family] table with a name",
-                            hint="every variants file starts with a [family] table")
-    unknown = set(family) - _FAMILY_KEYS
-    if unknown:
-        raise RegistryError(f"{path.name}: unknown [family] keys {sorted(unknown)}",
-                            hint=f"allowed keys: {', '.join(sorted(_FAMILY_KEYS))}")
-    entries = data.get("variant", [])
-    return [_variant(family, e, f"{path.name}[{i}]") for i, e in enumerate(entries)]
+    """The variants of one ``registry/variants/*.toml`` file, validated."""
+    data = read_toml(path.read_text(encoding="utf-8"), path.name)
+    return [Variant(**fields) for fields in parse_variants(data, path.name)]
 
 
 class Registry:
@@ -187,10 +115,13 @@ class Registry:
             self.add(v)
 
     def add(self, v: Variant) -> None:
-        for key in (v.name, *v.aliases, *(r for r in (v.hf_repo, v.hf_repo_native) if r)):
+        keys = [("name", v.name), *(("aliases", a) for a in v.aliases),
+                *((f, r) for f, r in (("hf_repo", v.hf_repo), ("hf_repo_native", v.hf_repo_native)) if r)]
+        for field_name, key in keys:
             owner = self._index.get(key.lower())
             if owner is not None and owner != v.name:
-                raise RegistryError(f"name {key!r} of {v.name} is already used by {owner}",
+                raise DataFileError(v.source or "plugin", f"variant {v.name}",
+                                    [(field_name, f"{key!r} is already used by {owner}")],
                                     hint="names, aliases and repo ids must be unique")
             self._index[key.lower()] = v.name
         self._variants[v.name] = v
@@ -228,11 +159,7 @@ def validate(v: Variant, where: str) -> Variant:
     if not isinstance(v, Variant):
         raise RegistryError(f"{where}: registered {type(v).__name__}, not a llamahub Variant",
                             hint="build it with llamahub.plugin.Variant(...)")
-    try:
-        v.arch.validate()
-    except CheckpointError as e:
-        raise RegistryError(f"{where}: variant {v.name}: {e.message}", hint="fix its arch") from e
-    _check_variant(v, where)
+    registry_schema.check_variant(v, where)
     return v
 
 

@@ -32,6 +32,18 @@ def llama2_tokenizer_path() -> Path:
     return LLAMA2_TOKENIZER
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kernel_builds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One CPU-kernel build folder for every test process (tests/backends/test_kernels.py checks
+    the default, ``<cache>/kernels``): each test's own cache would compile it again (a minute).
+    pytest's cache dir keeps the build between runs."""
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("llamahub-kernels") if cache else tmp_path_factory.mktemp("kernels")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("LLAMAHUB_CPU_KERNEL_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(autouse=True)
 def llamahub_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own config, data and cache dirs: never the user's, never another test's."""

@@ -129,3 +129,22 @@ def test_importing_llamahub_loads_no_plugins_and_no_torch() -> None:
             "print(plugins._state.pm is None, 'torch' in sys.modules, 'llamahub_cpu' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False", "False"]
+
+
+def test_plugin_variants_join_the_catalogue_validated_like_shipped_ones(plugin_manager) -> None:
+    from dataclasses import replace
+
+    from llamahub.errors import RegistryError
+
+    good = replace(VARIANT, name="my-finetune", aliases=("mine",), hf_repo=None, hf_repo_native=None)
+    mod = types.ModuleType("variants_plugin")
+    mod.register_variants = llamahub.hookimpl(lambda register: register(good))
+    plugin_manager.register(mod)
+    assert plugins.resolve("mine") is good and llamahub.variant("my-finetune") is good
+    assert plugins.catalogue() is plugins.catalogue()  # built once per plugin set
+    bad = replace(good, name="broken-finetune", aliases=(), chat_format=None)
+    mod2 = types.ModuleType("bad_variants_plugin")
+    mod2.register_variants = llamahub.hookimpl(lambda register: register(bad))
+    plugin_manager.register(mod2)  # a plugin change rebuilds the catalogue, and checks the newcomer
+    with pytest.raises(RegistryError, match="variant broken-finetune: chat_format"):
+        plugins.catalogue()

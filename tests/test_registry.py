@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from llamahub.errors import RegistryError, UnknownVariantError
-from llamahub.registry import Registry, _builtin, _registry_root, load_file
+from llamahub.errors import DataFileError, RegistryError, UnknownVariantError
+from llamahub.registry import Registry, _builtin, _registry_root, load_file, validate
 
 EXPECTED = {  # name: (dim, layers, heads, kv heads, ffn, vocab, shards)
     "llama-2-7b": (4096, 32, 32, 32, 11008, 32000, 1),
@@ -129,24 +130,93 @@ vocab_size = 32
 """
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ('name="a"\nsize="s"\nkind="chat"\nshards=1\nmeta_folder="a"\narch={dim=8,n_layers=1,n_heads=2}',
-     "chat_format"),
-    ('name="a"\nsize="s"\nkind="odd"\nshards=1\nmeta_folder="a"\narch={dim=8,n_layers=1,n_heads=2}', "kind"),
-    ('name="a"\nsize="s"\nkind="base"\nshards=1\nmeta_folder="a"\narch={dim=9,n_layers=1,n_heads=2}',
-     "divisible"),
-    ('name="a"\nsize="s"\nkind="base"\nshards=1\nmeta_folder="a"\ncolour="red"\narch={dim=8,n_layers=1,n_heads=2}',
-     "unknown keys"),
-    ('name="a"\nkind="base"\nshards=1\nmeta_folder="a"\narch={dim=8,n_layers=1,n_heads=2}', "missing key"),
+GOOD = {"name": '"a"', "size": '"s"', "kind": '"base"', "shards": "1", "meta_folder": '"a"',
+        "arch": "{dim=8,n_layers=1,n_heads=2}"}
+
+
+def _entry(**changes: str | None) -> str:
+    keys = {k: v for k, v in (GOOD | changes).items() if v is not None}
+    return BASE + "[[variant]]\n" + "".join(f"{k}={v}\n" for k, v in keys.items())
+
+
+def test_a_good_entry_loads(tmp_path: Path) -> None:
+    [v] = load_file(_write(tmp_path, _entry()))
+    assert (v.name, v.family, v.arch.dim, v.arch.max_seq_len) == ("a", "f", 8, 64)
+    assert (v.release_date, v.source, v.arch.vocab_size) == ("2024-01-01", "x.toml", 32)
+
+
+@pytest.mark.parametrize(("changes", "field", "problem"), [
+    ({"kind": '"chat"'}, "chat_format", "needs one of llama2, llama3"),
+    ({"chat_format": '"llama2"'}, "chat_format", "a base variant has none"),
+    ({"kind": '"odd"'}, "kind", "input should be 'base' or 'chat', got 'odd'"),
+    ({"arch": "{dim=9,n_layers=1,n_heads=2}"}, "arch", "not divisible"),
+    ({"arch": "{dim=-8,n_layers=1,n_heads=2}"}, "arch.dim", "greater than 0, got -8"),
+    ({"arch": "{dim=8,n_layers=1,n_heads=2,rope_scaling={factor='x'}}"}, "arch.rope_scaling.factor",
+     "valid number, got 'x'"),
+    ({"arch": "{dim=8,n_layers=1,n_heads=2,heads=3}"}, "arch.heads", "unknown key"),
+    ({"colour": '"red"'}, "colour", "unknown key"),
+    ({"size": None}, "size", "missing"),
+    ({"shards": "3"}, "shards", "3 shards cannot split 2 kv heads"),
+    ({"shards": "0"}, "shards", "greater than 0"),
+    ({"shards": '"1"'}, "shards", "valid integer, got '1'"),
+    ({"aliases": '["x", "x"]'}, "aliases", "must not repeat"),
+    ({"hf_repo": '"a\\nb"'}, "hf_repo", "one-line"),
+    ({"name": '"Llama 2"'}, "name", "pattern"),
 ])
-def test_schema_rejects_bad_entries(tmp_path: Path, entry: str, message: str) -> None:
-    with pytest.raises(RegistryError, match=message):
-        load_file(_write(tmp_path, BASE + "[[variant]]\n" + entry + "\n"))
+def test_a_bad_entry_names_file_entry_and_field(tmp_path: Path, changes: dict[str, str | None], field: str,
+                                                problem: str) -> None:
+    with pytest.raises(DataFileError) as err:
+        load_file(_write(tmp_path, _entry(**changes)))
+    e = err.value
+    assert isinstance(e, RegistryError)
+    assert (e.file, e.fields) == ("x.toml", [field])
+    assert e.entry.startswith("variant[0]")
+    assert problem in e.problems[0][1]
+    assert e.message.startswith(f"x.toml, {e.entry}: {field}: ") and e.hint
+
+
+def test_unknown_keys_hint_lists_the_allowed_ones(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError) as err:
+        load_file(_write(tmp_path, _entry(colour='"red"', heads="2")))
+    assert err.value.fields == ["colour", "heads"]
+    assert "meta_folder" in (err.value.hint or "") and "chat_format" in (err.value.hint or "")
+    with pytest.raises(DataFileError) as err:
+        load_file(_write(tmp_path, _entry(arch="{dim=8,n_layers=1,n_heads=2,heads=3}")))
+    assert "n_kv_heads" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize(("text", "entry", "field"), [
+    (BASE.replace('license = "l"\n', ""), "[family]", "license"),
+    (BASE.replace('"2024-01-01"', '"Jan 2024"'), "[family]", "release_date"),
+    (BASE.replace("context_length = 64", "context_length = -1"), "[family]", "context_length"),
+    (BASE.replace("vocab_size = 32", "vocab_size = 32\nvocab = 3"), "[family]", "arch.vocab"),
+    (BASE.replace("[family]", "[familie]"), "(file)", "familie"),
+    ("[family\n", "(file)", "(syntax)"),
+])
+def test_family_and_file_problems_name_their_place(tmp_path: Path, text: str, entry: str, field: str) -> None:
+    with pytest.raises(DataFileError) as err:
+        load_file(_write(tmp_path, text + "[[variant]]\n" + "".join(f"{k}={v}\n" for k, v in GOOD.items())))
+    assert (err.value.file, err.value.entry, err.value.fields[0]) == ("x.toml", entry, field)
+
+
+def test_toml_dates_are_accepted_as_release_dates(tmp_path: Path) -> None:
+    [v] = load_file(_write(tmp_path, _entry().replace('"2024-01-01"', "2024-01-01")))
+    assert v.release_date == "2024-01-01"
+
+
+def test_variants_built_in_code_are_checked_alike() -> None:
+    v = _builtin().resolve("llama-2-7b")
+    assert validate(v, "my_plugin") is v
+    with pytest.raises(DataFileError) as err:
+        validate(replace(v, kind="instruct", shards=3), "my_plugin")
+    assert (err.value.file, err.value.entry, err.value.fields) == ("my_plugin", "variant llama-2-7b",
+                                                                   ["kind", "shards"])
 
 
 def test_duplicate_alias_rejected(tmp_path: Path) -> None:
     v = _builtin().resolve("llama-2-7b")
     clash = v.__class__(**{**v.__dict__, "name": "other", "aliases": ("llama2:7b",), "hf_repo": None,
                            "hf_repo_native": None})
-    with pytest.raises(RegistryError, match="already used"):
+    with pytest.raises(DataFileError, match="already used by llama-2-7b") as err:
         Registry([v, clash])
+    assert err.value.fields == ["aliases"]

@@ -108,3 +108,28 @@ def test_a_third_party_backend_loads_a_variant_through_its_entry_point(site: Pat
                             text=True, timeout=120, env=env)
     backends = json.loads(listed.stdout)["backends"]
     assert backends["echo"]["available"] and backends["echo"]["priority"] == 99
+
+
+def _readme_block(marker: str) -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index(marker)
+    return readme[start:readme.index("```", start)]
+
+
+def test_the_readme_backend_example_works(tmp_path: Path, llama2_debug_folder: Path) -> None:
+    site = tmp_path / "site"
+    (site / "llamahub_mybackend").mkdir(parents=True)
+    example = _readme_block("# llamahub_mybackend/__init__.py")
+    (site / "llamahub_mybackend" / "__init__.py").write_text(example)
+    dist = site / "llamahub_mybackend-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llamahub-mybackend\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[llamahub]\nmybackend = llamahub_mybackend\n")
+    code = ("import sys, llamahub; m = llamahub.load(sys.argv[1]); "
+            "print(m.backend, m.dtype, repr(m.generate('Hi', max_new_tokens=3, temperature=0)))")
+    env = os.environ | {"PYTHONPATH": str(site), "LLAMAHUB_HOME": str(tmp_path / "home")}
+    env.pop("LLAMAHUB_PLUGINS", None)
+    out = subprocess.run([sys.executable, "-c", code, str(llama2_debug_folder)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("mybackend bf16 '")

@@ -9,10 +9,10 @@ import torch
 
 from llamahub.plugin import (
     Artifacts,
+    CheckpointReader,
     GenerationError,
     LlamaModel,
     LoadOptions,
-    Reference,
     Transformer,
     Variant,
     assign_weights,
@@ -25,7 +25,8 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_DTYPE = "bf16"  # half the memory of fp32; pass dtype="fp32" for exact fp32 math
 
 
-def build_decoder(ref: Reference, dtype: str = DEFAULT_DTYPE, *, kernel: bool = True) -> Transformer:
+def build_decoder(reader: CheckpointReader, dtype: str = DEFAULT_DTYPE, *,
+                  kernel: bool = True) -> Transformer:
     """The model as a decoder callable ``(tokens, start) -> logits``, weights memory-mapped.
 
     With ``kernel`` the linears are swapped for the multi-threaded decode kernel's before the
@@ -34,17 +35,18 @@ def build_decoder(ref: Reference, dtype: str = DEFAULT_DTYPE, *, kernel: bool = 
     if dtype not in TORCH_DTYPES:
         raise GenerationError(f"the cpu backend has no dtype {dtype!r}",
                               hint=f"use one of {', '.join(TORCH_DTYPES)}")
-    model = build_meta(ref.args, ref.rope_layout)  # the files' own q/k order: no copy of q/k at load
+    layout = reader.checkpoint.rope_layout  # the files' own q/k order: no copy of q/k at load
+    model = build_meta(reader.args, layout)
+    model.cache_dtype = torch.float32  # see CACHE_BYTES in llamahub_cpu
     model.kernel = use_decode_kernel(model) if kernel else "aten"
-    state = ref.reader.state_dict(ref.rope_layout, dtype=TORCH_DTYPES[dtype])
-    return assign_weights(model, state)
+    return assign_weights(model, reader.state_dict(layout, dtype=TORCH_DTYPES[dtype]))
 
 
 def load_cpu_model(artifacts: Artifacts, variant: Variant, options: LoadOptions) -> LlamaModel:
     dtype = options.dtype or DEFAULT_DTYPE
     started = time.perf_counter()
     ref = open_reference(artifacts, variant, options)
-    model = build_decoder(ref, dtype)
+    model = build_decoder(ref.reader, dtype)
     threads = options.threads or torch.get_num_threads()
     info = {"load_seconds": time.perf_counter() - started, "threads": threads, "kernel": model.kernel,
             "checkpoint": str(ref.checkpoint.path), "format": ref.checkpoint.format}

@@ -3,9 +3,8 @@
 Decoding one token is a chain of matrix-vector products that only stream weights. In this
 torch build aten's GEMV uses one core (about half the machine's memory bandwidth) and its bf16
 path is slower still; ``csrc/gemv.cpp`` splits the rows over torch's intra-op threads. The
-kernel is compiled on first use into the user's cache dir (``~/.cache/llamahub/kernels`` on
-Linux, whatever ``LLAMAHUB_HOME`` says): once per user and torch version, about a minute, needs
-a C++ compiler and ninja. When that is impossible the backend says why and uses aten instead.
+kernel is compiled once into llamahub's cache, ``<cache>/kernels`` (about a minute, needs a C++
+compiler and ninja); when that is impossible the backend says why and uses aten instead.
 Set ``LLAMAHUB_CPU_KERNEL=0`` to turn it off.
 """
 
@@ -20,22 +19,32 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-import platformdirs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llamahub.plugin import cache_dir
+
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
 NAME = "llamahub_gemv"
+KERNEL_DIR_ENV = "LLAMAHUB_CPU_KERNEL_DIR"
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
 
 
 def _build_dir() -> Path:
-    """One folder per torch version and kernel source, so a changed source is rebuilt."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    return Path(platformdirs.user_cache_dir("llamahub")) / "kernels" / f"torch-{torch.__version__}-{digest}"
+    """``<cache>/kernels/torch-<version>-<source hash>``: a changed source or torch is rebuilt.
+
+    ``<cache>`` is llamahub's cache (``LLAMAHUB_CACHE``, else ``LLAMAHUB_HOME/cache``, else the
+    platform's); ``LLAMAHUB_CPU_KERNEL_DIR`` names another folder for the builds (say, one shared
+    by several caches).
+    """
+    with SOURCE.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    root = os.environ.get(KERNEL_DIR_ENV)
+    base = Path(root).expanduser() if root else cache_dir() / "kernels"
+    return base / f"torch-{torch.__version__}-{digest}"
 
 
 def _import_built(path: Path) -> ModuleType | None:
@@ -66,7 +75,7 @@ def _build() -> ModuleType | str:
     from torch.utils.cpp_extension import load
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    print(f"llamahub: compiling the CPU decode kernel into {build_dir} (once per user, about a minute)...",
+    print(f"llamahub: compiling the CPU decode kernel into {build_dir} (once per cache, about a minute)",
           file=sys.stderr, flush=True)
     try:
         return load(name=NAME, sources=[str(SOURCE)], build_directory=str(build_dir),

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from llamahub.errors import CacheError
-
-HASH_BUFFER = 4 << 20
+from llamahub.fsutil import atomic_write
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,8 @@ class Problem:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(HASH_BUFFER):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def snapshot_id(files: Iterable[tuple[str, str]]) -> str:
@@ -85,12 +81,6 @@ def snapshot_id(files: Iterable[tuple[str, str]]) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class Cache:
@@ -173,9 +163,8 @@ class Cache:
         os.replace(tmp_root, root)
         record = {"variant": variant, "id": snap_id, "created_at": _now(), "origin": origin,
                   "files": [vars(f) for f in cached]}
-        _write_json(folder / f"{snap_id}.json", record)
-        (folder / ".current.tmp").write_text(snap_id)
-        os.replace(folder / ".current.tmp", folder / "current")
+        atomic_write(folder / f"{snap_id}.json", json.dumps(record, indent=2))
+        atomic_write(folder / "current", snap_id)
         snap = self._read(variant, snap_id)
         assert snap is not None
         return snap

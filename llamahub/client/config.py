@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llamahub.errors import ConfigError
+from llamahub.fsutil import atomic_write
 from llamahub.paths import cache_dir, config_dir, data_dir
 
 HUB_URL_ENV = "LLAMAHUB_HUB_URL"
@@ -106,15 +107,9 @@ def load_config() -> ClientConfig:
 def save_config(cfg: ClientConfig) -> Path:
     """Write hub URL, token, email and profile (owner-only permissions: the token is a secret)."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     profile = asdict(cfg.profile)
     body = {"hub_url": cfg.hub_url, "token": cfg.token, "email": cfg.email, "profile": profile}
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(body, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(body, indent=2), mode=0o600)
 
 
 def with_profile(cfg: ClientConfig, **changes: Any) -> ClientConfig:

@@ -37,11 +37,12 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from llamahub.client.progress import ByteBar
+from llamahub.client.transport import download_client
 from llamahub.errors import ChecksumError, DiskSpaceError, DownloadError
+from llamahub.fsutil import atomic_write
 from llamahub.interfaces import RemoteFile
 
 BUFFER = 1 << 20
-NETWORK_READ = 256 << 10  # bytes per socket read; see _larger_reads
 SPACE_MARGIN = 64 << 20
 T = TypeVar("T")
 
@@ -131,12 +132,10 @@ def download(files: Sequence[RemoteFile], staging: Path, *, options: DownloadOpt
              client: httpx.Client | None = None) -> list[Fetched]:
     """Fetch and verify ``files`` into ``staging``; returns them in the same order."""
     opts = options or DownloadOptions()
-    _larger_reads()
     staging = Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
     own = client is None
-    http = client or httpx.Client(timeout=opts.timeout, follow_redirects=True,
-                                  limits=httpx.Limits(max_connections=2 * opts.workers + 2))
+    http = client or download_client(timeout=opts.timeout, max_connections=2 * opts.workers + 2)
     stop = threading.Event()
     try:
         jobs = [_Job(f, staging / f"{_key(f)}.part", f.size, ranges=True, stop=stop) for f in files]
@@ -261,9 +260,8 @@ def _open_chunked(job: _Job, opts: DownloadOptions) -> None:
 
 
 def _save_sidecar(job: _Job, opts: DownloadOptions) -> None:
-    tmp = job.sidecar.with_name(f"{job.sidecar.name}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({"size": job.size, "chunk": opts.chunk_bytes, "done": sorted(job.done_chunks)}))
-    os.replace(tmp, job.sidecar)
+    state = {"size": job.size, "chunk": opts.chunk_bytes, "done": sorted(job.done_chunks)}
+    atomic_write(job.sidecar, json.dumps(state), durable=False)  # a resume hint: losing it costs a refetch
 
 
 # --- transfers -------------------------------------------------------------------------------------
@@ -478,24 +476,6 @@ def _verify(job: _Job, *, final: bool) -> Fetched | None:
 
 
 # --- plumbing ---------------------------------------------------------------------------------------
-
-
-def _larger_reads() -> None:
-    """Let httpx's HTTP/1.1 layer read 256 KiB per socket read instead of 64 KiB.
-
-    httpcore offers no option for this; its class attribute is the knob. Each piece of a body is
-    copied a few times on its way out of httpcore and h11, then written and hashed: 256 KiB
-    pieces cost 4× fewer trips through Python than 64 KiB ones and still stay in a core's L2
-    cache through all of that, which larger pieces do not (bench/results/download.md). It
-    changes nothing but read sizes, for every httpx client in the process; if httpcore ever
-    drops the attribute this does nothing.
-    """
-    try:
-        from httpcore._sync.http11 import HTTP11Connection
-    except ImportError:
-        return
-    if getattr(HTTP11Connection, "READ_NUM_BYTES", 0) < NETWORK_READ:
-        HTTP11Connection.READ_NUM_BYTES = NETWORK_READ
 
 
 def _local(url: str) -> Path:

@@ -1,15 +1,16 @@
-"""An advisory inter-process file lock (``fcntl.flock``): released by the kernel if a holder dies."""
+"""An inter-process file lock (``filelock``): released by the OS if its holder dies; works on Windows too."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
+
 from llamahub.errors import LlamahubError
+
+POLL_SECONDS = 0.1
 
 
 @contextmanager
@@ -21,23 +22,19 @@ def file_lock(path: Path, *, timeout: float = 3600.0, what: str = "this",
     seconds. A process that is killed releases its locks, so a crash never leaves one stuck.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(path, mode=0o644)
     try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LlamahubError(
-                        f"another llamahub process has held the lock on {what} for over {timeout:.0f} s",
-                        hint=f"wait for it to finish, or stop it; the lock file is {path}") from None
-                if waiting and not told:
-                    waiting(f"waiting for another llamahub process working on {what}")
-                    told = True
-                time.sleep(0.1)
+        lock.acquire(blocking=False)
+    except filelock.Timeout:
+        if waiting:
+            waiting(f"waiting for another llamahub process working on {what}")
+        try:
+            lock.acquire(timeout=timeout, poll_interval=POLL_SECONDS)
+        except filelock.Timeout:
+            raise LlamahubError(
+                f"another llamahub process has held the lock on {what} for over {timeout:.0f} s",
+                hint=f"wait for it to finish, or stop it; the lock file is {path}") from None
+    try:
         yield
     finally:
-        os.close(fd)  # closing the descriptor drops the lock
+        lock.release()

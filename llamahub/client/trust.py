@@ -12,7 +12,6 @@ Layout (per hub, in the data dir): ``hubs/<hub-id>/keys.json`` ({kid: PEM}) and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from llamahub import crypto
 from llamahub.errors import ReceiptError
+from llamahub.fsutil import atomic_write
 from llamahub.policy.terms import license_terms
 
 RECEIPT_TYPE = "llamahub.license_acceptance"
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 class TrustStore:

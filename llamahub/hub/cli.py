@@ -105,7 +105,7 @@ def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int,
 def import_cmd(folder: Path, variant_name: str, data: Path | None, database_url: str | None) -> None:
     """Import a Meta download (root or model folder) or an HF folder, after checking it."""
     from llamahub.hub.importer import import_folder
-    from llamahub.registry import resolve
+    from llamahub.plugins import resolve  # shipped and plugin variants alike
 
     variant = resolve(variant_name)
     with _opened(data, database_url) as (store, blobs):

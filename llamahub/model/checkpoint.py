@@ -10,7 +10,7 @@ import json
 import mmap
 import pickle
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,19 +129,22 @@ def read_json(path: Path) -> dict:
 
 
 def _meta_args(path: Path) -> ModelArgs:
+    """params.json, completed from shard 0's headers (memory-mapped, no weights read): the
+    vocabulary when Llama 2 writes -1, and tied embeddings when there is no output head
+    (Llama 3.2 1B/3B; params.json does not say)."""
     params = read_json(path / "params.json")
+    shards = shard_paths(path)
+    first = load_pth(shards[0])
+    emb = first.get("tok_embeddings.weight")
+    if emb is None:
+        raise CorruptCheckpointError(f"{shards[0].name} has no tok_embeddings.weight",
+                                     hint="re-download the checkpoint")
     vocab = None
     if int(params.get("vocab_size", -1)) <= 0:
-        # Llama 2 writes -1: the vocabulary size is the embedding's row count.
-        shards = shard_paths(path)
-        first = load_pth(shards[0])
-        emb = first.get("tok_embeddings.weight")
-        if emb is None:
-            raise CorruptCheckpointError(f"{shards[0].name} has no tok_embeddings.weight",
-                                         hint="re-download the checkpoint")
         split = convert.embedding_split_dim(emb.shape, int(params["dim"]), len(shards))
         vocab = emb.shape[0] * (len(shards) if split == 0 else 1)
-    return ModelArgs.from_params(params, vocab_size=vocab)
+    args = ModelArgs.from_params(params, vocab_size=vocab)
+    return replace(args, tie_embeddings=True) if "output.weight" not in first else args
 
 
 def shard_paths(path: Path) -> list[Path]:

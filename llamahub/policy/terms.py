@@ -5,10 +5,11 @@ Each license version is one flat TOML file; each acceptable use policy (AUP) is 
 words and never hold Meta's text. ``text_sha256`` is therefore optional: a hub fills it in from
 the LICENSE file of the Meta download it imports.
 
-Loading validates every file (unknown keys, missing keys, types) and the set as a whole (file
-name matches id, each license names an AUP that exists, no family is covered by two licenses).
-Any problem raises :class:`~llamahub.errors.RegistryError`. Results are cached; nothing is read
-at import time.
+Loading validates every file against pydantic models (unknown keys, missing keys, types, ranges)
+and the set as a whole (file name matches id, each license names an AUP that exists, no family
+is covered by two licenses). Any problem raises :class:`~llamahub.errors.DataFileError` naming
+the file, the entry and the field (the format of ``llamahub/schema.py``). Results are cached;
+nothing is read at import time.
 """
 
 from __future__ import annotations
@@ -17,36 +18,20 @@ import datetime as dt
 import fnmatch
 import functools
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from llamahub.errors import RegistryError
+from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt
 
-AUP_GROUPS = ("unlawful", "harm", "deception", "disclosure")
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
-_USE_ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_SUMMARY_LINES = (3, 6)
+from llamahub.errors import DataFileError, RegistryError
+from llamahub.schema import DataModel, Line, Lines, Problem, check, read_toml, validate
 
-# key -> required? (types are checked by the parsers below)
-_LICENSE_KEYS: dict[str, bool] = {
-    "id": True, "title": True, "issuer": True, "family": True, "release_date": True,
-    "mau_threshold": True, "mau_measured_on": True, "outputs_may_train_other_models": True,
-    "outputs_training_condition": False, "attribution": False, "derivative_name_prefix": False,
-    "redistribution": True, "languages": True, "aup": True, "url": False, "text_sha256": False,
-    "summary": True, "eu_multimodal_restriction": False, "multimodal_variants": False,
-}
-_AUP_KEYS: dict[str, bool] = {
-    "id": True, "version": True, "url": False, "report_email": False, "allowed_uses": True,
-    "category": True,
-}
-_CATEGORY_KEYS: dict[str, bool] = {
-    "id": True, "group": True, "description": True, "certifiable": True,
-}
+Group = Literal["unlawful", "harm", "deception", "disclosure"]
+AUP_GROUPS: tuple[str, ...] = get_args(Group)
+HINT = "fix the file; registry/licenses/llama2.toml and registry/aup/llama2-aup.toml show every key"
 
 
 @dataclass(frozen=True)
@@ -118,177 +103,134 @@ class Aup:
         return next((c for c in self.categories if c.id == category_id), None)
 
 
-# --- field helpers -----------------------------------------------------------------------------
+# --- schemas (pydantic; llamahub/schema.py has the error format) --------------------------------
 
 
-def _check_keys(data: Mapping[str, Any], schema: Mapping[str, bool], where: str) -> None:
-    unknown = sorted(set(data) - set(schema))
-    if unknown:
-        raise RegistryError(f"{where}: unknown keys {unknown}",
-                            hint=f"allowed keys: {', '.join(sorted(schema))}")
-    missing = sorted(k for k, required in schema.items() if required and k not in data)
-    if missing:
-        raise RegistryError(f"{where}: missing keys {missing}",
-                            hint="see registry/licenses/llama2.toml and registry/aup/llama2-aup.toml")
+def _matching(pattern: str, what: str) -> AfterValidator:
+    def check_value(value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(pattern, value):
+            raise ValueError(f"must be {what}")
+        return value
+
+    return AfterValidator(check_value)
 
 
-def _bad(where: str, key: str, expected: str, value: Any) -> RegistryError:
-    return RegistryError(f"{where}: {key} must be {expected}, got {value!r}", hint="fix the registry file")
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
 
 
-def _text(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data[key]
-    if not isinstance(value, str) or not value.strip() or "\n" in value:
-        raise _bad(where, key, "a non-empty one-line string", value)
-    return value
+Blank = BeforeValidator(_blank_is_none)  # an optional text written as "" counts as absent
+Id = Annotated[str, _matching(r"[a-z0-9][a-z0-9.\-]*", "lower-case letters, digits, '.' and '-'")]
+UseId = Annotated[str, _matching(r"[a-z][a-z0-9_]*", "a snake_case id")]
+OptionalLine = Annotated[Line | None, Blank]
+Url = Annotated[Line | None, Blank, _matching(r"https://\S+", "an https:// URL")]
+Sha256 = Annotated[str | None, Blank, _matching(r"[0-9a-f]{64}", "64 lower-case hex digits (or absent)")]
+NonEmptyLines = Annotated[Lines, Field(min_length=1)]
 
 
-def _opt_text(data: Mapping[str, Any], key: str, where: str) -> str | None:
-    if key not in data or data[key] == "":
-        return None
-    return _text(data, key, where)
+class LicenseTable(DataModel):
+    """One ``registry/licenses/*.toml`` file."""
+
+    id: Id
+    title: Line
+    issuer: Line
+    family: NonEmptyLines
+    release_date: dt.date
+    mau_threshold: PositiveInt
+    mau_measured_on: dt.date
+    outputs_may_train_other_models: bool
+    outputs_training_condition: OptionalLine = None
+    attribution: OptionalLine = None
+    derivative_name_prefix: OptionalLine = None
+    redistribution: NonEmptyLines
+    languages: NonEmptyLines
+    aup: Id
+    url: Url = None
+    text_sha256: Sha256 = None
+    summary: Annotated[Lines, Field(min_length=3, max_length=6)]
+    eu_multimodal_restriction: bool = False
+    multimodal_variants: Lines = Field(default_factory=list)
+
+    def problems(self) -> list[Problem]:
+        """What is wrong across fields."""
+        out = []
+        if self.outputs_may_train_other_models != (self.outputs_training_condition is not None):
+            out.append(Problem("outputs_training_condition",
+                               "required exactly when outputs_may_train_other_models is true"))
+        if self.eu_multimodal_restriction != bool(self.multimodal_variants):
+            out.append(Problem("multimodal_variants",
+                               "required exactly when eu_multimodal_restriction is true"))
+        if self.mau_measured_on > self.release_date:
+            out.append(Problem("mau_measured_on", "cannot be after release_date"))
+        return out
 
 
-def _lines(data: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> tuple[str, ...]:
-    value = data.get(key, [])
-    if not isinstance(value, list) or (required and not value):
-        raise _bad(where, key, "a non-empty list of strings" if required else "a list of strings", value)
-    for item in value:
-        if not isinstance(item, str) or not item.strip() or "\n" in item:
-            raise _bad(where, key, "a list of one-line strings", value)
-    if len(set(value)) != len(value):
-        raise _bad(where, key, "a list without duplicates", value)
-    return tuple(value)
+class CategoryTable(DataModel):
+    """One ``[[category]]`` of an acceptable use policy."""
+
+    id: UseId
+    group: Group
+    description: Line
+    certifiable: bool
 
 
-def _flag(data: Mapping[str, Any], key: str, where: str, default: bool | None = None) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise _bad(where, key, "true or false", value)
-    return value
+class AupTable(DataModel):
+    """One ``registry/aup/*.toml`` file."""
+
+    id: Id
+    version: Line
+    url: Url = None
+    report_email: OptionalLine = None
+    allowed_uses: Annotated[list[UseId], Field(min_length=1)]
+    category: Annotated[list[CategoryTable], Field(min_length=1)]
+
+    def problems(self) -> list[Problem]:
+        out = [Problem(f"category[{i}].certifiable", "must be false",
+                       "no certification lifts an acceptable use prohibition")
+               for i, c in enumerate(self.category) if c.certifiable]
+        ids = [c.id for c in self.category]
+        repeated = sorted({c for c in ids if ids.count(c) > 1})
+        if repeated:
+            out.append(Problem("category", f"duplicate category ids {repeated}"))
+        if len(set(self.allowed_uses)) != len(self.allowed_uses):
+            out.append(Problem("allowed_uses", "must not repeat an item"))
+        both = sorted(set(self.allowed_uses) & set(ids))
+        if both:
+            out.append(Problem("allowed_uses", f"ids {both} are both allowed and prohibited",
+                               "remove them from allowed_uses"))
+        return out
 
 
-def _date(data: Mapping[str, Any], key: str, where: str) -> dt.date:
-    value = data[key]
-    if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
-        raise _bad(where, key, "a TOML date such as 2024-07-23", value)
-    return value
-
-
-def _positive_int(data: Mapping[str, Any], key: str, where: str) -> int:
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _bad(where, key, "a positive integer", value)
-    return value
-
-
-def _url(data: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = _opt_text(data, key, where)
-    if value is not None and not value.startswith("https://"):
-        raise _bad(where, key, "an https:// URL", value)
-    return value
-
-
-# --- parsers -----------------------------------------------------------------------------------
+def _entry(kind: str, data: Mapping[str, Any]) -> str:
+    item_id = data.get("id") if isinstance(data, Mapping) else None
+    return f"{kind} {item_id}" if isinstance(item_id, str) else kind
 
 
 def parse_license(data: Mapping[str, Any], where: str = "license") -> LicenseTerms:
-    """Validate one license table and build its :class:`LicenseTerms`."""
-    _check_keys(data, _LICENSE_KEYS, where)
-    license_id = _text(data, "id", where)
-    if not _ID_RE.match(license_id):
-        raise _bad(where, "id", "lower-case letters, digits, '.' and '-'", license_id)
-    terms = LicenseTerms(
-        id=license_id,
-        title=_text(data, "title", where),
-        issuer=_text(data, "issuer", where),
-        families=_lines(data, "family", where),
-        release_date=_date(data, "release_date", where),
-        mau_threshold=_positive_int(data, "mau_threshold", where),
-        mau_measured_on=_date(data, "mau_measured_on", where),
-        outputs_may_train_other_models=_flag(data, "outputs_may_train_other_models", where),
-        outputs_training_condition=_opt_text(data, "outputs_training_condition", where),
-        attribution=_opt_text(data, "attribution", where),
-        derivative_name_prefix=_opt_text(data, "derivative_name_prefix", where),
-        redistribution=_lines(data, "redistribution", where),
-        languages=_lines(data, "languages", where),
-        aup=_text(data, "aup", where),
-        url=_url(data, "url", where),
-        text_sha256=_sha256(data, where),
-        summary=_lines(data, "summary", where),
-        eu_multimodal_restriction=_flag(data, "eu_multimodal_restriction", where, default=False),
-        multimodal_variants=_lines(data, "multimodal_variants", where, required=False),
+    """Validate one license table (from the file ``where``) and build its :class:`LicenseTerms`."""
+    entry = _entry("license", data)
+    t = validate(LicenseTable, dict(data), file=where, entry=entry, hint=HINT)
+    check(t.problems(), file=where, entry=entry, hint=HINT)
+    return LicenseTerms(
+        id=t.id, title=t.title, issuer=t.issuer, families=tuple(t.family), release_date=t.release_date,
+        mau_threshold=t.mau_threshold, mau_measured_on=t.mau_measured_on,
+        outputs_may_train_other_models=t.outputs_may_train_other_models,
+        outputs_training_condition=t.outputs_training_condition, attribution=t.attribution,
+        derivative_name_prefix=t.derivative_name_prefix, redistribution=tuple(t.redistribution),
+        languages=tuple(t.languages), aup=t.aup, url=t.url, text_sha256=t.text_sha256,
+        summary=tuple(t.summary), eu_multimodal_restriction=t.eu_multimodal_restriction,
+        multimodal_variants=tuple(t.multimodal_variants),
     )
-    _check_license(terms, where)
-    return terms
-
-
-def _sha256(data: Mapping[str, Any], where: str) -> str | None:
-    value = _opt_text(data, "text_sha256", where)
-    if value is not None and not _SHA256_RE.match(value):
-        raise _bad(where, "text_sha256", "64 lower-case hex digits (or absent)", value)
-    return value
-
-
-def _check_license(terms: LicenseTerms, where: str) -> None:
-    problems = []
-    if terms.outputs_may_train_other_models != (terms.outputs_training_condition is not None):
-        problems.append("outputs_training_condition is required exactly when "
-                        "outputs_may_train_other_models is true")
-    if terms.eu_multimodal_restriction != bool(terms.multimodal_variants):
-        problems.append("multimodal_variants is required exactly when eu_multimodal_restriction is true")
-    low, high = _SUMMARY_LINES
-    if not low <= len(terms.summary) <= high:
-        problems.append(f"summary must have {low} to {high} lines, not {len(terms.summary)}")
-    if terms.mau_measured_on > terms.release_date:
-        problems.append("mau_measured_on cannot be after release_date")
-    if problems:
-        raise RegistryError(f"{where}: " + "; ".join(problems), hint="fix the registry file")
 
 
 def parse_aup(data: Mapping[str, Any], where: str = "aup") -> Aup:
-    """Validate one acceptable use policy table and build its :class:`Aup`."""
-    _check_keys(data, _AUP_KEYS, where)
-    aup_id = _text(data, "id", where)
-    if not _ID_RE.match(aup_id):
-        raise _bad(where, "id", "lower-case letters, digits, '.' and '-'", aup_id)
-    entries = data["category"]
-    if not isinstance(entries, list) or not entries:
-        raise _bad(where, "category", "one or more [[category]] tables", entries)
-    categories = tuple(_category(e, f"{where} category[{i}]") for i, e in enumerate(entries))
-    allowed = _lines(data, "allowed_uses", where)
-    _check_use_ids(allowed, categories, where)
-    return Aup(id=aup_id, version=_text(data, "version", where), categories=categories,
-               allowed_uses=allowed, url=_url(data, "url", where),
-               report_email=_opt_text(data, "report_email", where))
-
-
-def _category(entry: Any, where: str) -> AupCategory:
-    if not isinstance(entry, dict):
-        raise _bad(where, "category", "a table", entry)
-    _check_keys(entry, _CATEGORY_KEYS, where)
-    group = _text(entry, "group", where)
-    if group not in AUP_GROUPS:
-        raise _bad(where, "group", f"one of {AUP_GROUPS}", group)
-    if _flag(entry, "certifiable", where):
-        raise RegistryError(f"{where}: certifiable must be false",
-                            hint="no certification lifts an acceptable use prohibition")
-    return AupCategory(id=_text(entry, "id", where), group=group,
-                       description=_text(entry, "description", where), certifiable=False)
-
-
-def _check_use_ids(allowed: tuple[str, ...], categories: tuple[AupCategory, ...], where: str) -> None:
-    category_ids = [c.id for c in categories]
-    for use_id in (*allowed, *category_ids):
-        if not _USE_ID_RE.match(use_id):
-            raise _bad(where, "use id", "snake_case", use_id)
-    duplicates = sorted({c for c in category_ids if category_ids.count(c) > 1})
-    if duplicates:
-        raise RegistryError(f"{where}: duplicate category ids {duplicates}", hint="ids must be unique")
-    both = sorted(set(allowed) & set(category_ids))
-    if both:
-        raise RegistryError(f"{where}: ids {both} are both allowed and prohibited",
-                            hint="remove them from allowed_uses")
+    """Validate one acceptable use policy table (from the file ``where``) and build its :class:`Aup`."""
+    entry = _entry("aup", data)
+    a = validate(AupTable, dict(data), file=where, entry=entry, hint=HINT)
+    check(a.problems(), file=where, entry=entry, hint=HINT)
+    categories = tuple(AupCategory(c.id, c.group, c.description, certifiable=False) for c in a.category)
+    return Aup(id=a.id, version=a.version, categories=categories, allowed_uses=tuple(a.allowed_uses),
+               url=a.url, report_email=a.report_email)
 
 
 # --- whole-registry checks ---------------------------------------------------------------------
@@ -299,16 +241,17 @@ def check_licenses(licenses: Iterable[LicenseTerms], aups: Mapping[str, Aup]) ->
     by_id: dict[str, LicenseTerms] = {}
     owner: dict[str, str] = {}
     for terms in licenses:
+        problems = []
         if terms.id in by_id:
-            raise RegistryError(f"license id {terms.id!r} is defined twice", hint="ids must be unique")
+            problems.append(Problem("id", f"{terms.id!r} is defined twice", "ids must be unique"))
         if terms.aup not in aups:
-            raise RegistryError(f"license {terms.id}: unknown aup {terms.aup!r}",
-                                hint=f"known AUPs: {', '.join(sorted(aups))}")
-        for family in terms.families:
-            if family in owner:
-                raise RegistryError(f"family {family!r} is covered by both {owner[family]} and {terms.id}",
-                                    hint="each family belongs to exactly one license")
-            owner[family] = terms.id
+            problems.append(Problem("aup", f"unknown aup {terms.aup!r}",
+                                    f"known AUPs: {', '.join(sorted(aups))}"))
+        problems += [Problem("family", f"{family!r} is covered by both {owner[family]} and {terms.id}",
+                             "each family belongs to exactly one license")
+                     for family in terms.families if family in owner]
+        check(problems, file=f"licenses/{terms.id}.toml", entry=f"license {terms.id}", hint=HINT)
+        owner |= dict.fromkeys(terms.families, terms.id)
         by_id[terms.id] = terms
     return by_id
 
@@ -320,18 +263,14 @@ def _data_dir(kind: str) -> Traversable:
 def _read_dir(kind: str) -> list[tuple[str, dict[str, Any]]]:
     """(file stem, parsed TOML) for every ``*.toml`` in ``registry/<kind>``, sorted by name."""
     files = sorted((f for f in _data_dir(kind).iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
-    out = []
-    for f in files:
-        try:
-            out.append((f.name.removesuffix(".toml"), tomllib.loads(f.read_text(encoding="utf-8"))))
-        except tomllib.TOMLDecodeError as e:
-            raise RegistryError(f"{kind}/{f.name}: not valid TOML: {e}", hint="fix the file's syntax") from e
-    return out
+    return [(f.name.removesuffix(".toml"), read_toml(f.read_text(encoding="utf-8"), f"{kind}/{f.name}"))
+            for f in files]
 
 
 def _check_stem(stem: str, item_id: str, kind: str) -> None:
     if stem != item_id:
-        raise RegistryError(f"{kind}/{stem}.toml declares id {item_id!r}",
+        raise DataFileError(f"{kind}/{stem}.toml", f"{kind.removesuffix('s')} {item_id}",
+                            [("id", f"{item_id!r} does not match the file name")],
                             hint=f"rename the file to {item_id}.toml or fix its id")
 
 

@@ -23,8 +23,8 @@ def test_bf16_close_to_fp32(llama3_debug_folder: Path, tmp_path: Path) -> None:
     ref = _ref(llama3_debug_folder, tmp_path)
     tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
     with torch.inference_mode():
-        fp32 = build_decoder(ref, "fp32")(tokens, 0)
-        bf16_model = build_decoder(ref, "bf16")
+        fp32 = build_decoder(ref.reader, "fp32")(tokens, 0)
+        bf16_model = build_decoder(ref.reader, "bf16")
         assert bf16_model.output.weight.dtype == torch.bfloat16
         bf16 = bf16_model(tokens, 0)
     assert bf16.dtype == torch.float32  # logits are always float32
@@ -33,7 +33,7 @@ def test_bf16_close_to_fp32(llama3_debug_folder: Path, tmp_path: Path) -> None:
 
 def test_weights_are_not_copied_when_dtype_matches(llama3_debug_folder: Path, tmp_path: Path) -> None:
     ref = _ref(llama3_debug_folder, tmp_path)
-    model = build_decoder(ref, "fp32")
+    model = build_decoder(ref.reader, "fp32")
     w = ref.reader.state_dict()["layers.0.feed_forward.w2.weight"]
     assert model.layers[0].feed_forward.w2.weight.data_ptr() == w.data_ptr()
 
@@ -49,6 +49,7 @@ def test_threads_apply_while_the_model_generates_only(llama2_debug_folder: Path)
     assert torch.get_num_threads() == before and m.info["threads"] == wanted
     m.generate("hello", max_new_tokens=3, temperature=0)
     assert seen and set(seen) == {wanted}
+    assert m.decoder.layers[0].attention.cache.k.dtype == torch.float32  # even for bf16 weights
     assert torch.get_num_threads() == before  # the process's setting is back
 
 
@@ -66,7 +67,7 @@ def test_plan_counts_weights_and_a_full_context_cache() -> None:
     v = shipped().resolve("llama-2-7b")
     fp32, bf16 = b.plan(v, LoadOptions(dtype="fp32")), b.plan(v, LoadOptions())
     assert bf16.dtype == "bf16" and fp32.host_bytes > bf16.host_bytes
-    kv_full = 2 * 32 * 32 * 128 * 4096 * 2  # layers x kv heads x head_dim x 4096 positions, bf16
+    kv_full = 2 * 32 * 32 * 128 * 4096 * 4  # layers x kv heads x head_dim x 4096 positions, float32
     assert bf16.host_bytes - v.param_count() * 2 - llamahub_cpu.WORKING_BYTES == kv_full
     short = b.plan(v, LoadOptions(context_length=1024))
     assert bf16.host_bytes - short.host_bytes == kv_full * 3 // 4
@@ -86,8 +87,8 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
     if isinstance(kernel(), str):
         pytest.skip(f"decode kernel unavailable: {kernel()}")
     ref = _ref(llama3_debug_folder, tmp_path)
-    fast = build_decoder(ref, "fp32")
-    slow = build_decoder(ref, "fp32", kernel=False)
+    fast = build_decoder(ref.reader, "fp32")
+    slow = build_decoder(ref.reader, "fp32", kernel=False)
     assert fast.kernel.startswith("llamahub") and slow.kernel == "aten"
     assert isinstance(fast.layers[0].attention.wq, DecodeLinear)  # swapped on meta, then assigned
     w2 = ref.reader.state_dict()["layers.0.feed_forward.w2.weight"]
@@ -98,25 +99,8 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
         for i in range(5, 30):  # decode: one token at a time through the kernel
             step = torch.tensor([[i]])
             assert (fast(step, i) - slow(step, i)).abs().max().item() < 1e-4
-        bf = build_decoder(ref, "bf16")
-        bf_slow = build_decoder(ref, "bf16", kernel=False)
+        bf = build_decoder(ref.reader, "bf16")
+        bf_slow = build_decoder(ref.reader, "bf16", kernel=False)
         step = torch.tensor([[3]])
         assert (bf(step, 0) - bf_slow(step, 0)).abs().max().item() < 0.05
 
-
-def test_the_kernel_is_built_once_per_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the README says: the build lives in the user's cache dir (not LLAMAHUB_HOME), keyed by
-    torch version and source, so a fresh HOME compiles again and a fresh LLAMAHUB_HOME does not."""
-    import platformdirs
-    import torch
-    from llamahub_cpu.kernels import _build_dir
-
-    monkeypatch.setenv("LLAMAHUB_HOME", str(tmp_path / "home-a"))
-    first = _build_dir()
-    monkeypatch.setenv("LLAMAHUB_HOME", str(tmp_path / "home-b"))
-    assert _build_dir() == first
-    assert first.parent == Path(platformdirs.user_cache_dir("llamahub")) / "kernels"
-    assert first.name.startswith(f"torch-{torch.__version__}-")
-    monkeypatch.setenv("HOME", str(tmp_path / "fresh-home"))
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert _build_dir() != first and str(tmp_path / "fresh-home") in str(_build_dir())

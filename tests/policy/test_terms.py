@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 import tomllib
 from dataclasses import replace
 from importlib import resources
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from llamahub.errors import RegistryError
+from llamahub.errors import DataFileError, RegistryError
 from llamahub.policy import (
     AUP_GROUPS,
     aup_terms,
@@ -227,8 +228,11 @@ def test_parse_license_round_trip(license_data: dict[str, Any]) -> None:
 @pytest.mark.parametrize("key", ["id", "title", "family", "release_date", "mau_threshold", "aup", "summary"])
 def test_missing_license_key(license_data: dict[str, Any], key: str) -> None:
     del license_data[key]
-    with pytest.raises(RegistryError, match="missing keys"):
-        parse_license(license_data)
+    with pytest.raises(DataFileError) as err:
+        parse_license(license_data, "licenses/llama3.1.toml")
+    assert (err.value.file, err.value.fields) == ("licenses/llama3.1.toml", [key])
+    assert err.value.entry == ("license" if key == "id" else "license llama3.1")
+    assert err.value.message.endswith(f"{key}: missing (a required key)")
 
 
 @pytest.mark.parametrize("key", ["text_sha256", "url", "attribution", "derivative_name_prefix"])
@@ -239,7 +243,7 @@ def test_optional_license_keys_may_be_absent(license_data: dict[str, Any], key: 
 
 def test_unknown_license_key(license_data: dict[str, Any]) -> None:
     license_data["royalties"] = True
-    with pytest.raises(RegistryError, match="unknown keys") as err:
+    with pytest.raises(DataFileError, match="royalties: unknown key") as err:
         parse_license(license_data)
     assert "mau_threshold" in (err.value.hint or "")
 
@@ -262,8 +266,11 @@ def test_unknown_license_key(license_data: dict[str, Any]) -> None:
 ])
 def test_bad_license_values(license_data: dict[str, Any], key: str, value: Any) -> None:
     license_data[key] = value
-    with pytest.raises(RegistryError):
-        parse_license(license_data)
+    with pytest.raises(DataFileError) as err:
+        parse_license(license_data, "licenses/llama3.1.toml")
+    named = "outputs_training_condition" if value is False else key  # a condition without permission
+    assert err.value.fields[0].split("[")[0] == named
+    assert err.value.message.startswith(f"licenses/llama3.1.toml, {err.value.entry}: {err.value.fields[0]}: ")
 
 
 def test_text_sha256_accepted_when_filled(license_data: dict[str, Any]) -> None:
@@ -292,6 +299,14 @@ def test_cross_checks() -> None:
         check_licenses([license_terms("llama3"), license_terms("llama3")], aups)
 
 
+def test_cross_check_errors_name_file_entry_and_field() -> None:
+    with pytest.raises(DataFileError) as err:
+        check_licenses([replace(license_terms("llama2"), aup="missing-aup")], load_aups())
+    e = err.value
+    assert (e.file, e.entry, e.fields) == ("licenses/llama2.toml", "license llama2", ["aup"])
+    assert "llama2-aup" in (err.value.hint or "")
+
+
 def test_parse_aup_round_trip(aup_data: dict[str, Any]) -> None:
     assert parse_aup(aup_data) == aup_terms("llama3.2-aup")
 
@@ -304,17 +319,17 @@ def test_certifiable_category_is_refused(aup_data: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(("change", "match"), [
-    (lambda d: d["category"][0].update(group="rude"), "group"),
-    (lambda d: d["category"][0].update(severity="high"), "unknown keys"),
-    (lambda d: d["category"][0].pop("description"), "missing keys"),
-    (lambda d: d["category"][0].update(id="Violence Terrorism"), "snake_case"),
-    (lambda d: d["category"].append(dict(d["category"][0])), "duplicate"),
-    (lambda d: d["allowed_uses"].append("spam"), "both allowed and prohibited"),
-    (lambda d: d.update(category=[]), "category"),
-    (lambda d: d.pop("allowed_uses"), "missing keys"),
-    (lambda d: d.update(extra="x"), "unknown keys"),
+    (lambda d: d["category"][0].update(group="rude"), "category[0].group: input should be"),
+    (lambda d: d["category"][0].update(severity="high"), "category[0].severity: unknown key"),
+    (lambda d: d["category"][0].pop("description"), "category[0].description: missing"),
+    (lambda d: d["category"][0].update(id="Violence Terrorism"), "category[0].id: must be a snake_case id"),
+    (lambda d: d["category"].append(dict(d["category"][0])), "category: duplicate"),
+    (lambda d: d["allowed_uses"].append("spam"), "allowed_uses: ids ['spam'] are both allowed"),
+    (lambda d: d.update(category=[]), "category: list should have at least 1 item"),
+    (lambda d: d.pop("allowed_uses"), "allowed_uses: missing"),
+    (lambda d: d.update(extra="x"), "extra: unknown key"),
 ])
 def test_bad_aup_data(aup_data: dict[str, Any], change: Any, match: str) -> None:
     change(aup_data)
-    with pytest.raises(RegistryError, match=match):
-        parse_aup(aup_data)
+    with pytest.raises(DataFileError, match=re.escape(f"aup/x.toml, aup llama3.2-aup: {match}")):
+        parse_aup(aup_data, "aup/x.toml")
