@@ -33,10 +33,13 @@ from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise,
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
+from llamahub.hub.guard import MAX_BODY, Guard
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 422: "invalid_request"}
+               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request"}
+_HTTP_HINTS = {404: "see /docs for the routes", 405: "see /docs for the routes",
+               413: "send a smaller body: every field has a length limit (see /docs)"}
 
 
 def error_body(code: str, message: str, hint: str | None) -> dict[str, Any]:
@@ -81,20 +84,19 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    hint = "see /docs for the routes" if exc.status_code in (404, 405) else None
-    return JSONResponse(error_body(code, str(exc.detail), hint), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    return JSONResponse(error_body(code, str(exc.detail), _HTTP_HINTS.get(exc.status_code)),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
     hint = "retry; if it persists, tell the hub operator (the server log has the details)"
     body = error_body("internal_error", "the hub hit an unexpected error", hint)
-    return JSONResponse(body, status_code=500)
+    return JSONResponse(body, status_code=500, headers={"Connection": "close"})
 
 
 def create_app(data_dir: str | Path, *, public_url: str | None = None, database_url: str | None = None,
                clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
-               max_downloads: int = DEFAULT_MAX_DOWNLOADS) -> FastAPI:
+               max_downloads: int = DEFAULT_MAX_DOWNLOADS, max_body: int = MAX_BODY) -> FastAPI:
     """The hub for ``data_dir`` (initialised with ``llamahub hub init``)."""
     ctx = open_context(Path(data_dir), database_url=database_url, public_url=public_url, clock=clock,
                        link_ttl=link_ttl, max_downloads=max_downloads)
@@ -111,7 +113,9 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.add_exception_handler(LlamahubError, _llamahub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(pages.FormRefused, pages.refused_page)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(Guard, max_body=max_body)
     app.include_router(public_router)
     app.include_router(routes_account.router)
     app.include_router(routes_links.router)

@@ -7,26 +7,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from llamahub import crypto
 from llamahub.hub.accounts import license_text, text_sha256
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import Ctx, User, hub_url
 from llamahub.hub.errors import ConflictError, NotFoundError
+from llamahub.hub.fields import Country, Ident, IdPath, Input, Mau, Name
 from llamahub.policy import LicenseTerms, load_licenses, validate_uses
 
 router = APIRouter(prefix="/api", tags=["accounts"])
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
 
-class RegisterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RegisterBody(Input):
     email: str = Field(max_length=320)
-    name: str = Field(min_length=1, max_length=200)
-    organisation: str = Field(min_length=1, max_length=200)
-    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. DE")
+    name: Name
+    organisation: Name
+    country: Country
 
     @field_validator("email")
     @classmethod
@@ -34,13 +33,6 @@ class RegisterBody(BaseModel):
         if not _EMAIL.match(value.strip()):
             raise ValueError("not an email address")
         return value.strip()
-
-    @field_validator("country")
-    @classmethod
-    def _country(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
-            raise ValueError("use a two-letter ISO 3166-1 code, e.g. US or DE")
-        return value.strip().upper()
 
     @field_validator("name", "organisation")
     @classmethod
@@ -50,20 +42,17 @@ class RegisterBody(BaseModel):
         return value
 
 
-class ProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mau: int = Field(ge=0, le=10**13, description="declared monthly active users")
-    intended_uses: list[str] = Field(max_length=64, description="use ids, see GET /api/licenses")
-    certifications: list[str] = Field(default_factory=list, max_length=32)
+class ProfileBody(Input):
+    mau: Mau
+    intended_uses: list[Ident] = Field(max_length=64, description="use ids, see GET /api/licenses")
+    certifications: list[Name] = Field(default_factory=list, max_length=32)
     eu_domiciled: bool = False
 
 
-class AcceptBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text_sha256: str | None = Field(None, description="sha256 of the text you were shown; refused if "
-                                                      "the hub's text has changed since")
+class AcceptBody(Input):
+    text_sha256: str | None = Field(None, max_length=64,
+                                    description="sha256 of the text you were shown; refused if the hub's "
+                                                "text has changed since")
 
 
 def _public_user(user: dict[str, Any]) -> dict[str, Any]:
@@ -150,12 +139,12 @@ def license_status(request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.get("/licenses/{license_id}")
-def license_info(license_id: str, ctx: Ctx) -> dict[str, Any]:
+def license_info(license_id: IdPath, ctx: Ctx) -> dict[str, Any]:
     return _license_info(ctx, _terms(license_id))
 
 
 @router.get("/licenses/{license_id}/text")
-def license_text_route(license_id: str, ctx: Ctx) -> Response:
+def license_text_route(license_id: IdPath, ctx: Ctx) -> Response:
     """The exact text whose sha256 an acceptance records."""
     text, source = license_text(ctx, _terms(license_id))
     return Response(text, media_type="text/plain; charset=utf-8",
@@ -163,7 +152,7 @@ def license_text_route(license_id: str, ctx: Ctx) -> Response:
 
 
 @router.post("/licenses/{license_id}/accept", status_code=201)
-def accept(license_id: str, request: Request, user: User, ctx: Ctx,
+def accept(license_id: IdPath, request: Request, user: User, ctx: Ctx,
            body: Annotated[AcceptBody | None, Body()] = None) -> JSONResponse:
     """Accept one license version; returns the acceptance and a signed receipt (200 if already accepted)."""
     terms = _terms(license_id)

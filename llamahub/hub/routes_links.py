@@ -17,13 +17,14 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from llamahub import crypto
 from llamahub.hub.accounts import gate_grants, gate_profile
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import Ctx, User, hub_url
 from llamahub.hub.errors import BadRequestError, LinkError, NotFoundError
+from llamahub.hub.fields import MAX_ID, Ident, IdPath, Input, Name
 from llamahub.hub.links import MAX_TTL, build_policy, check_policy, iso, parse_range, split_download_path
 from llamahub.hub.store import new_id
 from llamahub.policy import check
@@ -31,18 +32,16 @@ from llamahub.registry import Variant
 
 router = APIRouter(tags=["links"])
 CHUNK = 1 << 20
-PolicyQ = Annotated[str, Query(alias="Policy")]
-SignatureQ = Annotated[str, Query(alias="Signature")]
-KeyPairQ = Annotated[str, Query(alias="Key-Pair-Id")]
+PolicyQ = Annotated[str, Query(alias="Policy", max_length=8192)]
+SignatureQ = Annotated[str, Query(alias="Signature", max_length=256)]
+KeyPairQ = Annotated[str, Query(alias="Key-Pair-Id", max_length=MAX_ID)]
 
 
-class LinkBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    family: str | None = Field(None, description="every imported variant of this family you may get")
-    variant: str | None = Field(None, description="one variant (a name, alias or HF repo id)")
+class LinkBody(Input):
+    family: Ident | None = Field(None, description="every imported variant of this family you may get")
+    variant: Name | None = Field(None, description="one variant (a name, alias or HF repo id)")
     expires_in: int | None = Field(None, ge=1, le=MAX_TTL, description="seconds; default 24 h")
-    max_downloads: int | None = Field(None, ge=1, description="per file; at most the hub's cap")
+    max_downloads: int | None = Field(None, ge=1, le=1000, description="per file; at most the hub's cap")
 
     @model_validator(mode="after")
     def _one_target(self) -> LinkBody:
@@ -122,7 +121,7 @@ def my_links(user: User, ctx: Ctx) -> dict[str, Any]:
 
 
 @router.delete("/api/links/{link_id}")
-def revoke_link(link_id: str, user: User, ctx: Ctx) -> dict[str, Any]:
+def revoke_link(link_id: IdPath, user: User, ctx: Ctx) -> dict[str, Any]:
     """Revoke one of your links (another user's link is reported as not found)."""
     link = ctx.store.revoke_link(link_id, user["id"])
     return {"link_id": link["id"], "revoked_at": link["revoked_at"]}
