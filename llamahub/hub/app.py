@@ -9,7 +9,7 @@ served at ``/openapi.json`` (and ``/docs``) and is the contract.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,11 @@ from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
 from llamahub.hub.guard import MAX_BODY, Guard
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
+from llamahub.hub.ratelimit import Rate
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request"}
+               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request",
+               429: "rate_limited"}
 _HTTP_HINTS = {404: "see /docs for the routes", 405: "see /docs for the routes",
                413: "send a smaller body: every field has a length limit (see /docs)"}
 
@@ -96,10 +98,11 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
 
 def create_app(data_dir: str | Path, *, public_url: str | None = None, database_url: str | None = None,
                clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
-               max_downloads: int = DEFAULT_MAX_DOWNLOADS, max_body: int = MAX_BODY) -> FastAPI:
+               max_downloads: int = DEFAULT_MAX_DOWNLOADS, max_body: int = MAX_BODY,
+               rate_limits: Mapping[str, Rate | None] | None = None) -> FastAPI:
     """The hub for ``data_dir`` (initialised with ``llamahub hub init``)."""
     ctx = open_context(Path(data_dir), database_url=database_url, public_url=public_url, clock=clock,
-                       link_ttl=link_ttl, max_downloads=max_downloads)
+                       link_ttl=link_ttl, max_downloads=max_downloads, rate_limits=rate_limits)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

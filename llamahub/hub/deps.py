@@ -25,6 +25,11 @@ def hub_url(request: Request, ctx: HubContext) -> str:
     return ctx.public_url or bound_url(request)
 
 
+def client_ip(request: Request) -> str:
+    """The peer's address (uvicorn takes it from X-Forwarded-For only for a trusted proxy)."""
+    return request.client.host if request.client else "unknown"
+
+
 def bound_url(request: Request) -> str:
     host, port = request.scope.get("server") or ("127.0.0.1", 80)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

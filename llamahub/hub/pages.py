@@ -23,10 +23,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from llamahub.errors import LlamahubError
 from llamahub.hub import enterprise
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import get_ctx, hub_url, origin_of
+from llamahub.hub.deps import MAX_TOKEN, client_ip, get_ctx, hub_url, origin_of
 from llamahub.hub.errors import BadRequestError, ForbiddenError
 from llamahub.hub.fields import EARLIEST, LATEST, MAX_MAU, text_problem
+from llamahub.hub.ratelimit import RateLimitedError
 from llamahub.hub.routes_admin import check_families, grant_window
+from llamahub.hub.store import token_hash
 
 router = APIRouter(include_in_schema=False)
 
@@ -167,8 +169,15 @@ def _sign_in_page(area: _Area, error: str = "", status: int = 200) -> HTMLRespon
 
 
 def _sign_in(request: Request, form: dict[str, list[str]], area: _Area) -> Response:
-    token = _one(form, "token")
-    owner = get_ctx(request).store.token_owner(token) if token else None
+    token = _one(form, "token")[:MAX_TOKEN]
+    ctx = get_ctx(request)
+    try:
+        ctx.limiter.check("sign-in", ip=client_ip(request), token=token_hash(token) if token else None)
+    except RateLimitedError as e:
+        page = _sign_in_page(area, _error(e), e.status)
+        page.headers.update(e.headers)
+        return page
+    owner = ctx.store.token_owner(token) if token else None
     if owner is None or owner[0] != area.role:
         return _sign_in_page(area, _error(BadRequestError(area.refusal, hint=area.refusal_hint)), 401)
     return _set_cookie(_redirect(area.path), request, area.cookie, token)

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from llamahub import crypto
 from llamahub.hub.accounts import license_text, text_sha256
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import Ctx, User, hub_url
+from llamahub.hub.deps import Ctx, User, client_ip, hub_url
 from llamahub.hub.errors import ConflictError, NotFoundError
 from llamahub.hub.fields import Country, Ident, IdPath, Input, Mau, Name
 from llamahub.policy import LicenseTerms, load_licenses, validate_uses
@@ -60,8 +60,9 @@ def _public_user(user: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/users", status_code=201)
-def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
+def register(body: RegisterBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Register; the API token is returned once and stored only as its sha256."""
+    ctx.limiter.check("register", ip=client_ip(request))
     user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country)
     return {"user": _public_user(user), "token": token,
             "note": "store this token now: the hub keeps only its hash and cannot show it again"}

@@ -30,7 +30,7 @@ from starlette.types import Receive, Scope, Send
 from llamahub import crypto
 from llamahub.hub.accounts import gate_grants, gate_profile
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import Ctx, User, hub_url
+from llamahub.hub.deps import Ctx, User, client_ip, hub_url
 from llamahub.hub.errors import BadRequestError, LinkError, NotFoundError
 from llamahub.hub.fields import MAX_ID, Ident, IdPath, Input, Name
 from llamahub.hub.links import MAX_TTL, build_policy, check_policy, iso, parse_range, split_download_path
@@ -74,6 +74,7 @@ def _requested(ctx: HubContext, body: LinkBody) -> tuple[str, list[Variant]]:
 @router.post("/api/links", status_code=201)
 def issue_link(body: LinkBody, request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
     """Run the license gates for every requested variant, then issue a signed link."""
+    ctx.limiter.check("link", ip=client_ip(request), token=user["id"])
     family, variants = _requested(ctx, body)
     profile, grants, now = gate_profile(ctx, user), gate_grants(ctx, user["organisation"]), ctx.now()
     decisions = [(v, check(profile, v, grants, now)) for v in variants]

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from hubtest import CLI, file_url, free_port, run_cli, wait_ready
+from hubtest import CLI, NO_RATE_LIMITS, file_url, free_port, run_cli, wait_ready
 
 from llamahub.model.writer import generate_checkpoint
 from llamahub.registry import _builtin
@@ -75,7 +75,8 @@ class Server:
         assert self.proc is None, "already running"
         with self.log.open("a") as out:
             self.proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(self.data), "--host",
-                                          "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                                          "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                                          *NO_RATE_LIMITS],
                                          stdout=out, stderr=subprocess.STDOUT)
         wait_ready(self.url, self.proc, self.log)
 
