@@ -29,6 +29,7 @@ from llamahub.errors import (
     RegistryError,
     UnknownVariantError,
 )
+from llamahub.hub import models as m
 from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
@@ -129,17 +130,17 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     return app
 
 
-public_router = APIRouter(tags=["public"])
+public_router = APIRouter(tags=["public"], responses=m.ERRORS)
 
 
-@public_router.get("/api/health")
+@public_router.get("/api/health", response_model=m.HealthOut)
 def health(ctx: Ctx) -> dict[str, Any]:
     """Liveness: the store answers and a signing key is usable."""
     kid, _ = ctx.keys.signing_key()
     return {"status": "ok", "key_id": kid, "variants": len(ctx.store.imported())}
 
 
-@public_router.get("/.well-known/llamahub-keys.json")
+@public_router.get("/.well-known/llamahub-keys.json", response_model=m.KeysOut)
 def published_keys(ctx: Ctx) -> dict[str, Any]:
     """The hub's public keys, by key id, with their revocation status."""
     kid, _ = ctx.keys.signing_key()

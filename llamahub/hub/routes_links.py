@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from starlette.types import Receive, Scope, Send
 
 from llamahub import crypto
+from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import Ctx, User, client_ip, hub_url
@@ -38,7 +39,10 @@ from llamahub.hub.store import new_id
 from llamahub.policy import check
 from llamahub.registry import Variant
 
-router = APIRouter(tags=["links"])
+router = APIRouter(tags=["links"], responses=m.ERRORS)
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, "content": {"application/octet-stream": {}}}
+    for status, what in ((200, "the file"), (206, "the requested range"))}
 CHUNK = 1 << 20
 SLICE = 64 << 20
 PolicyQ = Annotated[str, Query(alias="Policy", max_length=8192)]
@@ -71,7 +75,7 @@ def _requested(ctx: HubContext, body: LinkBody) -> tuple[str, list[Variant]]:
     return str(body.family), variants
 
 
-@router.post("/api/links", status_code=201)
+@router.post("/api/links", status_code=201, response_model=m.LinkOut)
 def issue_link(body: LinkBody, request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
     """Run the license gates for every requested variant, then issue a signed link."""
     ctx.limiter.check("link", ip=client_ip(request), token=user["id"])
@@ -118,7 +122,7 @@ def _sign_link(ctx: HubContext, request: Request, user: dict[str, Any], body: Li
             "manifest_url": f"{hub}/api/links/manifest?{url.partition('?')[2]}"}
 
 
-@router.get("/api/links")
+@router.get("/api/links", response_model=m.LinksOut)
 def my_links(user: User, ctx: Ctx) -> dict[str, Any]:
     """Your links, newest last, with per-file download counts."""
     out = []
@@ -130,7 +134,7 @@ def my_links(user: User, ctx: Ctx) -> dict[str, Any]:
     return {"links": out}
 
 
-@router.delete("/api/links/{link_id}")
+@router.delete("/api/links/{link_id}", response_model=m.RevokedLinkOut)
 def revoke_link(link_id: IdPath, user: User, ctx: Ctx) -> dict[str, Any]:
     """Revoke one of your links (another user's link is reported as not found)."""
     link = ctx.store.revoke_link(link_id, user["id"])
@@ -154,7 +158,7 @@ def _authorise(ctx: HubContext, policy_b64: str, signature: str, kid: str,
     return policy, link
 
 
-@router.get("/api/links/manifest")
+@router.get("/api/links/manifest", response_model=m.ManifestOut)
 def manifest(ctx: Ctx, policy: PolicyQ = "", signature: SignatureQ = "",
              kid: KeyPairQ = "") -> dict[str, Any]:
     """Every file a link serves, with size, md5 and sha256 (pass the link's query string)."""
@@ -174,7 +178,8 @@ def _usage(served: int, size: int, cap: int) -> dict[str, Any]:
             "downloads": round(served / size, 3) if size else 0.0}
 
 
-@router.api_route("/dl/{family}/{path:path}", methods=["GET", "HEAD"])
+@router.get("/dl/{family}/{path:path}", response_class=Response, responses=FILE_RESPONSES)
+@router.head("/dl/{family}/{path:path}", response_class=Response, responses=FILE_RESPONSES)
 def download(request: Request, ctx: Ctx, family: str, path: str, policy: PolicyQ = "",
              signature: SignatureQ = "", kid: KeyPairQ = "") -> Response:
     """A file of Meta's layout through a signed link: the link's ``*`` replaced by the file's path."""
