@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import Field, field_validator
 
 from llamahub import crypto
@@ -145,7 +145,8 @@ def license_info(license_id: IdPath, ctx: Ctx) -> dict[str, Any]:
     return _license_info(ctx, _terms(license_id))
 
 
-@router.get("/licenses/{license_id}/text", response_class=PlainTextResponse)
+@router.get("/licenses/{license_id}/text", response_model=None, responses={
+    200: {"description": "the text", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def license_text_route(license_id: IdPath, ctx: Ctx) -> Response:
     """The exact text whose sha256 an acceptance records."""
     text, source = license_text(ctx, _terms(license_id))

@@ -41,7 +41,8 @@ from llamahub.registry import Variant
 
 router = APIRouter(tags=["links"], responses=m.ERRORS)
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": what, "content": {"application/octet-stream": {}}}
+    status: {"description": what, "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}
     for status, what in ((200, "the file"), (206, "the requested range"))}
 CHUNK = 1 << 20
 SLICE = 64 << 20
@@ -178,8 +179,8 @@ def _usage(served: int, size: int, cap: int) -> dict[str, Any]:
             "downloads": round(served / size, 3) if size else 0.0}
 
 
-@router.get("/dl/{family}/{path:path}", response_class=Response, responses=FILE_RESPONSES)
-@router.head("/dl/{family}/{path:path}", response_class=Response, responses=FILE_RESPONSES)
+@router.get("/dl/{family}/{path:path}", response_model=None, responses=FILE_RESPONSES)
+@router.head("/dl/{family}/{path:path}", response_model=None, responses=FILE_RESPONSES)
 def download(request: Request, ctx: Ctx, family: str, path: str, policy: PolicyQ = "",
              signature: SignatureQ = "", kid: KeyPairQ = "") -> Response:
     """A file of Meta's layout through a signed link: the link's ``*`` replaced by the file's path."""
