@@ -73,6 +73,8 @@ async def _llamahub_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = dict(getattr(exc, "headers", None) or {})
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500:
+        headers["Connection"] = "close"
     return JSONResponse(error_body(exc.code, exc.message, exc.hint), status_code=status, headers=headers)
 
 
