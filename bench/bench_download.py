@@ -142,7 +142,7 @@ def via_llamahub(server: Server, token: str, variant: str, load: bool) -> dict[s
 
     import torch
 
-    from llamahub.api import load_local
+    from llamahub.api import load_snapshot
     from llamahub.client.config import LocalProfile, load_config
     from llamahub.client.fetch import FetchReport, ensure
     from llamahub.client.session import Session
@@ -163,8 +163,7 @@ def via_llamahub(server: Server, token: str, variant: str, load: bool) -> dict[s
                                "MBps": report.downloaded_bytes / MB / m.seconds,
                                "client_cpu": m.client_cpu, "hub_cpu": m.hub_cpu}
         if load:
-            model = load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name,
-                               options=LoadOptions(dtype="bf16"))
+            model = load_snapshot(snap, v, LoadOptions(dtype="bf16"))
             t2 = time.perf_counter()
             model.decoder(torch.tensor([[1]]), 0)
             t3 = time.perf_counter()

@@ -39,8 +39,7 @@ from llamahub.hookspecs import hookimpl
 from llamahub.interfaces import LoadOptions
 from llamahub.registry import Variant, variants
 from llamahub.registry import resolve as variant
-
-__version__ = "0.1.0"
+from llamahub.version import __version__
 
 __all__ = [
     "AcceptableUseError",

@@ -1,68 +1,128 @@
-"""``llamahub.load()``: chains resolution, checkpoint reading, backend selection and loading."""
+"""``llamahub.load()``: resolve → memory plan → license gates → fetch → the backend loads.
+
+Everything that can refuse (an unknown name, a license gate, a context length, a memory plan)
+refuses before any byte is downloaded. The chosen backend receives the verified files as
+``Artifacts`` and opens what it needs.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from llamahub import registry, selection
-from llamahub.errors import CorruptCheckpointError, TokenizerError
-from llamahub.interfaces import LoadOptions
+from llamahub import plugins, selection
+from llamahub.errors import UnknownVariantError
+from llamahub.interfaces import Artifacts, Backend, LoadOptions
 from llamahub.registry import Variant
 
 if TYPE_CHECKING:
     from llamahub.client.cache import Snapshot
-    from llamahub.model.checkpoint import Checkpoint
+    from llamahub.client.session import Session
     from llamahub.model.llm import LlamaModel
 
-_ARCH_FIELDS = ("dim", "n_layers", "n_heads", "kv_heads", "vocab_size", "hidden_dim", "head_dim")
 
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+def looks_like_path(name: str | Path) -> bool:
+    """A ``Path``, or a string starting with ``/``, ``.`` or ``~``: never a name that happens to
+    match a folder in the working directory (that would skip every gate)."""
+    return isinstance(name, Path) or name.startswith(("/", ".", "~"))
 
 
 def load(name: str | Path, *, variant: str | None = None, backend: str | None = None,
          dtype: str | None = None, device: str | None = None, threads: int | None = None,
-         source: str | None = None, location: str | None = None,
-         progress: bool | None = None) -> LlamaModel:
-    """Load a model by registry name (downloading it if needed) or from a local checkpoint folder.
+         context_length: int | None = None, rope_scaling: Mapping[str, float] | None = None,
+         source: str | None = None, location: str | None = None, progress: bool | None = None,
+         **extra: Any) -> LlamaModel:
+    """Load a model by registry name (downloading it if needed) or from a local folder.
 
-    By name: the license gates run first on your profile and receipts; then the cached copy is
-    used, or the files come from ``source`` (``hub`` by default: the configured hub, else the
-    embedded one; ``meta-url`` with ``location`` a presigned URL; ``local`` with a folder), are
-    verified, cached and loaded. ``LLAMAHUB_OFFLINE=1`` loads only what is cached, with no network.
+    By name: every installed backend plans its memory and one is chosen (no network call), the
+    license gates run on your profile and receipts; only then is the cached copy used, or the files
+    fetched from ``source`` (the default source — our hub — unless you name one: ``meta-url`` with
+    ``location`` a presigned URL, ``local`` with a folder, or a plugin's), verified and cached.
+    ``LLAMAHUB_OFFLINE=1`` loads only what is cached, with no network.
 
-    ``variant`` names the registry entry of a local folder when it cannot be recognised
-    (its ``llamahub.json`` marker or Meta folder name usually says).
+    A path (a ``Path``, or a string starting with ``/``, ``.`` or ``~``) loads a folder;
+    ``variant`` names its registry entry when its ``llamahub.json`` marker or Meta folder name
+    does not. ``context_length`` caps prompt + generation (beyond the variant's own needs
+    ``rope_scaling``); any other keyword is a backend option (``extra``), e.g. ``tp=2``.
     """
-    options = LoadOptions(backend=backend, dtype=dtype, device=device, threads=threads)
-    if isinstance(name, Path) or _looks_like_path(name):
-        return load_local(Path(name), variant=variant, options=options)
-    v, snap = _fetch(name, source, location, progress)
-    return load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name, options=options)
+    options = LoadOptions(backend=backend, dtype=dtype, device=device, threads=threads,
+                          context_length=context_length, rope_scaling=rope_scaling, extra=extra)
+    if looks_like_path(name):
+        from llamahub.reference import folder_artifacts, identify_folder
+
+        folder = Path(name).expanduser().resolve()
+        v = identify_folder(folder, variant, plugins.catalogue())
+        chosen = _plan(v, options)
+        return chosen.load(folder_artifacts(folder, _cache_root()), v, options)
+    v = _resolve(str(name))
+    v, snap, chosen = _fetch(v, source, location, progress, options=options)
+    assert chosen is not None
+    return chosen.load(snapshot_artifacts(snap, v, _cache_root()), v, options)
 
 
 def download(name: str, *, source: str | None = None, location: str | None = None,
              progress: bool | None = None, force: bool = False) -> Path:
     """Fetch a variant into the cache (license gates first) and return its folder in Meta's layout."""
-    return _fetch(name, source, location, progress, force=force)[1].root
+    return _fetch(_resolve(name), source, location, progress, force=force)[1].root
 
 
-def _fetch(name: str, source: str | None, location: str | None, progress: bool | None,
-           force: bool = False) -> tuple[Variant, Snapshot]:
-    """(variant, its cached snapshot) after the license gates and, if needed, a download."""
+def _resolve(name: str) -> Variant:
+    try:
+        return plugins.resolve(name)
+    except UnknownVariantError as e:
+        if Path(name).expanduser().exists():  # a folder is loaded only when written as a path
+            e.hint = f"{name!r} is also a folder here: to load it, write ./{name}"
+        raise
+
+
+def load_snapshot(snap: Snapshot, v: Variant, options: LoadOptions | None = None) -> LlamaModel:
+    """Load a snapshot already fetched (and gated) with ``llamahub.client.fetch.ensure``."""
+    options = options or LoadOptions()
+    return _plan(v, options).load(snapshot_artifacts(snap, v, _cache_root()), v, options)
+
+
+def _plan(v: Variant, options: LoadOptions) -> Backend:
+    from llamahub.reference import context_length
+
+    context_length(v, options)  # a bad context length is refused before any plan
+    return selection.choose(v, options)
+
+
+def _fetch(v: Variant, source: str | None, location: str | None, progress: bool | None, *,
+           options: LoadOptions | None = None, force: bool = False,
+           ) -> tuple[Variant, Snapshot, Backend | None]:
+    """(variant, its cached snapshot, the chosen backend): gates, plan, then fetch if needed."""
     from llamahub.client.fetch import ensure
-    from llamahub.client.session import Session
 
-    v = registry.resolve(name)
     show = progress_default() if progress is None else progress
-    with Session(echo=_to_stderr if show else None) as session:
+    chosen = _plan(v, options) if options is not None else None  # pure: no network, no files
+    with _session(show) as session:
         snap = ensure(v, session, source=source, location=location, force=force, progress=show)
-    return v, snap
+    return v, snap, chosen
+
+
+def _session(show: bool) -> Session:
+    from llamahub.client.session import Session
+    from llamahub.launcher import embedded_hub
+
+    return Session(echo=_to_stderr if show else None, embedded=embedded_hub)
+
+
+def snapshot_artifacts(snap: Snapshot, v: Variant, cache_root: Path) -> Artifacts:
+    from llamahub.model.checkpoint import detect_formats
+
+    folder = snap.folder_of(v.meta_folder, v.name)
+    return Artifacts(folder=folder, root=snap.root, formats=detect_formats(folder), snapshot_id=snap.id,
+                     derived_root=cache_root / "derived" / snap.id)
+
+
+def _cache_root() -> Path:
+    from llamahub.client.config import load_config
+
+    return load_config().cache
 
 
 def _to_stderr(message: str) -> None:
@@ -72,62 +132,3 @@ def _to_stderr(message: str) -> None:
 def progress_default() -> bool:
     """Progress bars unless ``LLAMAHUB_PROGRESS=0`` (scripts and CI turn them off)."""
     return os.environ.get("LLAMAHUB_PROGRESS", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def load_local(path: Path, *, variant: str | None = None,
-               options: LoadOptions | None = None) -> LlamaModel:
-    from llamahub.model.checkpoint import open_checkpoint
-    from llamahub.model.tokenizer import load_tokenizer
-
-    options = options or LoadOptions()
-    ckpt = open_checkpoint(path)
-    v = identify(ckpt, variant)
-    ckpt = replace(ckpt, args=v.arch)
-    if ckpt.tokenizer_path is None:
-        raise TokenizerError(f"no tokenizer.model in {ckpt.path} or its parent folder",
-                             hint="copy the tokenizer.model that came with the weights next to them")
-    tokenizer = load_tokenizer(ckpt.tokenizer_path, v.tokenizer)
-    if tokenizer.n_words != v.arch.vocab_size:
-        raise TokenizerError(
-            f"tokenizer has {tokenizer.n_words} tokens but the model's vocabulary is {v.arch.vocab_size}",
-            hint=f"use the tokenizer.model that came with {v.name}")
-    chosen = selection.choose(v, options)
-    return chosen.load(ckpt, v, tokenizer, options)
-
-
-def identify(ckpt: Checkpoint, name: str | None) -> Variant:
-    """The registry variant of a local checkpoint, checked against its shapes.
-
-    Order: the ``name`` given; the folder's llamahub.json marker; the Meta folder name; else
-    an ad-hoc variant described by the checkpoint itself.
-    """
-    reg = registry.default_registry()
-    found = None
-    if name:
-        found = reg.resolve(name)
-    elif ckpt.variant_name:
-        found = reg.resolve(ckpt.variant_name)
-    else:
-        found = reg.by_meta_folder(ckpt.path.name)
-    if found is None:
-        return local_variant(ckpt)
-    diffs = [f"{f} {getattr(ckpt.args, f)} != {getattr(found.arch, f)}" for f in _ARCH_FIELDS
-             if getattr(ckpt.args, f) != getattr(found.arch, f)]
-    if diffs:
-        raise CorruptCheckpointError(
-            f"{ckpt.path} does not hold {found.name}: {', '.join(diffs)}",
-            hint="name the right variant (variant=...) or check the folder's params.json/config.json")
-    return found
-
-
-def local_variant(ckpt: Checkpoint) -> Variant:
-    """A variant for a checkpoint the registry does not know (a fine-tune, a custom size)."""
-    from llamahub.model.tokenizer import load_tokenizer
-
-    kind = load_tokenizer(ckpt.tokenizer_path).kind if ckpt.tokenizer_path else "sentencepiece"
-    return Variant(
-        name=ckpt.path.name, family="local", family_title="local checkpoint", size="custom",
-        kind="base", arch=ckpt.args, shards=1, meta_folder=ckpt.path.name, tokenizer=kind,
-        tokenizer_location="model", license="unknown", context_length=ckpt.args.max_seq_len,
-        release_date="", source=str(ckpt.path),
-    )

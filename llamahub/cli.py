@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from llamahub import plugins, registry
-from llamahub.client import cli as client_cli
+from llamahub import cli_client, plugins
+from llamahub.cli_options import load_options, parse_options
 from llamahub.errors import LlamahubError
 from llamahub.hub import cli as hub_cli
 
@@ -25,7 +25,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_cmd(family: str | None, as_json: bool) -> None:
     """Every registered variant."""
-    rows = [v for v in registry.variants() if family in (None, v.family)]
+    rows = [v for v in plugins.variants() if family in (None, v.family)]
     if as_json:
         click.echo(json.dumps([v.summary() for v in rows], indent=2))
         return
@@ -48,13 +48,19 @@ def _human(n: float) -> str:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def info(name: str, as_json: bool) -> None:
-    """Details of one variant: architecture, files, memory, license."""
-    v = registry.resolve(name)
+    """Details of one variant: architecture, files, memory, license, and which backends fit here."""
+    from llamahub import selection
+    from llamahub.interfaces import LoadOptions
+
+    v = plugins.resolve(name)
+    rows = selection.plan_table(v, LoadOptions())
+    rows += selection.alternatives(v, LoadOptions())
     data: dict[str, Any] = v.summary() | {"architecture": v.arch.as_dict(),
                                           "ffn_hidden_dim": v.arch.hidden_dim,
                                           "memory_bf16": v.memory_estimate("bf16"),
                                           "memory_fp32": v.memory_estimate("fp32"),
-                                          "meta_files": v.meta_files()}
+                                          "meta_files": v.meta_files(),
+                                          "plans": [_plan_json(r) for r in rows]}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -74,14 +80,23 @@ def info(name: str, as_json: bool) -> None:
     if v.hf_repo:
         click.echo(f"  hugging face  {v.hf_repo}")
     click.echo(f"  meta layout   {v.shards} shard(s) in {v.meta_folder}/")
+    click.echo("  on this machine (full context):")
+    click.echo(selection.format_table(rows).replace("\n", "\n  ").join(["  ", ""]))
+
+
+def _plan_json(row: Any) -> dict[str, Any]:
+    plan, cap = row.plan, row.capacity
+    return {"backend": row.backend, "dtype": row.dtype, "fits": row.fits, "refusal": row.refusal,
+            "host_bytes": plan.host_bytes if plan else None,
+            "device_bytes": plan.device_bytes if plan else None, "devices": plan.devices if plan else None,
+            "available_host_bytes": cap.host_bytes if cap else None}
 
 
 @cli.command()
 @click.argument("model")
 @click.argument("prompt")
 @click.option("--variant", help="registry name of a local folder that is not recognised")
-@click.option("--backend", help="backend to use (see `llamahub plugins`)")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), help="weights dtype")
+@load_options
 @click.option("--threads", type=int, help="CPU threads")
 @click.option("-n", "--max-new-tokens", default=128, show_default=True)
 @click.option("-t", "--temperature", default=0.6, show_default=True)
@@ -89,12 +104,14 @@ def info(name: str, as_json: bool) -> None:
 @click.option("--seed", type=int)
 @click.option("--chat", "as_chat", is_flag=True, help="send PROMPT as a user message in the chat format")
 def run(model: str, prompt: str, variant: str | None, backend: str | None, dtype: str | None,
+        device: str | None, context_length: int | None, backend_options: tuple[str, ...],
         threads: int | None, max_new_tokens: int, temperature: float, top_p: float,
         seed: int | None, as_chat: bool) -> None:
-    """Generate from MODEL (a name or a checkpoint folder), streaming to stdout."""
+    """Generate from MODEL (a name, or a folder written as a path: ./folder), streaming to stdout."""
     from llamahub.api import load
 
-    m = load(model, variant=variant, backend=backend, dtype=dtype, threads=threads)
+    m = load(model, variant=variant, backend=backend, dtype=dtype, device=device, threads=threads,
+             context_length=context_length, **parse_options(backend_options))
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
               stream=True)
     if as_chat:
@@ -154,11 +171,10 @@ def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
              progress=not no_progress and progress_default(), echo=click.echo)
 
 
-# The hub server and `llamahub link` (llamahub.hub.cli imports only click; the server loads lazily),
-# and the client's commands (login, profile, license, download, cache, chat).
+# The hub server (llamahub.hub.cli imports only click; the server loads lazily), and the user's
+# commands (login, profile, license, download, cache, chat, link).
 cli.add_command(hub_cli.hub)
-cli.add_command(hub_cli.link)
-for _command in client_cli.COMMANDS:
+for _command in cli_client.COMMANDS:
     cli.add_command(_command)
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from llamahub import registry
+from llamahub import plugins
 from llamahub.errors import LicenseNotAcceptedError
 
 DEMO_VARIANT = "llama-debug-2-chat"
@@ -21,14 +21,15 @@ DEMO_USE = "research"
 def run_demo(*, yes: bool, confirm: Callable[[str], bool] | None = None, max_new_tokens: int = 24,
              progress: bool = True, echo: Callable[[str], None] = print) -> str:
     """Run every step on the embedded hub; returns the generated text."""
-    from llamahub.api import load_local
+    from llamahub.api import load_snapshot
     from llamahub.client.config import load_config, save_config, with_profile
     from llamahub.client.fetch import FetchReport, ensure
     from llamahub.client.session import Session
+    from llamahub.launcher import embedded_hub
     from llamahub.policy import license_terms
     from llamahub.policy.terms import render_terms
 
-    v = registry.resolve(DEMO_VARIANT)
+    v = plugins.resolve(DEMO_VARIANT)
     terms = license_terms(v.license)
     cfg = replace(load_config(), hub_url=None, token=None)  # the demo always runs on the embedded hub
     echo(f"1. variant    {v.name}: {v.family_title} ({v.param_count():,} parameters, random weights)")
@@ -41,7 +42,7 @@ def run_demo(*, yes: bool, confirm: Callable[[str], bool] | None = None, max_new
     else:
         echo(f"3. profile    {cfg.profile.organisation}: {cfg.profile.mau:,} MAU, uses "
              f"{', '.join(cfg.profile.intended_uses)}")
-    with Session(cfg, echo=lambda m: echo(f"             {m}")) as session:
+    with Session(cfg, echo=lambda m: echo(f"             {m}"), embedded=embedded_hub) as session:
         t = time.perf_counter()
         hub = session.hub
         echo(f"4. hub        embedded hub at {hub.url} ({time.perf_counter() - t:.1f}s), keys pinned")
@@ -65,7 +66,7 @@ def run_demo(*, yes: bool, confirm: Callable[[str], bool] | None = None, max_new
         echo(f"7. download   {report.downloaded_bytes:,} bytes, sha256 verified, cached in {snap.root} "
              f"({report.steps.get('download and verify', 0):.2f}s)")
     t = time.perf_counter()
-    model = load_local(snap.folder_of(v.meta_folder, v.name), variant=v.name)
+    model = load_snapshot(snap, v)
     echo(f"8. load       backend {model.backend}, {model.dtype}, {time.perf_counter() - t:.2f}s")
     dialog = [{"role": "system", "content": "You are a terse assistant."},
               {"role": "user", "content": "Say hello to the new llamahub user."}]

@@ -64,17 +64,20 @@ class NoBackendError(LlamahubError):
 
     code = "no_backend"
 
-    def __init__(self, variant: str, reasons: dict[str, str]) -> None:
+    def __init__(self, variant: str, reasons: dict[str, str], *, table: str | None = None,
+                 instead: str = "") -> None:
         self.variant = variant
         self.reasons = dict(reasons)
+        self.table = table
         lines = [f"no backend can run {variant}:"]
-        lines += [f"  {name}: {why}" for name, why in sorted(self.reasons.items())]
+        if table:
+            lines.append(table)
+        else:
+            lines += [f"  {name}: {why}" for name, why in sorted(self.reasons.items())]
         if not self.reasons:
             lines.append("  (no backend plugin is installed)")
-        super().__init__(
-            "\n".join(lines),
-            hint="run `llamahub plugins` to see installed backends, or pass backend=/dtype= explicitly",
-        )
+        hint = "run `llamahub plugins` to see installed backends, or pass backend=/dtype= explicitly"
+        super().__init__("\n".join(lines), hint=f"{instead}; {hint}" if instead else hint)
 
 
 # --- checkpoints ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from llamahub.errors import PluginError
 
 if TYPE_CHECKING:
     from llamahub.interfaces import Backend, Finetuner, Source
-    from llamahub.registry import Variant
+    from llamahub.registry import Registry, Variant
 
 GROUP = "llamahub"
 ALLOWLIST_ENV = "LLAMAHUB_PLUGINS"
@@ -43,6 +43,7 @@ class _State:
         self.lock = threading.Lock()
         self.pm: pluggy.PluginManager | None = None
         self.records: list[PluginRecord] = []
+        self.catalogue: tuple[frozenset[int], Registry] | None = None
 
 
 _state = _State()
@@ -97,6 +98,7 @@ def install(pm: pluggy.PluginManager | None, records: list[PluginRecord] | None 
     with _state.lock:
         _state.pm = pm
         _state.records = list(records or [])
+        _state.catalogue = None
 
 
 def records() -> list[PluginRecord]:
@@ -137,7 +139,34 @@ def finetuners() -> dict[str, Finetuner]:
 
 
 def plugin_variants() -> list[Variant]:
-    return _collect("register_variants")
+    from llamahub.registry import validate
+
+    return [validate(v, f"a plugin's variant {getattr(v, 'name', v)!r}")
+            for v in _collect("register_variants")]
+
+
+def catalogue() -> Registry:
+    """The shipped variants plus every plugin's (validated alike), built once per plugin set."""
+    from llamahub.registry import Registry, shipped
+
+    key = frozenset(id(p) for p in manager().get_plugins())  # changes when plugins do
+    cached = _state.catalogue
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    reg = Registry(shipped())
+    for v in plugin_variants():
+        reg.add(v)
+    _state.catalogue = (key, reg)
+    return reg
+
+
+def resolve(name: str) -> Variant:
+    """A variant by name, alias or Hugging Face repo id, among shipped and plugin variants."""
+    return catalogue().resolve(name)
+
+
+def variants() -> list[Variant]:
+    return list(catalogue())
 
 
 def plugin_names() -> dict[str, str]:

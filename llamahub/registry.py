@@ -214,24 +214,36 @@ class Registry:
 
 
 @functools.cache
-def _builtin() -> Registry:
+def shipped() -> Registry:
+    """The variants shipped in ``registry/variants/*.toml`` (read and validated once)."""
     root = _registry_root() / "variants"
     return Registry(v for p in sorted(root.glob("*.toml")) for v in load_file(p))
 
 
-def default_registry() -> Registry:
-    """The shipped variants plus those registered by plugins (``register_variants`` hook)."""
-    from llamahub import plugins
+_builtin = shipped  # the name older tests use
 
-    reg = Registry(_builtin())
-    for v in plugins.plugin_variants():
-        reg.add(v)
-    return reg
+
+def validate(v: Variant, where: str) -> Variant:
+    """Check a variant built elsewhere (a plugin's) by the same rules as the shipped files."""
+    if not isinstance(v, Variant):
+        raise RegistryError(f"{where}: registered {type(v).__name__}, not a llamahub Variant",
+                            hint="build it with llamahub.plugin.Variant(...)")
+    try:
+        v.arch.validate()
+    except CheckpointError as e:
+        raise RegistryError(f"{where}: variant {v.name}: {e.message}", hint="fix its arch") from e
+    _check_variant(v, where)
+    return v
+
+
+def default_registry() -> Registry:
+    """The shipped variants. Plugins' variants join them in ``llamahub.plugins.catalogue()``."""
+    return shipped()
 
 
 def resolve(name: str) -> Variant:
-    return default_registry().resolve(name)
+    return shipped().resolve(name)
 
 
 def variants() -> list[Variant]:
-    return list(default_registry())
+    return list(shipped())

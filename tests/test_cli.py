@@ -72,3 +72,43 @@ def test_plugins_allowlist_from_environment(allow: str) -> None:
 
     out = run("plugins", "--json", env={**os.environ, "LLAMAHUB_PLUGINS": allow})
     assert json.loads(out.stdout) == {"plugins": [], "backends": {}, "sources": {}}
+
+
+def test_info_shows_what_fits_on_this_machine() -> None:
+    out = run("info", "llama-2-70b")
+    assert out.returncode == 0
+    assert "on this machine" in out.stdout and "AVAILABLE" in out.stdout
+    plans = json.loads(run("info", "llama-2-70b", "--json").stdout)["plans"]
+    assert {(p["backend"], p["dtype"]) for p in plans} >= {("cpu", "bf16"), ("cpu", "fp32")}
+    assert not any(p["fits"] for p in plans)  # 129 GiB in bf16 does not fit a 24 GiB machine
+    small = json.loads(run("info", "llama-debug-2", "--json").stdout)["plans"]
+    assert all(p["fits"] for p in small) and all(p["host_bytes"] < 2**30 for p in small)
+
+
+def test_dtype_choices_come_from_the_installed_backends() -> None:
+    out = run("run", "llama-debug-2", "hi", "--dtype", "int9")
+    assert out.returncode == 2 and "bf16, fp32" in out.stderr
+    assert "[bf16|fp32]" in run("run", "--help").stdout
+    bad = run("run", "llama-debug-2", "hi", "-o", "tp")
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_a_backend_option_no_backend_takes_is_refused_before_any_download(tmp_path: Path) -> None:
+    env = os.environ | {"LLAMAHUB_HOME": str(tmp_path), "LLAMAHUB_PROGRESS": "0"}
+    out = run("run", "llama-debug-2", "hi", "-o", "tp=2", env=env)
+    assert out.returncode == 1 and "no options tp" in out.stderr
+    assert not (tmp_path / "cache" / "blobs").exists()
+
+
+def test_a_name_is_never_read_as_a_folder_in_the_working_directory(tmp_path: Path,
+                                                                   llama2_debug_folder: Path) -> None:
+    shutil.copytree(llama2_debug_folder, tmp_path / "llama-debug-2-chatx")
+    shutil.copy(llama2_debug_folder.parent / "tokenizer.model", tmp_path / "tokenizer.model")
+    out = subprocess.run([EXE, "run", "llama-debug-2-chatx", "hi", "-n", "2"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path,
+                         env=os.environ | {"LLAMAHUB_HOME": str(tmp_path / "home")})
+    assert out.returncode == 1 and "unknown variant" in out.stderr and "./llama-debug-2-chatx" in out.stderr
+    ok = subprocess.run([EXE, "run", "./llama-debug-2-chatx", "hi", "-n", "2", "-t", "0"],
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                        env=os.environ | {"LLAMAHUB_HOME": str(tmp_path / "home")})
+    assert ok.returncode == 0, ok.stderr

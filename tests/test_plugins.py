@@ -10,13 +10,16 @@ import pytest
 import llamahub
 from llamahub import plugins, selection
 from llamahub.errors import NoBackendError, PluginError
-from llamahub.interfaces import LoadOptions
+from llamahub.interfaces import Capacity, LoadOptions, MemoryPlan
 from llamahub.registry import _builtin
 
 VARIANT = _builtin().resolve("llama-debug-2-chat")
 
 
 class FakeBackend:
+    dtypes = ("bf16",)
+    devices = ("fake",)
+
     def __init__(self, name: str, priority: int, *, unavailable: str | None = None,
                  memory: int = 1) -> None:
         self.name, self.priority, self.description = name, priority, f"fake {name}"
@@ -28,10 +31,13 @@ class FakeBackend:
     def unsupported_reason(self, variant, options) -> str | None:
         return None
 
-    def memory_estimate(self, variant, options) -> int:
-        return self._memory
+    def plan(self, variant, options) -> MemoryPlan:
+        return MemoryPlan(host_bytes=self._memory, dtype="bf16")
 
-    def load(self, checkpoint, variant, tokenizer, options):
+    def capacity(self) -> Capacity:
+        return Capacity(host_bytes=2**40)
+
+    def load(self, artifacts, variant, options):
         raise AssertionError("not loaded in these tests")
 
 

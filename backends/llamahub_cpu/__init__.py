@@ -7,25 +7,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llamahub import hookimpl
-from llamahub.interfaces import LoadOptions
+from llamahub.plugin import Capacity, LoadOptions, MemoryPlan, hookimpl
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from llamahub.interfaces import Backend
-    from llamahub.model.checkpoint import Checkpoint
-    from llamahub.model.llm import LlamaModel
-    from llamahub.model.tokenizer import Tokenizer
-    from llamahub.registry import Variant
+    from llamahub.plugin import Artifacts, Backend, LlamaModel, Variant
 
-DTYPES = ("fp32", "bf16")
+DTYPES = ("bf16", "fp32")  # the first is the default: half the memory of fp32
+BYTES = {"fp32": 4, "bf16": 2}
+# Activations, logits, allocator arenas and the decode kernel's buffers, beyond weights + cache.
+WORKING_BYTES = 64 * 2**20
 
 
 class CpuBackend:
     name = "cpu"
     priority = 10
     description = "reference transformer on the CPU (fp32, bf16)"
+    dtypes = DTYPES
+    devices = ("cpu",)
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -35,19 +35,29 @@ class CpuBackend:
             return f"dtype {options.dtype!r} not supported (use {' or '.join(DTYPES)})"
         if options.device not in (None, "cpu"):
             return f"runs on the CPU only, not on {options.device!r}"
+        if options.extra:
+            return f"no options {', '.join(sorted(options.extra))} (the cpu backend takes none)"
         return None
 
-    def memory_estimate(self, variant: Variant, options: LoadOptions) -> int:
-        """Weights in the chosen dtype plus a float32 KV cache of up to 4096 positions."""
-        weights = variant.memory_estimate(options.dtype or "bf16", context=0)
-        return weights + variant.memory_estimate("fp32", context=min(variant.context_length, 4096)) \
-            - variant.memory_estimate("fp32", context=0)
+    def plan(self, variant: Variant, options: LoadOptions) -> MemoryPlan:
+        """Weights in the dtype, plus a KV cache (same dtype) for the whole context, plus working memory."""
+        from llamahub.plugin import context_length
 
-    def load(self, checkpoint: Checkpoint, variant: Variant, tokenizer: Tokenizer,
-             options: LoadOptions) -> LlamaModel:
+        dtype = options.dtype or DTYPES[0]
+        a = variant.arch
+        kv = 2 * a.n_layers * a.kv_heads * a.head_dim * context_length(variant, options) * BYTES[dtype]
+        return MemoryPlan(host_bytes=variant.param_count() * BYTES[dtype] + kv + WORKING_BYTES,
+                          dtype=dtype)
+
+    def capacity(self) -> Capacity:
+        import psutil
+
+        return Capacity(host_bytes=psutil.virtual_memory().available)
+
+    def load(self, artifacts: Artifacts, variant: Variant, options: LoadOptions) -> LlamaModel:
         from llamahub_cpu.engine import load_cpu_model
 
-        return load_cpu_model(checkpoint, variant, tokenizer, options)
+        return load_cpu_model(artifacts, variant, options)
 
 
 @hookimpl

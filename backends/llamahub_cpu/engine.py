@@ -1,4 +1,5 @@
-"""Loading the reference transformer for the CPU."""
+"""Loading the reference transformer for the CPU: build on meta, swap in the decode kernel,
+assign the memory-mapped weights."""
 
 from __future__ import annotations
 
@@ -6,44 +7,47 @@ import time
 
 import torch
 
-from llamahub.errors import GenerationError
-from llamahub.interfaces import LoadOptions
-from llamahub.model.checkpoint import Checkpoint
-from llamahub.model.llm import LlamaModel
-from llamahub.model.tokenizer import Tokenizer
-from llamahub.model.transformer import Transformer, build_model
-from llamahub.registry import Variant
+from llamahub.plugin import (
+    Artifacts,
+    GenerationError,
+    LlamaModel,
+    LoadOptions,
+    Reference,
+    Transformer,
+    Variant,
+    assign_weights,
+    build_meta,
+    open_reference,
+)
 from llamahub_cpu.kernels import use_decode_kernel
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_DTYPE = "bf16"  # half the memory of fp32; pass dtype="fp32" for exact fp32 math
 
 
-def build_decoder(checkpoint: Checkpoint, dtype: str = DEFAULT_DTYPE,
-                  threads: int | None = None, *, kernel: bool = True) -> Transformer:
+def build_decoder(ref: Reference, dtype: str = DEFAULT_DTYPE, *, kernel: bool = True) -> Transformer:
     """The model as a decoder callable ``(tokens, start) -> logits``, weights memory-mapped.
 
-    With ``kernel`` the linears use the multi-threaded decode kernel when it is available
-    (``model.kernel`` says what is in use).
+    With ``kernel`` the linears are swapped for the multi-threaded decode kernel's before the
+    weights are assigned, when it is available (``model.kernel`` says what is in use).
     """
     if dtype not in TORCH_DTYPES:
         raise GenerationError(f"the cpu backend has no dtype {dtype!r}",
                               hint=f"use one of {', '.join(TORCH_DTYPES)}")
-    if threads:
-        torch.set_num_threads(threads)
-    layout = checkpoint.rope_layout  # the files' own q/k order: no copy of q/k at load
-    model = build_model(checkpoint.args, checkpoint.state_dict(layout), TORCH_DTYPES[dtype],
-                        rope_layout=layout)
+    model = build_meta(ref.args, ref.rope_layout)  # the files' own q/k order: no copy of q/k at load
     model.kernel = use_decode_kernel(model) if kernel else "aten"
-    return model
+    state = ref.reader.state_dict(ref.rope_layout, dtype=TORCH_DTYPES[dtype])
+    return assign_weights(model, state)
 
 
-def load_cpu_model(checkpoint: Checkpoint, variant: Variant, tokenizer: Tokenizer,
-                   options: LoadOptions) -> LlamaModel:
+def load_cpu_model(artifacts: Artifacts, variant: Variant, options: LoadOptions) -> LlamaModel:
     dtype = options.dtype or DEFAULT_DTYPE
     started = time.perf_counter()
-    model = build_decoder(checkpoint, dtype, options.threads)
-    info = {"load_seconds": time.perf_counter() - started, "threads": torch.get_num_threads(),
-            "kernel": model.kernel,
-            "checkpoint": str(checkpoint.path), "format": checkpoint.format}
-    return LlamaModel(model, tokenizer, variant, backend="cpu", dtype=dtype, info=info)
+    ref = open_reference(artifacts, variant, options)
+    model = build_decoder(ref, dtype)
+    threads = options.threads or torch.get_num_threads()
+    info = {"load_seconds": time.perf_counter() - started, "threads": threads, "kernel": model.kernel,
+            "checkpoint": str(ref.checkpoint.path), "format": ref.checkpoint.format}
+    return LlamaModel(model, ref.tokenizer, variant, backend="cpu", dtype=dtype, info=info,
+                      context_length=ref.args.max_seq_len, threads=options.threads,
+                      close=model.reset_cache)

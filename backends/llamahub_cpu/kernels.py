@@ -87,7 +87,8 @@ def kernel() -> ModuleType | str:
 class DecodeLinear(nn.Module):
     """A bias-free linear layer that uses the kernel for single-token inputs.
 
-    It holds the very same weight tensor as the layer it replaces (no copy).
+    It holds the very same weight tensor as the layer it replaces (no copy); swapped in on
+    the meta device, it receives its weight when the checkpoint is assigned.
     """
 
     def __init__(self, weight: torch.Tensor, gemv: ModuleType) -> None:
@@ -96,7 +97,7 @@ class DecodeLinear(nn.Module):
         self._gemv = gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() != 1:
+        if x.shape[:-1].numel() != 1 or not self.weight.is_contiguous():
             return F.linear(x, self.weight)
         return self._gemv.gemv(x, self.weight)
 
@@ -108,6 +109,6 @@ def use_decode_kernel(model: nn.Module) -> str:
         return f"aten ({gemv})"
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.is_contiguous():
+            if isinstance(child, nn.Linear):
                 setattr(module, name, DecodeLinear(child.weight, gemv))
     return "llamahub AVX2 GEMV"

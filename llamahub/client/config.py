@@ -5,7 +5,7 @@ Sources, strongest first: environment variables (``LLAMAHUB_HUB_URL``, ``LLAMAHU
 (``platformdirs``; ``llamahub login`` and ``llamahub profile set`` write it). ``LLAMAHUB_HOME``
 puts config, data and cache under one folder (handy for tests and throwaway setups).
 
-With no hub URL configured the client uses the embedded hub (see ``embedded.py``).
+With no hub URL configured the client uses the embedded hub (see ``llamahub/launcher.py``).
 """
 
 from __future__ import annotations
@@ -16,38 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import platformdirs
-
 from llamahub.errors import ConfigError
+from llamahub.paths import cache_dir, config_dir, data_dir
 
 HUB_URL_ENV = "LLAMAHUB_HUB_URL"
 TOKEN_ENV = "LLAMAHUB_TOKEN"
-CACHE_ENV = "LLAMAHUB_CACHE"
 OFFLINE_ENV = "LLAMAHUB_OFFLINE"
-HOME_ENV = "LLAMAHUB_HOME"
 EMBEDDED = "embedded"
-
-
-def _home() -> Path | None:
-    home = os.environ.get(HOME_ENV)
-    return Path(home).expanduser() if home else None
-
-
-def config_dir() -> Path:
-    home = _home()
-    return home / "config" if home else Path(platformdirs.user_config_dir("llamahub"))
-
-
-def data_dir() -> Path:
-    home = _home()
-    return home / "data" if home else Path(platformdirs.user_data_dir("llamahub"))
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    home = _home()
-    return home / "cache" if home else Path(platformdirs.user_cache_dir("llamahub"))
 
 
 def offline() -> bool:

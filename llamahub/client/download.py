@@ -37,20 +37,12 @@ import httpx
 
 from llamahub.client.progress import ByteBar
 from llamahub.errors import ChecksumError, DiskSpaceError, DownloadError
+from llamahub.interfaces import RemoteFile
 
 BUFFER = 1 << 20
 NETWORK_READ = 256 << 10  # bytes per socket read; see _larger_reads
 SPACE_MARGIN = 64 << 20
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str
-    url: str
-    size: int | None = None
-    md5: str | None = None
-    sha256: str | None = None
 
 
 @dataclass(frozen=True)

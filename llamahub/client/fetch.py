@@ -19,8 +19,6 @@ from llamahub.errors import ConfigError, OfflineError
 from llamahub.interfaces import Source
 from llamahub.registry import Variant
 
-DEFAULT_SOURCE = "hub"
-
 
 @dataclass
 class FetchReport:
@@ -36,7 +34,21 @@ class FetchReport:
         self.steps[step] = self.steps.get(step, 0.0) + time.perf_counter() - started
 
 
-def _source(name: str, location: str | None) -> Source:
+def default_source() -> Source:
+    """The source that declares itself the default (our hub's, unless a plugin replaces it)."""
+    found = plugins.sources()
+    defaults = [s for s in found.values() if getattr(s, "default", False)]
+    if len(defaults) != 1:
+        named = ", ".join(sorted(s.name for s in defaults)) or "none"
+        raise ConfigError(f"{len(defaults)} download sources claim to be the default ({named})",
+                          hint="name one with source=... (--source), or uninstall a plugin; "
+                               "`llamahub plugins` lists them")
+    return defaults[0]
+
+
+def _source(name: str | None, location: str | None) -> Source:
+    if name is None:
+        return default_source()
     found = plugins.sources()
     if name not in found:
         raise ConfigError(f"no download source named {name!r}",
@@ -60,17 +72,17 @@ def ensure(variant: Variant, session: Session, *, source: str | None = None, loc
     t = time.perf_counter()
     decision = session.gate(variant)
     report.timed("license gates", t)
+    chosen = _source(source, location)
     if not decision.allowed:
-        # Only the hub can allow this (an enterprise grant): ask it, even for a cached copy. Its
-        # link request refuses before any byte moves; cached blobs are reused if it allows.
-        if (source or DEFAULT_SOURCE) != DEFAULT_SOURCE:
+        # Only a source that may carry a grant (the hub) can allow this: ask it, even for a
+        # cached copy. Its link request refuses before any byte moves; cached blobs are reused.
+        if not getattr(chosen, "carries_grants", False):
             decision.raise_if_denied()
         force = True
     snap = None if force else _usable(cache, variant, session, report)
     if snap is not None:
         return snap
-    chosen = _source(source or DEFAULT_SOURCE, location)
-    if session.cfg.offline and chosen.name != "local":
+    if session.cfg.offline and not getattr(chosen, "works_offline", False):
         raise OfflineError(f"{variant.name} is not in the cache and offline mode is on",
                            hint=f"unset LLAMAHUB_OFFLINE and run `llamahub download {variant.name}`, "
                                 "or use a local copy (--from PATH)")
@@ -106,7 +118,7 @@ def _download(variant: Variant, session: Session, cache: Cache, source: Source, 
     from llamahub.client.download import DownloadOptions, download
 
     t = time.perf_counter()
-    plan = source.plan(variant, session, location)
+    plan = source.plan(variant, session.access(), location)
     report.timed("links and manifest", t)
     current = cache.current(variant.name)
     if current is not None:

@@ -12,10 +12,11 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from llamahub.client.config import ClientConfig, load_config
+from llamahub.client.config import ClientConfig, LocalProfile, load_config
 from llamahub.client.hubapi import HubClient
 from llamahub.client.trust import TrustStore
-from llamahub.errors import AuthenticationError, OfflineError
+from llamahub.errors import AuthenticationError, HubUnreachableError, OfflineError
+from llamahub.interfaces import HubAccess
 from llamahub.policy import Decision, Profile, check
 from llamahub.registry import Variant
 
@@ -23,11 +24,20 @@ from llamahub.registry import Variant
 HUB_DECIDES = frozenset({"mau_over_threshold"})
 
 
+# Starts an embedded hub for a profile and returns (url, token); given by the layer above.
+EmbeddedStarter = Callable[[LocalProfile, Callable[[str], None]], tuple[str, str]]
+
+
 class Session:
-    def __init__(self, cfg: ClientConfig | None = None, *, echo: Callable[[str], None] | None = None) -> None:
+    """``embedded`` starts a hub when none is configured (the launcher above the client and the
+    hub passes it); without it an unconfigured session says how to configure one."""
+
+    def __init__(self, cfg: ClientConfig | None = None, *, echo: Callable[[str], None] | None = None,
+                 embedded: EmbeddedStarter | None = None) -> None:
         self.cfg = cfg or load_config()
         self.echo = echo or (lambda _m: None)
         self.trust = TrustStore(self.cfg.hub_state_dir())
+        self._embedded = embedded
         self._hub: HubClient | None = None
 
     @property
@@ -55,10 +65,8 @@ class Session:
                 raise OfflineError("offline mode is on (LLAMAHUB_OFFLINE=1) and this needs the hub",
                                    hint="unset LLAMAHUB_OFFLINE to go online")
             if self.embedded:
-                from llamahub.client.embedded import start_embedded
-
-                running = start_embedded(self.cfg.profile, self.echo)
-                self._hub = HubClient(running.url, running.token)
+                url, token = self._start_embedded()
+                self._hub = HubClient(url, token)
             else:
                 assert self.cfg.hub_url is not None
                 self._hub = HubClient(self.cfg.hub_url, self.cfg.token)
@@ -66,6 +74,16 @@ class Session:
             if self.embedded:
                 self._sync_embedded_profile()
         return self._hub
+
+    def _start_embedded(self) -> tuple[str, str]:
+        if self._embedded is None:
+            raise HubUnreachableError("no hub is configured",
+                                      hint="run `llamahub login --hub URL` or set LLAMAHUB_HUB_URL")
+        return self._embedded(self.cfg.profile, self.echo)
+
+    def access(self) -> HubAccess:
+        """The narrow view of the hub that download sources get."""
+        return _SessionHub(self)
 
     def require_account(self) -> None:
         if not self.embedded and not self.cfg.token:
@@ -121,3 +139,23 @@ class Session:
         if not decision.allowed and not (decision.code in HUB_DECIDES and not self.cfg.offline):
             decision.raise_if_denied()
         return decision
+
+
+class _SessionHub:
+    """``HubAccess`` over a session: the hub starts (or is contacted) on first use."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    @property
+    def url(self) -> str:
+        return self._session.hub.url
+
+    def require_account(self) -> None:
+        self._session.require_account()
+
+    def issue_link(self, variant: str) -> dict[str, Any]:
+        return self._session.hub.issue_link(variant)
+
+    def manifest(self, link_url: str) -> dict[str, Any]:
+        return self._session.hub.manifest(link_url)

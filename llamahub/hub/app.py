@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llamahub import __version__
 from llamahub.crypto import SignatureError
 from llamahub.errors import (
     CheckpointError,
@@ -37,6 +36,7 @@ from llamahub.hub.errors import HubError
 from llamahub.hub.guard import MAX_BODY, Guard
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
 from llamahub.hub.ratelimit import Rate
+from llamahub.version import __version__
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request",

@@ -17,12 +17,10 @@ from typing import Any
 import click
 
 DATA_ENV = "LLAMAHUB_HUB_DATA"
-HUB_URL_ENV = "LLAMAHUB_HUB_URL"
-TOKEN_ENV = "LLAMAHUB_TOKEN"
 
 
 def default_data_dir() -> Path:
-    from llamahub.client.config import data_dir
+    from llamahub.paths import data_dir
 
     return data_dir() / "hub"
 
@@ -264,36 +262,3 @@ def audit_cmd(action: str | None, after: int | None, limit: int, as_json: bool, 
         detail = " ".join(f"{k}={v}" for k, v in row["detail"].items())
         click.echo(f"{row['id']:>6}  {row['at'][:19]}  {row['actor']:<24}  {row['action']:<18} "
                    f"{row['target'] or ''}  {detail}".rstrip())
-
-
-# --- user side -------------------------------------------------------------------------------------
-
-
-@click.command("link")
-@click.argument("family")
-@click.option("--variant", is_flag=True, help="FAMILY names one variant rather than a family")
-@click.option("--hub", "hub_url", envvar=HUB_URL_ENV, help=f"the hub's URL (env {HUB_URL_ENV})")
-@click.option("--token", envvar=TOKEN_ENV, help=f"your API token (env {TOKEN_ENV})")
-@click.option("--json", "as_json", is_flag=True, help="the hub's whole answer, as JSON")
-def link(family: str, variant: bool, hub_url: str | None, token: str | None, as_json: bool) -> None:
-    """Print a signed download link for FAMILY, as Meta's email does.
-
-    Uses --hub/--token when given, else the configured hub (`llamahub login`), else the embedded one.
-    """
-    from dataclasses import replace
-
-    from llamahub.client.config import load_config
-    from llamahub.client.session import Session
-
-    cfg = load_config()
-    if hub_url:
-        cfg = replace(cfg, hub_url=hub_url.rstrip("/"), token=token or cfg.token)
-    with Session(cfg) as session:
-        session.require_account()
-        data = session.hub.issue_link(**{"variant" if variant else "family": family})
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    click.echo(data["url"])
-    click.echo(f"# {', '.join(data['variants'])}; expires {data['expires']}; {data['max_downloads']} "
-               "downloads per file. Replace * with a file path, e.g. LICENSE.", err=True)

@@ -40,9 +40,9 @@ class HubContext:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            from llamahub.registry import default_registry
+            from llamahub.plugins import catalogue
 
-            self._registry = default_registry()
+            self._registry = catalogue()  # shipped variants and plugins' alike
         return self._registry
 
 

@@ -172,7 +172,7 @@ def _check_shapes(model_dir: Path, variant: Variant) -> None:
     from llamahub.model.checkpoint import open_checkpoint
 
     try:
-        open_checkpoint(model_dir, args=variant.arch).state_dict()
+        open_checkpoint(model_dir, args=variant.arch).reader().check()  # headers only
     except CheckpointError as e:
         raise ImportRefusedError(f"{model_dir} does not hold {variant.name}: {e.message}", code=e.code,
                                  hint="check --variant, or re-download the checkpoint") from e

@@ -9,10 +9,10 @@ import functools
 import json
 import mmap
 import pickle
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +25,9 @@ from llamahub.errors import (
 )
 from llamahub.model import convert
 from llamahub.model.args import ModelArgs
+
+if TYPE_CHECKING:
+    from llamahub.model.reader import CheckpointReader
 
 MARKER = "llamahub.json"  # written beside checkpoints we generate or cache: names the variant
 
@@ -44,21 +47,15 @@ class Checkpoint:
         """The q/k row order of the files: Meta's "interleaved" or Hugging Face's "half"."""
         return "interleaved" if self.format == "meta" else "half"
 
-    def state_dict(self, rope_layout: str = "interleaved") -> dict[str, torch.Tensor]:
-        """The full state dict in Meta naming (shards merged), checked.
+    def reader(self) -> CheckpointReader:
+        """The tensors: shapes from headers, one tensor-parallel shard, or the merged state dict."""
+        from llamahub.model.reader import CheckpointReader
 
-        q/k rows come in ``rope_layout``; asking for the files' own layout (``self.rope_layout``)
-        avoids copying (and reading at load) the q/k weights of an HF checkpoint.
-        """
-        if self.format == "meta":
-            if rope_layout != "interleaved":
-                raise CheckpointError("Meta checkpoints are read in the interleaved RoPE layout",
-                                      hint="call state_dict() without rope_layout")
-            state = read_meta_state(self.path)
-        else:
-            state = read_hf_state(self.path, self.args, permute=rope_layout == "interleaved")
-        convert.check_shapes(state, self.args, f"checkpoint {self.path}")
-        return state
+        return CheckpointReader(self)
+
+    def state_dict(self, rope_layout: str = "interleaved") -> dict[str, torch.Tensor]:
+        """The full state dict in Meta naming (shards merged), checked; see ``CheckpointReader``."""
+        return self.reader().state_dict(rope_layout)
 
     def weight_bytes(self) -> int:
         pattern = "consolidated.*.pth" if self.format == "meta" else "*.safetensors"
@@ -82,6 +79,22 @@ def detect_format(path: Path) -> str:
     )
 
 
+def detect_formats(path: Path) -> frozenset[str]:
+    """What a folder holds: "meta", "hf", "gguf", "tokenizer" (empty when it is not a folder)."""
+    if not path.is_dir():
+        return frozenset()
+    found = set()
+    if (path / "params.json").is_file() and any(path.glob("consolidated.*.pth")):
+        found.add("meta")
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        found.add("hf")
+    if any(path.glob("*.gguf")):
+        found.add("gguf")
+    if find_tokenizer(path) is not None:
+        found.add("tokenizer")
+    return frozenset(found)
+
+
 def find_tokenizer(path: Path) -> Path | None:
     """Meta puts tokenizer.model in the model folder (Llama 3) or one level up (Llama 2)."""
     for candidate in (path / "tokenizer.model", path.parent / "tokenizer.model",
@@ -95,17 +108,17 @@ def open_checkpoint(path: str | Path, *, args: ModelArgs | None = None) -> Check
     """Inspect a folder. ``args`` (from the registry) wins over the folder's own config."""
     path = Path(path).expanduser().resolve()
     fmt = detect_format(path)
-    marker = _read_json(path / MARKER) if (path / MARKER).is_file() else {}
+    marker = read_json(path / MARKER) if (path / MARKER).is_file() else {}
     if args is None:
         if fmt == "meta":
             args = _meta_args(path)
         else:
-            args = ModelArgs.from_hf_config(_read_json(path / "config.json"))
+            args = ModelArgs.from_hf_config(read_json(path / "config.json"))
     return Checkpoint(path=path, format=fmt, args=args, tokenizer_path=find_tokenizer(path),
                       variant_name=marker.get("variant"))
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -116,7 +129,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _meta_args(path: Path) -> ModelArgs:
-    params = _read_json(path / "params.json")
+    params = read_json(path / "params.json")
     vocab = None
     if int(params.get("vocab_size", -1)) <= 0:
         # Llama 2 writes -1: the vocabulary size is the embedding's row count.
@@ -163,30 +176,18 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_meta_state(path: Path) -> dict[str, torch.Tensor]:
-    params = _read_json(path / "params.json")
-    shards = [load_pth(p) for p in shard_paths(path)]
-    merged = convert.merge_shards(shards, int(params["dim"]))
-    if len(shards) > 1:
-        for shard in shards:
-            _release_copied(shard, merged)
-    return merged
-
-
-def _release_copied(sources: dict[str, torch.Tensor], result: dict[str, torch.Tensor]) -> None:
+def release_copied(sources: dict[str, torch.Tensor], result: dict[str, torch.Tensor]) -> None:
     """Drop from memory the mapped file pages of source tensors that ``result`` holds a copy of.
 
-    Merging shards or permuting q/k copies those tensors; without this, the pages read for the
-    copy would stay resident next to it (twice the memory) until the whole file is unmapped.
     Only for our own read-only private file mappings: the pages are re-read from disk if used.
     """
     kept = {t.untyped_storage().data_ptr() for t in result.values()}
     for t in sources.values():
         if t.untyped_storage().data_ptr() not in kept:
-            _madvise_dontneed(t)
+            madvise_dontneed(t)
 
 
-def _madvise_dontneed(t: torch.Tensor) -> None:
+def madvise_dontneed(t: torch.Tensor) -> None:
     if sys.platform != "linux" or t.numel() == 0:
         return
     page = mmap.PAGESIZE
@@ -205,55 +206,33 @@ def _libc() -> ctypes.CDLL:
 
 # --- safetensors, memory-mapped without a copy ----------------------------------------------
 
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "I8": torch.int8,
-              "U8": torch.uint8, "BOOL": torch.bool}
+
+def _safetensors_error(path: Path, e: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(f"{path.name} is not a readable safetensors file ({e})",
+                                  hint="delete it and download the variant again")
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor of a .safetensors file, from its header alone."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as e:
+        raise _safetensors_error(path, e) from e
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file as views of a read-only memory map."""
+    """Tensors of a .safetensors file as views of a private memory map (safetensors >= 0.7 maps;
+    nothing is read until a tensor is used)."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        with path.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    except (OSError, ValueError, struct.error) as e:
-        raise CorruptCheckpointError(f"{path.name} is not a readable safetensors file ({e})",
-                                     hint="delete it and download the variant again") from e
-    out: dict[str, torch.Tensor] = {}
-    base = 8 + n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if base + end > len(buf) or info["dtype"] not in _ST_DTYPES:
-            raise CorruptCheckpointError(f"{path.name}: tensor {name} is truncated or of unknown dtype",
-                                         hint="delete it and download the variant again")
-        dtype = _ST_DTYPES[info["dtype"]]
-        count = (end - start) // dtype.itemsize
-        t = torch.frombuffer(buf, dtype=dtype, count=count, offset=base + start) if count else \
-            torch.empty(0, dtype=dtype)
-        out[name] = t.view(info["shape"])
-    return out
-
-
-def read_hf_state(path: Path, args: ModelArgs, *, permute: bool = True) -> dict[str, torch.Tensor]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        missing = [f for f in files if not (path / f).is_file()]
-        if missing:
-            raise MissingShardError(f"{path}: {', '.join(missing)} listed in the index but absent",
-                                    hint="the download is incomplete: download the variant again")
-        paths = [path / f for f in files]
-    else:
-        paths = sorted(path.glob("*.safetensors"))
-    state: dict[str, torch.Tensor] = {}
-    for p in paths:
-        state.update(load_safetensors(p))
-    meta = convert.hf_to_meta(state, args, permute=permute)
-    _release_copied(state, meta)
-    return meta
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as e:
+        raise _safetensors_error(path, e) from e
 
 
 def describe(ckpt: Checkpoint) -> str:

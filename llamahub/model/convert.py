@@ -178,11 +178,16 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
 
 def check_shapes(state: Mapping[str, torch.Tensor], args: ModelArgs, what: str) -> None:
     """Refuse a state dict whose keys or shapes disagree with ``args``."""
+    check_shape_map({k: tuple(v.shape) for k, v in state.items()}, args, what)
+
+
+def check_shape_map(shapes: Mapping[str, tuple[int, ...]], args: ModelArgs, what: str) -> None:
+    """Refuse tensor names/shapes (e.g. read from headers) that disagree with ``args``."""
     want = expected_shapes(args)
-    have = {k for k in state if not (args.tie_embeddings and k == "output.weight")}
+    have = {k for k in shapes if not (args.tie_embeddings and k == "output.weight")}
     missing, extra = sorted(set(want) - have), sorted(have - set(want))
-    wrong = [f"{k}: {tuple(state[k].shape)} != {want[k]}" for k in want
-             if k in state and tuple(state[k].shape) != want[k]]
+    wrong = [f"{k}: {tuple(shapes[k])} != {want[k]}" for k in want
+             if k in shapes and tuple(shapes[k]) != want[k]]
     if missing or extra or wrong:
         detail = "; ".join(
             ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {extra[:3]}"] if extra else [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -11,6 +12,17 @@ from llamahub.errors import GenerationError
 
 # A decoder maps tokens [B, T] at positions start.. to float logits [B, T, vocab].
 Decoder = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class Generator(Protocol):
+    """A backend's own generation loop (llama.cpp, XLA, a remote server, ...).
+
+    Same contract as ``generate_ids``: yield, per step, each row's new token (None once the row
+    has finished); stop a row at ``max_new_tokens`` or a token of ``stop_ids`` (yielded).
+    """
+
+    def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
+                 stop_ids: frozenset[int]) -> Iterator[list[int | None]]: ...
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,8 @@ def generate_ids(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tok
     gen = sampling.generator()
     prev = 0
     for cur in range(min(lens), total):
-        logits = decoder(tokens[:, prev:cur], prev)[:, -1]
+        with torch.inference_mode():  # per step: a suspended generator must not leak the mode
+            logits = decoder(tokens[:, prev:cur], prev)[:, -1]
         nxt = torch.where(in_prompt[:, cur], tokens[:, cur], sample(logits, sampling, gen))
         tokens[:, cur] = nxt
         prev = cur
@@ -96,6 +109,17 @@ def generate_ids(decoder: Decoder, prompts: Sequence[Sequence[int]], max_new_tok
             yield step
         if all(done):
             return
+
+
+class DecoderLoop:
+    """The default ``Generator``: ``generate_ids`` over a decoder callable."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+
+    def __call__(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling,
+                 stop_ids: frozenset[int]) -> Iterator[list[int | None]]:
+        return generate_ids(self.decoder, prompts, max_new_tokens, sampling, stop_ids)
 
 
 class TextStream:

@@ -3,29 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
 
 from llamahub.errors import ChatFormatError, ContextLengthError, GenerationError
 from llamahub.model.chat import Message, chat_stop_ids, encode_dialog, validate_dialog
-from llamahub.model.generation import Decoder, Sampling, TextStream, generate_ids
+from llamahub.model.generation import Decoder, DecoderLoop, Generator, Sampling, TextStream
 
 if TYPE_CHECKING:
     from llamahub.model.tokenizer import Tokenizer
-    from llamahub.registry import Variant
+
+
+class ModelCard(Protocol):
+    """What a model needs to know of its variant (a registry ``Variant`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def chat_format(self) -> str | None: ...
 
 
 class LlamaModel:
-    """A loaded model. Backends build it from a decoder callable and a tokenizer."""
+    """A loaded model. Backends build it from a decoder callable (tokens, start) -> logits, or
+    from their own ``Generator`` loop, and a tokenizer.
 
-    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, variant: Variant, *,
+    ``context_length`` (default: the variant's) is the longest prompt + generation accepted;
+    ``threads`` sets torch's thread count while this model generates, and restores it after.
+    """
+
+    def __init__(self, decoder: Decoder | None, tokenizer: Tokenizer, variant: ModelCard, *,
                  backend: str, dtype: str, close: Callable[[], None] | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, generator: Generator | None = None,
+                 context_length: int | None = None, threads: int | None = None) -> None:
+        if generator is None and decoder is None:
+            raise ValueError("a LlamaModel needs a decoder or a generator")
         self.decoder = decoder
+        self.generator: Generator = generator or DecoderLoop(decoder)  # type: ignore[arg-type]
         self.tokenizer = tokenizer
         self.variant = variant
         self.backend = backend
         self.dtype = dtype
+        self.threads = threads
         self.info = dict(info or {})
+        self._context_length = context_length
         self._close = close
         self.closed = False
 
@@ -34,7 +59,7 @@ class LlamaModel:
 
     @property
     def context_length(self) -> int:
-        return self.variant.context_length
+        return self._context_length or self.variant.context_length
 
     # --- plain completion -------------------------------------------------------------------
 
@@ -81,7 +106,7 @@ class LlamaModel:
                 raise GenerationError("stream=True takes one prompt", hint="stream prompts one at a time")
             return self._stream(ids[0], max_new_tokens, sampling, stop_ids, stop)
         streams = [TextStream(self.tokenizer.decode, stop) for _ in ids]
-        for step in generate_ids(self.decoder, ids, max_new_tokens, sampling, stop_ids):
+        for step in self._steps(ids, max_new_tokens, sampling, stop_ids):
             for ts, tok in zip(streams, step, strict=True):
                 if tok is not None and tok not in stop_ids:
                     ts.push(tok)
@@ -93,7 +118,7 @@ class LlamaModel:
     def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling,
                 stop_ids: frozenset[int], stop: Sequence[str]) -> Iterator[str]:
         ts = TextStream(self.tokenizer.decode, stop)
-        for (tok,) in generate_ids(self.decoder, [ids], max_new_tokens, sampling, stop_ids):
+        for (tok,) in self._steps([ids], max_new_tokens, sampling, stop_ids):
             if tok is None or tok in stop_ids:
                 break
             if piece := ts.push(tok):
@@ -102,6 +127,23 @@ class LlamaModel:
                 return
         if rest := ts.flush():
             yield rest
+
+    def _steps(self, ids: list[list[int]], max_new_tokens: int, sampling: Sampling,
+               stop_ids: frozenset[int]) -> Iterator[list[int | None]]:
+        """The generator's steps, each computed with this model's thread count."""
+        steps = self.generator(ids, max_new_tokens, sampling, stop_ids)
+        while True:
+            before = torch.get_num_threads()
+            if self.threads and self.threads != before:
+                torch.set_num_threads(self.threads)
+            try:
+                step = next(steps, None)
+            finally:
+                if torch.get_num_threads() != before:
+                    torch.set_num_threads(before)
+            if step is None:
+                return
+            yield step
 
     def _check_lengths(self, ids: list[list[int]], max_new_tokens: int) -> None:
         if max_new_tokens < 1:

@@ -283,7 +283,8 @@ def _looks_like_ranks(path: Path) -> bool:
     return bool(_RANK_LINE.match(first_line)) and (b"\n" in head or len(head) < 4096)
 
 
-def _sniff_kind(path: Path) -> str:
+def sniff_kind(path: Path) -> str:
+    """"tiktoken" or "sentencepiece", from the first bytes of the file."""
     try:
         return "tiktoken" if _looks_like_ranks(path) else "sentencepiece"
     except OSError as exc:
@@ -300,7 +301,7 @@ def load_tokenizer(path: Path | str, kind: str | None = None) -> Tokenizer:
         return TiktokenTokenizer(path)
     if kind == "sentencepiece":
         return SentencePieceTokenizer(path)
-    if _sniff_kind(path) == "tiktoken":
+    if sniff_kind(path) == "tiktoken":
         return TiktokenTokenizer(path)
     try:
         return SentencePieceTokenizer(path)

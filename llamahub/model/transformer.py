@@ -1,18 +1,27 @@
-"""The one reference Llama transformer.
+"""The one reference Llama transformer, which every backend transforms.
 
 Pre-norm RMSNorm, SwiGLU feed-forward, rotary position embeddings (Meta's interleaved layout,
-with Llama 3.1 frequency scaling), grouped-query attention and a preallocated KV cache. Every
-projection is an ``nn.Linear`` (minus random init) named as in Meta's checkpoints, so a Meta state dict loads
-as it is; backends quantize or shard the linears after construction.
+with Llama 3.1 frequency scaling), grouped-query attention and a KV cache module. Every
+projection is an ``nn.Linear`` (minus random init) named as in Meta's checkpoints, so a Meta
+state dict loads as it is.
 
-Build it on the meta device and assign memory-mapped weights (``build_model``): no random
-init, no second copy.
+The life of a model: ``build_meta`` (no memory) → module transforms a backend applies (a kernel
+swap, quantized linears, LoRA, a tensor-parallel split) → ``assign_weights`` (memory-mapped
+tensors assigned without a copy, on the target device and dtype). ``build_model`` does the first
+and last step for callers with no transform.
+
+Device-agnostic: the cache, the RoPE table and the causal mask live on the weights' device.
+``forward(tokens, start)`` decodes through the cache (``start`` an int, or a 0-d tensor for
+static-shape devices such as XLA); ``forward(tokens, use_cache=False)`` is the cache-free causal
+forward that training uses. Inference mode is the generation loop's business, not the model's.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -68,33 +77,91 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return out.float()
 
 
-def rope_table(args: ModelArgs, length: int) -> torch.Tensor:
-    """Rotations for positions [0, length) as unit complex numbers: [length, head_dim/2] complex64."""
+def rope_table(args: ModelArgs, length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """cos and sin of the rotations for positions [0, length): [length, head_dim/2, 2] float32."""
     freqs = rope_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
     angles = torch.outer(torch.arange(length, dtype=torch.float32), freqs)
-    return torch.polar(torch.ones_like(angles), angles)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1).to(device)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor, layout: str = "interleaved") -> torch.Tensor:
-    """Rotate pairs of x [B, T, H, D] by the rotations in table [T, D/2]; float32 result.
+    """Rotate pairs of x [B, T, H, D] by table [T, D/2, 2] (cos, sin); float32 result.
 
     ``interleaved`` (Meta's checkpoints) pairs (x[2i], x[2i+1]); ``half`` (Hugging Face's, whose
     q/k rows are permuted) pairs (x[i], x[i + D/2]). The same weights in either layout give
     the same attention scores.
     """
-    rot = table[None, :, None, :]
+    cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
     if layout == "interleaved":
-        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        return torch.view_as_real(xc * rot).flatten(-2)
+        pairs = x.float().unflatten(-1, (-1, 2))
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
     x0, x1 = x.float().chunk(2, dim=-1)
-    out = torch.complex(x0, x1) * rot
-    return torch.cat([out.real, out.imag], dim=-1)
+    return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+
+
+@dataclass
+class Step:
+    """Where the tokens of one forward call sit: what every attention layer needs to know."""
+
+    table: torch.Tensor  # RoPE rotations of these tokens' positions
+    start: int = 0  # first position (int path: the cache is sliced)
+    positions: torch.Tensor | None = None  # positions as a tensor (static-shape path)
+    mask: torch.Tensor | None = None  # boolean [T, S] attention mask, True = attend
+    use_cache: bool = True
+
+
+class KVCache(nn.Module):
+    """Keys and values of past positions: [batch, local kv heads, length, head_dim] buffers.
+
+    Its dtype and device are chosen when the model sets it up (by default the weights'), and it
+    moves with the module (``.to()``). The buffers are not part of the state dict.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, length: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        shape = (batch, kv_heads, length, head_dim)
+        with torch.inference_mode(False):  # usable inside and outside inference mode
+            self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+            self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+    def grown(self, batch: int, length: int) -> KVCache:
+        """A larger cache holding what this one holds."""
+        b, kv, n, d = self.k.shape
+        new = KVCache(max(batch, b), kv, max(length, n), d, self.k.dtype, self.k.device)
+        with torch.inference_mode(False), torch.no_grad():
+            new.k[:b, :, :n] = self.k
+            new.v[:b, :, :n] = self.v
+        return new
+
+    def update(self, step: Step, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v ([B, KV, T, D]) at the step's positions; return the keys and values to attend."""
+        bsz, _, seqlen, _ = k.shape
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if step.positions is not None:  # static shapes: write in place, attend over the whole cache
+            self.k[:bsz].index_copy_(2, step.positions, k)
+            self.v[:bsz].index_copy_(2, step.positions, v)
+            return self.k[:bsz], self.v[:bsz]
+        end = step.start + seqlen
+        self.k[:bsz, :, step.start:end] = k
+        self.v[:bsz, :, step.start:end] = v
+        return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
 
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, rope_layout: str = "interleaved") -> None:
         super().__init__()
         self.rope_layout = rope_layout
+        # Heads held by this module: a tensor-parallel split divides them.
         self.n_heads = args.n_heads
         self.n_kv_heads = args.kv_heads
         self.head_dim = args.head_dim
@@ -102,43 +169,42 @@ class Attention(nn.Module):
         self.wk = Linear(args.dim, self.n_kv_heads * self.head_dim)
         self.wv = Linear(args.dim, self.n_kv_heads * self.head_dim)
         self.wo = Linear(args.n_heads * self.head_dim, args.dim)
-        self.cache_k: torch.Tensor | None = None
-        self.cache_v: torch.Tensor | None = None
+        self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, start: int, table: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        # Attention runs in float32 whatever the weights' dtype: the cache is float32 too.
-        q = apply_rope(self.wq(x).view(bsz, seqlen, -1, self.head_dim), table, self.rope_layout)
-        k = apply_rope(self.wk(x).view(bsz, seqlen, -1, self.head_dim), table, self.rope_layout)
-        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim).float()
-        if self.cache_k is None or self.cache_v is None:
-            raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
-        end = start + seqlen
-        self.cache_k[:bsz, :, start:end] = k.transpose(1, 2)
-        self.cache_v[:bsz, :, start:end] = v.transpose(1, 2)
-        keys, values = self.cache_k[:bsz, :, :end], self.cache_v[:bsz, :, :end]
-        if seqlen == 1:
-            out = _decode_attention(q, keys, values)
+        q = apply_rope(self.wq(x).view(bsz, seqlen, -1, self.head_dim), step.table, self.rope_layout)
+        k = apply_rope(self.wk(x).view(bsz, seqlen, -1, self.head_dim), step.table, self.rope_layout)
+        v = self.wv(x).view(bsz, seqlen, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        gqa = self.n_kv_heads != self.n_heads
+        if not step.use_cache:
+            v = v.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
         else:
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=mask,
-                enable_gqa=self.n_kv_heads != self.n_heads,
-            ).transpose(1, 2)
-        return self.wo(out.reshape(bsz, seqlen, -1).to(x.dtype))
+            if self.cache is None:
+                raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
+            keys, values = self.cache.update(step, k, v)
+            q = q.to(keys.dtype)
+            if seqlen == 1 and step.positions is None:
+                out = _decode_attention(q, keys, values)
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, enable_gqa=gqa)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype))
 
 
 def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Attention of one new token (q [B, 1, H, D]) over the cache ([B, KV, S, D]).
+    """Attention of one new token (q [B, H, 1, D]) over the cache ([B, KV, S, D]).
 
     Plain matmuls: for a single query they cost a fraction of the fused SDPA kernel's setup.
     Query heads are grouped by the KV head they share (GQA) instead of repeating the cache.
     """
-    bsz, _, n_heads, head_dim = q.shape
+    bsz, n_heads, _, head_dim = q.shape
     n_kv = keys.shape[1]
-    qg = q.view(bsz, n_kv, n_heads // n_kv, head_dim)
-    scores = torch.matmul(qg, keys.transpose(-1, -2)) * head_dim**-0.5
-    return torch.matmul(torch.softmax(scores, dim=-1), values).view(bsz, 1, n_heads, head_dim)
+    qg = q.reshape(bsz, n_kv, n_heads // n_kv, head_dim)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * head_dim**-0.5
+    probs = torch.softmax(scores, dim=-1).to(values.dtype)
+    return torch.matmul(probs, values).view(bsz, n_heads, 1, head_dim)
 
 
 class FeedForward(nn.Module):
@@ -160,9 +226,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, start: int, table: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), start, table, mask)
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), step)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -178,68 +243,137 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
         self.rope: torch.Tensor | None = None
-        self.cache_batch = 0
-        self.cache_len = 0
+        self.cache_dtype: torch.dtype | None = None  # None: the weights' dtype
         self.kernel = "aten"  # what runs the linears; backends that swap them say so here
 
-    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
-        """Preallocate the KV cache (float32, whatever the weights' dtype) and the RoPE table.
+    @property
+    def device(self) -> torch.device:
+        return self.norm.weight.device
 
-        Growing keeps what the cache already holds, so a decode can run past the first size.
+    @property
+    def cache_batch(self) -> int:
+        cache = self.layers[0].attention.cache if len(self.layers) else None
+        return cache.batch if cache is not None else 0
+
+    @property
+    def cache_len(self) -> int:
+        cache = self.layers[0].attention.cache if len(self.layers) else None
+        return cache.length if cache is not None else 0
+
+    def setup_cache(self, max_batch: int, max_seq_len: int) -> None:
+        """Allocate (or grow, keeping its contents) the KV cache and the RoPE table.
+
+        The cache takes ``cache_dtype`` (default: the dtype of the weights) and the weights' device;
+        its heads are each attention module's own (local) kv heads.
         """
         if max_batch <= self.cache_batch and max_seq_len <= self.cache_len:
             return
-        max_batch, max_seq_len = max(max_batch, self.cache_batch), max(max_seq_len, self.cache_len)
-        dtype = torch.float32
-        shape = (max_batch, self.args.kv_heads, max_seq_len, self.args.head_dim)
+        dtype = self.cache_dtype or self.norm.weight.dtype
+        if not dtype.is_floating_point:
+            dtype = torch.float32
         for layer in self.layers:
             attn = layer.attention
-            new_k, new_v = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
-            if attn.cache_k is not None and attn.cache_v is not None:
-                b, _, n, _ = attn.cache_k.shape
-                new_k[:b, :, :n] = attn.cache_k
-                new_v[:b, :, :n] = attn.cache_v
-            attn.cache_k, attn.cache_v = new_k, new_v
-        self.rope = rope_table(self.args, max_seq_len)
-        self.cache_batch, self.cache_len = max_batch, max_seq_len
+            if attn.cache is None:
+                attn.cache = KVCache(max_batch, attn.n_kv_heads, max_seq_len, attn.head_dim, dtype,
+                                     self.device)
+            else:
+                attn.cache = attn.cache.grown(max_batch, max_seq_len)
+        self.rope = rope_table(self.args, max(self.cache_len, max_seq_len), self.device)
 
-    @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Logits [B, T, vocab] (float32) for tokens [B, T] placed at positions start..start+T-1."""
+    def reset_cache(self) -> None:
+        """Drop the KV cache (frees its memory; the next decode sets it up again)."""
+        for layer in self.layers:
+            layer.attention.cache = None
+        self.rope = None
+
+    def forward(self, tokens: torch.Tensor, start: int | torch.Tensor = 0, *,
+                use_cache: bool = True) -> torch.Tensor:
+        """Logits [B, T, vocab] (float32) for tokens [B, T] at positions start..start+T-1.
+
+        ``start`` as a 0-d tensor takes the static-shape path (the cache must be set up, and the
+        tokens attend over its whole length under a mask). ``use_cache=False`` ignores the cache:
+        a plain causal forward over ``tokens`` (training, scoring), differentiable.
+        """
         bsz, seqlen = tokens.shape
+        if not use_cache:
+            step = Step(self._table(seqlen)[:seqlen], use_cache=False)
+        elif isinstance(start, torch.Tensor):
+            step = self._static_step(start, seqlen)
+        else:
+            step = self._dynamic_step(bsz, start, seqlen)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, step)
+        return self.output(self.norm(h)).float()
+
+    def _table(self, length: int) -> torch.Tensor:
+        if self.rope is None or self.rope.shape[0] < length:
+            return rope_table(self.args, length, self.device)
+        return self.rope
+
+    def _dynamic_step(self, bsz: int, start: int, seqlen: int) -> Step:
         if self.rope is None or bsz > self.cache_batch or start + seqlen > self.cache_len:
             # grow in steps of 256 positions so a long decode reallocates rarely
             self.setup_cache(bsz, -(-(start + seqlen) // 256) * 256)
         assert self.rope is not None
-        table = self.rope[start:start + seqlen]
         mask = None
         if seqlen > 1:
-            pos = torch.arange(start + seqlen)
-            mask = pos[None, :] <= (pos[start:, None])
-        h = self.tok_embeddings(tokens)
-        for layer in self.layers:
-            h = layer(h, start, table, mask)
-        return self.output(self.norm(h)).float()
+            pos = torch.arange(start + seqlen, device=self.device)
+            mask = pos[None, :] <= pos[start:, None]
+        return Step(self.rope[start:start + seqlen], start=start, mask=mask)
+
+    def _static_step(self, start: torch.Tensor, seqlen: int) -> Step:
+        if self.rope is None:
+            raise RuntimeError("tensor positions need a KV cache set up first: call setup_cache")
+        positions = start.to(self.device) + torch.arange(seqlen, device=self.device)
+        table = self.rope.index_select(0, positions)
+        mask = torch.arange(self.cache_len, device=self.device)[None, :] <= positions[:, None]
+        return Step(table, positions=positions, mask=mask)
 
 
-def build_model(args: ModelArgs, state_dict: dict[str, torch.Tensor],
-                dtype: torch.dtype | None = None, *, rope_layout: str = "interleaved") -> Transformer:
-    """Construct on the meta device and assign ``state_dict`` tensors without copying them.
+# --- building: meta device → transforms → weights --------------------------------------------
 
-    Tensors already in ``dtype`` (e.g. memory-mapped from the checkpoint) are used in place;
-    others are converted once. Missing or unexpected keys raise (strict loading).
-    """
+Transform = Callable[[Transformer], object]
+
+
+def build_meta(args: ModelArgs, rope_layout: str = "interleaved") -> Transformer:
+    """The model's modules on the meta device: no memory, no init. Transform it, then assign."""
     paused = gc.isenabled()
     gc.disable()  # hundreds of small objects: a cyclic-GC pass here costs ~0.1 s for nothing
     try:
         with torch.device("meta"):
-            model = Transformer(args, rope_layout)
+            return Transformer(args, rope_layout)
     finally:
         if paused:
             gc.enable()
-    if args.tie_embeddings and "output.weight" not in state_dict:
-        state_dict = {**state_dict, "output.weight": state_dict["tok_embeddings.weight"]}
-    if dtype is not None:
-        state_dict = {k: v if v.dtype == dtype else v.to(dtype) for k, v in state_dict.items()}
-    model.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def assign_weights(model: Transformer, state_dict: Mapping[str, torch.Tensor], *,
+                   dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                   trainable: bool = False) -> Transformer:
+    """Assign checkpoint tensors to ``model`` (strict: missing or unexpected keys raise).
+
+    Tensors already in ``dtype`` on ``device`` (e.g. memory-mapped from the checkpoint) are used
+    in place, without a copy; others are converted once. Modules swapped in by a transform
+    receive the tensors under the same names (they may convert them in ``_load_from_state_dict``).
+    Parameters are frozen unless ``trainable``; the model is left in eval mode.
+    """
+    state = dict(state_dict)
+    if model.args.tie_embeddings and "output.weight" not in state:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    if dtype is not None or device is not None:
+        state = {k: v.to(device=device or v.device, dtype=dtype or v.dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(trainable)
     return model.eval()
+
+
+def build_model(args: ModelArgs, state_dict: Mapping[str, torch.Tensor],
+                dtype: torch.dtype | None = None, *, rope_layout: str = "interleaved",
+                device: torch.device | str | None = None,
+                transforms: tuple[Transform, ...] = ()) -> Transformer:
+    """``build_meta`` → each of ``transforms`` → ``assign_weights``."""
+    model = build_meta(args, rope_layout)
+    for transform in transforms:
+        transform(model)
+    return assign_weights(model, state_dict, dtype=dtype, device=device)

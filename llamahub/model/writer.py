@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from safetensors.torch import save_file
@@ -20,8 +20,18 @@ from llamahub.model import convert
 from llamahub.model.args import ModelArgs
 from llamahub.model.checkpoint import MARKER
 
-if TYPE_CHECKING:
-    from llamahub.registry import Variant
+
+class VariantSpec(Protocol):
+    """What ``generate_checkpoint`` reads of a variant (a registry ``Variant`` is one)."""
+
+    name: str
+    arch: ModelArgs
+    meta_folder: str
+    tokenizer: str
+    tokenizer_location: str
+    meta_llama2_vocab: bool
+    shards: int
+    debug: bool
 
 PLACEHOLDER_LICENSE = """\
 llama-debug placeholder license (llamahub project text, not a Meta license)
@@ -120,7 +130,7 @@ def random_state_dict(args: ModelArgs, *, seed: int = 0, dtype: torch.dtype = to
     return state
 
 
-def generate_checkpoint(variant: Variant, root: Path, *, fmt: str = "meta", seed: int = 0,
+def generate_checkpoint(variant: VariantSpec, root: Path, *, fmt: str = "meta", seed: int = 0,
                         dtype: torch.dtype = torch.bfloat16, shards: int | None = None) -> Path:
     """Write a random checkpoint of ``variant`` (meant for ``llama-debug``) with its tokenizer.
 

@@ -12,14 +12,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from llamahub import hookimpl
-from llamahub.errors import ChecksumError, ConfigError, MissingShardError, NotACheckpointError
-from llamahub.interfaces import SourcePlan
-from llamahub.model.checklist import parse_checklist
+from llamahub.plugin import (
+    ChecksumError,
+    ConfigError,
+    DownloadError,
+    MissingShardError,
+    NotACheckpointError,
+    RemoteFile,
+    SourcePlan,
+    hookimpl,
+    parse_checklist,
+)
 
 if TYPE_CHECKING:
-    from llamahub.client.session import Session
-    from llamahub.registry import Variant
+    from llamahub.plugin import HubAccess, Variant
 
 OPTIONAL_LOCAL = ("LICENSE", "USE_POLICY.md")
 
@@ -53,16 +59,17 @@ class HubSource:
     name = "hub"
     description = "a llamahub hub (LLAMAHUB_HUB_URL, else the embedded one): signed link + sha256 manifest"
     needs_location = False
+    default = True
+    works_offline = False
+    carries_grants = True  # the hub knows the organisation's enterprise grants
 
-    def plan(self, variant: Variant, session: Session, location: str | None) -> SourcePlan:
-        from llamahub.client.download import RemoteFile
-
-        session.require_account()
-        link = session.hub.issue_link(variant.name)
-        manifest = session.hub.manifest(link["url"])
+    def plan(self, variant: Variant, hub: HubAccess, location: str | None) -> SourcePlan:
+        hub.require_account()
+        link = hub.issue_link(variant.name)
+        manifest = hub.manifest(link["url"])
         files = tuple(RemoteFile(f["path"], expand(link["url"], f["path"]), f["size"], f["md5"], f["sha256"])
                       for f in manifest["files"])
-        return SourcePlan(files, {"source": self.name, "hub": session.hub.url, "link_id": link["link_id"],
+        return SourcePlan(files, {"source": self.name, "hub": hub.url, "link_id": link["link_id"],
                                   "key_id": link["key_id"], "grants": link.get("grants", [])})
 
 
@@ -70,24 +77,30 @@ class MetaUrlSource:
     name = "meta-url"
     description = "a presigned URL with '*' as Meta emails it (md5s from checklist.chk)"
     needs_location = True
+    default = False
+    works_offline = False
+    carries_grants = False
 
-    def plan(self, variant: Variant, session: Session, location: str | None) -> SourcePlan:
+    def plan(self, variant: Variant, hub: HubAccess, location: str | None) -> SourcePlan:
         import httpx
-
-        from llamahub.client.download import RemoteFile
 
         if not location:
             raise ConfigError("the meta-url source needs the URL", hint="pass --meta-url URL")
         expand(location, "")  # refuse a URL without '*' before any request
 
         def read(path: str) -> str | None:
-            response = httpx.get(expand(location, path), timeout=60, follow_redirects=True)
+            try:
+                response = httpx.get(expand(location, path), timeout=60, follow_redirects=True)
+            except httpx.HTTPError as e:
+                raise DownloadError(f"cannot fetch {path} from the presigned URL: {e}",
+                                    hint="check the URL and your network, then try again") from e
             if response.status_code == 404:
                 return None
             if response.status_code >= 400:
-                from llamahub.client.hubapi import hub_error
-
-                raise hub_error(response, f"fetching {path} from the presigned URL")
+                raise DownloadError(f"the presigned URL answered {response.status_code} for {path}: "
+                                    f"{response.text[:300]}",
+                                    hint="Meta's links expire after 24 hours and allow a few downloads "
+                                         "per file: ask for a new one")
             return response.text
 
         md5s = _checklists(variant, read)
@@ -99,8 +112,11 @@ class LocalSource:
     name = "local"
     description = "a folder on this machine (a Meta download root or model folder, an HF folder, file://)"
     needs_location = True
+    default = False
+    works_offline = True
+    carries_grants = False
 
-    def plan(self, variant: Variant, session: Session, location: str | None) -> SourcePlan:
+    def plan(self, variant: Variant, hub: HubAccess, location: str | None) -> SourcePlan:
         if not location:
             raise ConfigError("the local source needs a folder", hint="pass --from PATH")
         folder = Path(unquote(urlsplit(location).path) if location.startswith("file://") else location)
@@ -114,8 +130,6 @@ class LocalSource:
         return self._meta(variant, root)
 
     def _meta(self, variant: Variant, root: Path) -> SourcePlan:
-        from llamahub.client.download import RemoteFile
-
         if not (root / variant.meta_folder).is_dir():
             raise NotACheckpointError(f"{root} holds no {variant.meta_folder}/ folder of Meta's layout",
                                       hint=f"pass the download root that contains {variant.meta_folder}/")
@@ -133,8 +147,6 @@ class LocalSource:
         return SourcePlan(files, {"source": self.name, "folder": str(root)})
 
     def _hf(self, variant: Variant, folder: Path) -> SourcePlan:
-        from llamahub.client.download import RemoteFile
-
         paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         files = tuple(RemoteFile(f"{variant.name}/{p.name}", p.as_uri(), p.stat().st_size) for p in paths)
         return SourcePlan(files, {"source": self.name, "folder": str(folder), "format": "hf"})

@@ -1,4 +1,4 @@
-"""The in-tree CPU backend: dtypes, threads, and its refusals."""
+"""The in-tree CPU backend: dtypes, threads, plans, and its refusals."""
 
 from __future__ import annotations
 
@@ -11,49 +11,65 @@ from llamahub_cpu.engine import build_decoder
 
 from llamahub.errors import NoBackendError
 from llamahub.interfaces import LoadOptions
-from llamahub.model.checkpoint import open_checkpoint
-from llamahub.registry import _builtin
+from llamahub.reference import Reference, folder_artifacts, open_reference
+from llamahub.registry import shipped
 
 
-def test_bf16_close_to_fp32(llama3_debug_folder: Path) -> None:
-    ckpt = open_checkpoint(llama3_debug_folder)
+def _ref(folder: Path, tmp_path: Path) -> Reference:
+    return open_reference(folder_artifacts(folder, tmp_path), shipped().resolve(folder.name))
+
+
+def test_bf16_close_to_fp32(llama3_debug_folder: Path, tmp_path: Path) -> None:
+    ref = _ref(llama3_debug_folder, tmp_path)
     tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
-    fp32 = build_decoder(ckpt, "fp32")(tokens, 0)
-    bf16_model = build_decoder(ckpt, "bf16")
-    assert bf16_model.output.weight.dtype == torch.bfloat16
-    bf16 = bf16_model(tokens, 0)
+    with torch.inference_mode():
+        fp32 = build_decoder(ref, "fp32")(tokens, 0)
+        bf16_model = build_decoder(ref, "bf16")
+        assert bf16_model.output.weight.dtype == torch.bfloat16
+        bf16 = bf16_model(tokens, 0)
     assert bf16.dtype == torch.float32  # logits are always float32
     assert (bf16 - fp32).abs().max().item() < 0.05 * fp32.abs().max().item() + 0.05
 
 
-def test_weights_are_not_copied_when_dtype_matches(llama3_debug_folder: Path) -> None:
-    ckpt = open_checkpoint(llama3_debug_folder)
-    state = ckpt.state_dict()
-    from llamahub.model.transformer import build_model
-
-    model = build_model(ckpt.args, state, torch.float32)
-    w = state["layers.0.feed_forward.w2.weight"]
+def test_weights_are_not_copied_when_dtype_matches(llama3_debug_folder: Path, tmp_path: Path) -> None:
+    ref = _ref(llama3_debug_folder, tmp_path)
+    model = build_decoder(ref, "fp32")
+    w = ref.reader.state_dict()["layers.0.feed_forward.w2.weight"]
     assert model.layers[0].feed_forward.w2.weight.data_ptr() == w.data_ptr()
 
 
-def test_threads_option_is_honoured(llama2_debug_folder: Path) -> None:
+def test_threads_apply_while_the_model_generates_only(llama2_debug_folder: Path) -> None:
     import llamahub
 
     before = torch.get_num_threads()
-    try:
-        m = llamahub.load(llama2_debug_folder, threads=1)
-        assert torch.get_num_threads() == 1 and m.info["threads"] == 1
-    finally:
-        torch.set_num_threads(before)
+    wanted = 1 if before != 1 else 2
+    m = llamahub.load(llama2_debug_folder, threads=wanted)
+    seen: list[int] = []
+    m.decoder.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    assert torch.get_num_threads() == before and m.info["threads"] == wanted
+    m.generate("hello", max_new_tokens=3, temperature=0)
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before  # the process's setting is back
 
 
 def test_refuses_other_devices_and_dtypes() -> None:
     b = llamahub_cpu.CpuBackend()
-    v = _builtin().resolve("llama-debug-2")
+    v = shipped().resolve("llama-debug-2")
     assert b.unavailable_reason() is None
     assert "cuda" in (b.unsupported_reason(v, LoadOptions(device="cuda")) or "")
     assert "int4" in (b.unsupported_reason(v, LoadOptions(dtype="int4")) or "")
-    assert b.memory_estimate(v, LoadOptions(dtype="fp32")) > b.memory_estimate(v, LoadOptions(dtype="bf16"))
+    assert "tp" in (b.unsupported_reason(v, LoadOptions(extra={"tp": 2})) or "")
+
+
+def test_plan_counts_weights_and_a_full_context_cache() -> None:
+    b = llamahub_cpu.CpuBackend()
+    v = shipped().resolve("llama-2-7b")
+    fp32, bf16 = b.plan(v, LoadOptions(dtype="fp32")), b.plan(v, LoadOptions())
+    assert bf16.dtype == "bf16" and fp32.host_bytes > bf16.host_bytes
+    kv_full = 2 * 32 * 32 * 128 * 4096 * 2  # layers x kv heads x head_dim x 4096 positions, bf16
+    assert bf16.host_bytes - v.param_count() * 2 - llamahub_cpu.WORKING_BYTES == kv_full
+    short = b.plan(v, LoadOptions(context_length=1024))
+    assert bf16.host_bytes - short.host_bytes == kv_full * 3 // 4
 
 
 def test_load_with_unsupported_dtype_names_the_reason(llama2_debug_folder: Path) -> None:
@@ -63,31 +79,26 @@ def test_load_with_unsupported_dtype_names_the_reason(llama2_debug_folder: Path)
         llamahub.load(llama2_debug_folder, dtype="int4")
 
 
-def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Path) -> None:
+def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Path, tmp_path: Path) -> None:
     """The AVX2 kernel (when it compiles here) gives the reference logits and generations."""
     from llamahub_cpu.kernels import DecodeLinear, kernel
 
     if isinstance(kernel(), str):
         pytest.skip(f"decode kernel unavailable: {kernel()}")
-    ckpt = open_checkpoint(llama3_debug_folder)
-    fast = build_decoder(ckpt, "fp32")
-    ref = build_decoder(ckpt, "fp32", kernel=False)
-    assert fast.kernel.startswith("llamahub") and ref.kernel == "aten"
-    assert isinstance(fast.layers[0].attention.wq, DecodeLinear)
-    from llamahub_cpu.kernels import use_decode_kernel
-
-    from llamahub.model.transformer import build_model
-
-    model = build_model(ckpt.args, ckpt.state_dict(), torch.float32)
-    before = model.layers[0].feed_forward.w2.weight.data_ptr()
-    use_decode_kernel(model)
-    assert model.layers[0].feed_forward.w2.weight.data_ptr() == before  # swapped, not copied
+    ref = _ref(llama3_debug_folder, tmp_path)
+    fast = build_decoder(ref, "fp32")
+    slow = build_decoder(ref, "fp32", kernel=False)
+    assert fast.kernel.startswith("llamahub") and slow.kernel == "aten"
+    assert isinstance(fast.layers[0].attention.wq, DecodeLinear)  # swapped on meta, then assigned
+    w2 = ref.reader.state_dict()["layers.0.feed_forward.w2.weight"]
+    assert fast.layers[0].feed_forward.w2.weight.data_ptr() == w2.data_ptr()  # not copied
     tokens = torch.tensor([[5, 6, 7, 8, 9]])
-    assert (fast(tokens, 0) - ref(tokens, 0)).abs().max().item() < 1e-4  # prefill: aten path
-    for i in range(5, 30):  # decode: one token at a time through the kernel
-        step = torch.tensor([[i]])
-        assert (fast(step, i) - ref(step, i)).abs().max().item() < 1e-4
-    bf = build_decoder(ckpt, "bf16")
-    bf_ref = build_decoder(ckpt, "bf16", kernel=False)
-    step = torch.tensor([[3]])
-    assert (bf(step, 0) - bf_ref(step, 0)).abs().max().item() < 0.05
+    with torch.inference_mode():
+        assert (fast(tokens, 0) - slow(tokens, 0)).abs().max().item() < 1e-4  # prefill: aten path
+        for i in range(5, 30):  # decode: one token at a time through the kernel
+            step = torch.tensor([[i]])
+            assert (fast(step, i) - slow(step, i)).abs().max().item() < 1e-4
+        bf = build_decoder(ref, "bf16")
+        bf_slow = build_decoder(ref, "bf16", kernel=False)
+        step = torch.tensor([[3]])
+        assert (bf(step, 0) - bf_slow(step, 0)).abs().max().item() < 0.05

@@ -213,3 +213,41 @@ def test_bad_token_and_bad_source_are_clear_errors(make_client: MakeClient, tmp_
     assert missing.returncode == 1 and "is not a folder" in missing.stderr
     unknown = client.cli("download", VARIANT, "--source", "ftp")
     assert unknown.returncode == 1 and "no download source named 'ftp'" in unknown.stderr
+
+
+def test_a_variant_too_big_for_this_machine_is_refused_before_any_network_call(
+        make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, no_network) -> None:
+    from llamahub.errors import NoBackendError
+
+    client = make_client(accept=("llama2",))
+    client.use(monkeypatch)
+    no_network()
+    with pytest.raises(NoBackendError) as e:
+        llamahub.load("llama-2-70b")
+    text = str(e.value)
+    assert "BACKEND" in text and "AVAILABLE" in text and "129.8 GiB" in text  # the per-backend table
+    assert "smallest is bf16 on cpu" in (e.value.hint or "")  # what else was tried: nothing fits
+    monkeypatch.undo()
+    assert client.links() == []
+    assert client.blobs() == []
+
+
+def test_context_beyond_the_variant_needs_rope_scaling(make_client: MakeClient,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamahub.errors import ContextLengthError
+
+    client = make_client()
+    client.use(monkeypatch)
+    with pytest.raises(ContextLengthError, match="RoPE scaling") as e:
+        llamahub.load(VARIANT, context_length=10**6)
+    assert "rope_scaling" in (e.value.hint or "")
+    assert client.links() == []
+    with llamahub.load(VARIANT, context_length=64) as m:
+        assert m.context_length == 64
+        with pytest.raises(llamahub.ContextLengthError, match="64-token context"):
+            m.generate("hello " * 80, max_new_tokens=4)
+    limit = llamahub.variant(VARIANT).context_length
+    with llamahub.load(VARIANT, context_length=2 * limit, rope_scaling={"factor": 2.0}) as m:
+        assert m.context_length == 2 * limit
+        assert m.decoder.args.rope_scaling.factor == 2.0
+        assert isinstance(m.generate("hello", max_new_tokens=3, temperature=0), str)

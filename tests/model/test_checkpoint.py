@@ -150,7 +150,8 @@ def test_hf_index_missing_file(tmp_path: Path) -> None:
 
 def test_released_source_pages_still_read_back_from_disk(tmp_path: Path) -> None:
     """Copied sources (q/k permutation, shard merges) have their pages dropped; data stays intact."""
-    from llamahub.model.checkpoint import _release_copied, load_pth
+    from llamahub.model.checkpoint import load_pth
+    from llamahub.model.checkpoint import release_copied as _release_copied
 
     big = ModelArgs(dim=256, n_layers=1, n_heads=4, vocab_size=64, multiple_of=64)
     state = random_state_dict(big)

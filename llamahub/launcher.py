@@ -1,4 +1,7 @@
-"""The embedded hub: with no hub configured, a real hub runs on 127.0.0.1 inside this process.
+"""The launcher of the embedded hub: with no hub configured, a real hub runs on 127.0.0.1 inside
+this process. The one module that knows both the client and the hub: the client receives only a
+URL and a token (``Session(embedded=embedded_hub)``), and the hub knows nothing of the client.
+
 
 It is the same FastAPI app as ``llamahub hub serve``, served by uvicorn in a daemon thread on a
 free port, with its data in ``<data dir>/embedded-hub``. The first use initialises it (signing
@@ -109,3 +112,9 @@ def start_embedded(profile: LocalProfile, echo: Callable[[str], None] = lambda _
         _serve(create_app(data, rate_limits={}), sock)  # one local user: no rate limits
         _running = EmbeddedHub(url=f"http://127.0.0.1:{sock.getsockname()[1]}", token=token, data=data)
         return _running
+
+
+def embedded_hub(profile: LocalProfile, echo: Callable[[str], None]) -> tuple[str, str]:
+    """(URL, token) of this process's embedded hub, started on first use: a ``Session`` starter."""
+    running = start_embedded(profile, echo)
+    return running.url, running.token

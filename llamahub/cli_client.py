@@ -11,13 +11,16 @@ from typing import Any
 
 import click
 
+from llamahub.cli_options import DtypeType
 from llamahub.errors import ConfigError
 
 
-def _session(echo: bool = True) -> Any:
+def _session(cfg: Any = None, *, echo: bool = True) -> Any:
+    """A client session that starts the embedded hub when no hub is configured."""
     from llamahub.client.session import Session
+    from llamahub.launcher import embedded_hub
 
-    return Session(echo=(lambda m: click.echo(m, err=True)) if echo else None)
+    return Session(cfg, echo=(lambda m: click.echo(m, err=True)) if echo else None, embedded=embedded_hub)
 
 
 def _human(n: float) -> str:
@@ -45,7 +48,6 @@ def login(hub_url: str | None, token: str | None, email: str | None, name: str |
 
     from llamahub.client.config import load_config, save_config
     from llamahub.client.hubapi import HubClient
-    from llamahub.client.session import Session
 
     if not hub_url:
         raise ConfigError("which hub?", hint="pass --hub URL (without a hub, llamahub uses its embedded one)")
@@ -60,7 +62,7 @@ def login(hub_url: str | None, token: str | None, email: str | None, name: str |
         token = answer["token"]
         click.echo(f"registered {answer['user']['email']} ({answer['user']['id']})")
     cfg = replace(cfg, hub_url=hub_url, token=token)
-    with Session(cfg) as session:
+    with _session(cfg, echo=False) as session:
         user = session.hub.me()["user"]
         remote = session.hub.profile()
     profile = replace(cfg.profile, organisation=user["organisation"], country=user["country"],
@@ -116,7 +118,6 @@ def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None
                 eu: bool | None) -> None:
     """Declare MAU and intended uses; saved locally and sent to the hub (every change is recorded there)."""
     from llamahub.client.config import load_config, save_config, with_profile
-    from llamahub.client.session import Session
     from llamahub.errors import HubUnreachableError
     from llamahub.policy import validate_uses
 
@@ -137,7 +138,7 @@ def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None
     if cfg.offline:
         return
     try:
-        with Session(cfg) as session:
+        with _session(cfg, echo=False) as session:
             if not session.embedded:
                 session.require_account()
                 session.hub.set_profile(cfg.profile.hub_body())
@@ -397,7 +398,7 @@ def cache_verify(names: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("model")
 @click.option("--system", help="a system prompt")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]))
+@click.option("--dtype", type=DtypeType(), help="weights dtype (the installed backends' choices)")
 @click.option("-n", "--max-new-tokens", default=256, show_default=True)
 @click.option("-t", "--temperature", default=0.6, show_default=True)
 @click.option("--seed", type=int)
@@ -430,4 +431,33 @@ def chat(model: str, system: str | None, dtype: str | None, max_new_tokens: int,
         m.close()
 
 
-COMMANDS = (login, logout, profile, license, enterprise, download, cache, chat)
+@click.command("link")
+@click.argument("family")
+@click.option("--variant", is_flag=True, help="FAMILY names one variant rather than a family")
+@click.option("--hub", "hub_url", envvar="LLAMAHUB_HUB_URL", help="the hub's URL (env LLAMAHUB_HUB_URL)")
+@click.option("--token", envvar="LLAMAHUB_TOKEN", help="your API token (env LLAMAHUB_TOKEN)")
+@click.option("--json", "as_json", is_flag=True, help="the hub's whole answer, as JSON")
+def link(family: str, variant: bool, hub_url: str | None, token: str | None, as_json: bool) -> None:
+    """Print a signed download link for FAMILY, as Meta's email does.
+
+    Uses --hub/--token when given, else the configured hub (`llamahub login`), else the embedded one.
+    """
+    from dataclasses import replace
+
+    from llamahub.client.config import load_config
+
+    cfg = load_config()
+    if hub_url:
+        cfg = replace(cfg, hub_url=hub_url.rstrip("/"), token=token or cfg.token)
+    with _session(cfg, echo=False) as session:
+        session.require_account()
+        data = session.hub.issue_link(**{"variant" if variant else "family": family})
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(data["url"])
+    click.echo(f"# {', '.join(data['variants'])}; expires {data['expires']}; {data['max_downloads']} "
+               "downloads per file. Replace * with a file path, e.g. LICENSE.", err=True)
+
+
+COMMANDS = (login, logout, profile, license, enterprise, download, cache, chat, link)

@@ -1,0 +1,117 @@
+"""The public plugin API: everything a third-party backend, source or fine-tuning method needs.
+
+Plugins import from here (and from ``llamahub.errors``), never from the client or the hub::
+
+    from llamahub.plugin import Artifacts, LoadOptions, MemoryPlan, Capacity, hookimpl
+    from llamahub.plugin import open_reference, build_meta, assign_weights, LlamaModel
+
+Heavy parts (torch, the model) are imported on first use of their names, so that a plugin
+module importing this stays cheap to import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from llamahub.errors import (
+    ChecksumError,
+    ConfigError,
+    ContextLengthError,
+    DownloadError,
+    GenerationError,
+    LlamahubError,
+    MissingShardError,
+    NoBackendError,
+    NotACheckpointError,
+    PluginError,
+)
+from llamahub.hookspecs import hookimpl
+from llamahub.interfaces import (
+    Artifacts,
+    Backend,
+    Capacity,
+    Finetuner,
+    HubAccess,
+    LoadOptions,
+    MemoryPlan,
+    RemoteFile,
+    Source,
+    SourcePlan,
+)
+from llamahub.model.checklist import parse_checklist
+from llamahub.registry import Variant
+
+if TYPE_CHECKING:
+    from llamahub.model.args import ModelArgs, RopeScaling
+    from llamahub.model.generation import Decoder, DecoderLoop, Generator, Sampling, generate_ids
+    from llamahub.model.llm import LlamaModel
+    from llamahub.model.reader import CheckpointReader
+    from llamahub.model.tokenizer import Tokenizer
+    from llamahub.model.transformer import Transformer, assign_weights, build_meta, build_model
+    from llamahub.reference import Reference, context_length, model_args, open_reference
+
+_LAZY = {
+    "ModelArgs": "llamahub.model.args", "RopeScaling": "llamahub.model.args",
+    "Decoder": "llamahub.model.generation", "DecoderLoop": "llamahub.model.generation",
+    "Generator": "llamahub.model.generation", "Sampling": "llamahub.model.generation",
+    "generate_ids": "llamahub.model.generation",
+    "LlamaModel": "llamahub.model.llm",
+    "CheckpointReader": "llamahub.model.reader",
+    "Tokenizer": "llamahub.model.tokenizer",
+    "Transformer": "llamahub.model.transformer", "assign_weights": "llamahub.model.transformer",
+    "build_meta": "llamahub.model.transformer", "build_model": "llamahub.model.transformer",
+    "Reference": "llamahub.reference", "context_length": "llamahub.reference",
+    "model_args": "llamahub.reference", "open_reference": "llamahub.reference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llamahub.plugin' has no attribute {name!r}")
+
+
+__all__ = [
+    "Artifacts",
+    "Backend",
+    "Capacity",
+    "CheckpointReader",
+    "ChecksumError",
+    "ConfigError",
+    "ContextLengthError",
+    "Decoder",
+    "DecoderLoop",
+    "DownloadError",
+    "Finetuner",
+    "GenerationError",
+    "Generator",
+    "HubAccess",
+    "LlamaModel",
+    "LlamahubError",
+    "LoadOptions",
+    "MemoryPlan",
+    "MissingShardError",
+    "ModelArgs",
+    "NoBackendError",
+    "NotACheckpointError",
+    "PluginError",
+    "Reference",
+    "RemoteFile",
+    "RopeScaling",
+    "Sampling",
+    "Source",
+    "SourcePlan",
+    "Tokenizer",
+    "Transformer",
+    "Variant",
+    "assign_weights",
+    "build_meta",
+    "build_model",
+    "context_length",
+    "generate_ids",
+    "hookimpl",
+    "model_args",
+    "open_reference",
+    "parse_checklist",
+]
