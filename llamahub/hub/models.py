@@ -185,6 +185,7 @@ class LinkSummary(BaseModel):
     revoked: bool
     max_downloads: int
     bytes_served: dict[str, int]
+    downloads: dict[str, float]
 
 
 class LinksOut(BaseModel):

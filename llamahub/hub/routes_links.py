@@ -125,13 +125,17 @@ def _sign_link(ctx: HubContext, request: Request, user: dict[str, Any], body: Li
 
 @router.get("/api/links", response_model=m.LinksOut)
 def my_links(user: User, ctx: Ctx) -> dict[str, Any]:
-    """Your links, newest last, with per-file download counts."""
+    """Your links, newest last, with the bytes served per file (and the same in whole downloads)."""
     out = []
     for link in ctx.store.links_of(user["id"]):
+        served = ctx.store.served_bytes(link["id"])
+        sizes = {f["path"]: int(f["size"]) for f in ctx.store.files(link["policy"]["variants"])}
         out.append({"link_id": link["id"], "family": link["family"], "variants": link["policy"]["variants"],
                     "issued_at": link["issued_at"], "expires": iso(link["expires"]),
                     "revoked": link["revoked_at"] is not None, "max_downloads": link["max_downloads"],
-                    "bytes_served": ctx.store.served_bytes(link["id"])})
+                    "bytes_served": served,
+                    "downloads": {path: _usage(n, sizes.get(path, 0), 1)["downloads"]
+                                  for path, n in served.items()}})
     return {"links": out}
 
 
