@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 64 * 1024
@@ -67,6 +68,8 @@ class Guard:
             if started:
                 raise
             await self._too_large(send)
+        except ClientDisconnect:
+            return  # the client went away while sending its body: nobody is left to answer
         except Exception:
             log.exception("unexpected error answering %s %s", scope.get("method"), scope.get("path"))
             if started:
