@@ -106,7 +106,7 @@ def start_embedded(profile: LocalProfile, echo: Callable[[str], None] = lambda _
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
-        _serve(create_app(data), sock)
+        _serve(create_app(data, rate_limits={}), sock)  # one local user: no rate limits
         _running = EmbeddedHub(url=f"http://127.0.0.1:{sock.getsockname()[1]}", token=token, data=data)
         return _running
 

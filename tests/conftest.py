@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hubtest import CLI, Account, Hub, MakeUser, free_port, run_cli, wait_ready
+from hubtest import CLI, NO_RATE_LIMITS, Account, Hub, MakeUser, free_port, run_cli, wait_ready
 
 from llamahub.model.writer import generate_checkpoint
 from llamahub.registry import resolve as registry_variant
@@ -112,7 +112,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     log = data / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--port", str(port),
-                                 "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
+                                 "--log-level", "warning", *NO_RATE_LIMITS],
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, log)

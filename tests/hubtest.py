@@ -18,6 +18,10 @@ import pytest
 from llamahub import crypto
 
 CLI = [sys.executable, "-m", "llamahub.cli"]
+# The shared test hubs register users and issue links for the whole suite from 127.0.0.1, far over
+# the production rate limits; tests/hub/test_hostile.py checks the limits on a hub of its own.
+NO_RATE_LIMITS = [arg for name in ("register.ip", "link.token", "link.ip", "sign-in.ip", "sign-in.token")
+                  for arg in ("--rate-limit", f"{name}=off")]
 STARTUP_TIMEOUT = 60.0
 
 

@@ -9,7 +9,7 @@ served at ``/openapi.json`` (and ``/docs``) and is the contract.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,21 @@ from llamahub.errors import (
     RegistryError,
     UnknownVariantError,
 )
+from llamahub.hub import models as m
 from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links, routes_site
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
+from llamahub.hub.guard import MAX_BODY, Guard
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
+from llamahub.hub.ratelimit import Rate
 from llamahub.version import __version__
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 422: "invalid_request"}
+               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request",
+               429: "rate_limited"}
+_HTTP_HINTS = {404: "see /docs for the routes", 405: "see /docs for the routes",
+               413: "send a smaller body: every field has a length limit (see /docs)"}
 
 
 def error_body(code: str, message: str, hint: str | None) -> dict[str, Any]:
@@ -69,6 +75,8 @@ async def _llamahub_error(_request: Request, exc: Exception) -> JSONResponse:
     headers["X-Llamahub-Error"] = f"{exc.code}: {exc.message}".encode("ascii", "replace").decode()[:400]
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if status >= 500:
+        headers["Connection"] = "close"
     return JSONResponse(error_body(exc.code, exc.message, exc.hint), status_code=status, headers=headers)
 
 
@@ -83,23 +91,23 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    hint = "see /docs for the routes" if exc.status_code in (404, 405) else None
-    return JSONResponse(error_body(code, str(exc.detail), hint), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    return JSONResponse(error_body(code, str(exc.detail), _HTTP_HINTS.get(exc.status_code)),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
     hint = "retry; if it persists, tell the hub operator (the server log has the details)"
     body = error_body("internal_error", "the hub hit an unexpected error", hint)
-    return JSONResponse(body, status_code=500)
+    return JSONResponse(body, status_code=500, headers={"Connection": "close"})
 
 
 def create_app(data_dir: str | Path, *, public_url: str | None = None, database_url: str | None = None,
                clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
-               max_downloads: int = DEFAULT_MAX_DOWNLOADS) -> FastAPI:
+               max_downloads: int = DEFAULT_MAX_DOWNLOADS, max_body: int = MAX_BODY,
+               rate_limits: Mapping[str, Rate | None] | None = None) -> FastAPI:
     """The hub for ``data_dir`` (initialised with ``llamahub hub init``)."""
     ctx = open_context(Path(data_dir), database_url=database_url, public_url=public_url, clock=clock,
-                       link_ttl=link_ttl, max_downloads=max_downloads)
+                       link_ttl=link_ttl, max_downloads=max_downloads, rate_limits=rate_limits)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -113,7 +121,9 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.add_exception_handler(LlamahubError, _llamahub_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(pages.FormRefused, pages.refused_page)
     app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(Guard, max_body=max_body)
     app.include_router(public_router)
     app.include_router(routes_account.router)
     app.include_router(routes_links.router)
@@ -125,17 +135,17 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     return app
 
 
-public_router = APIRouter(tags=["public"])
+public_router = APIRouter(tags=["public"], responses=m.ERRORS)
 
 
-@public_router.get("/api/health")
+@public_router.get("/api/health", response_model=m.HealthOut)
 def health(ctx: Ctx) -> dict[str, Any]:
     """Liveness: the store answers and a signing key is usable."""
     kid, _ = ctx.keys.signing_key()
     return {"status": "ok", "key_id": kid, "variants": len(ctx.store.imported())}
 
 
-@public_router.get("/.well-known/llamahub-keys.json")
+@public_router.get("/.well-known/llamahub-keys.json", response_model=m.KeysOut)
 def published_keys(ctx: Ctx) -> dict[str, Any]:
     """The hub's public keys, by key id, with their revocation status."""
     kid, _ = ctx.keys.signing_key()

@@ -78,22 +78,27 @@ def init_cmd(data: Path | None, database_url: str | None, as_json: bool) -> None
 @db_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--public-url", help="the URL clients use, if not the one they connect to (proxies)")
+@click.option("--public-url", help="the URL links, receipts and forms name (behind a proxy); "
+                                  "default: the address the hub is bound to")
 @click.option("--link-ttl", default=24 * 3600, show_default=True, type=click.IntRange(1, 7 * 24 * 3600),
               help="seconds a link stays valid")
 @click.option("--max-downloads", default=5, show_default=True, type=click.IntRange(1),
               help="downloads per file per link")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--rate-limit", "rate_limits", multiple=True, metavar="NAME=COUNT/SECONDS",
+              help="change a rate limit (or NAME=off); defaults: register.ip=20/60, link.token=60/60, "
+                   "link.ip=300/60, sign-in.ip=10/60, sign-in.token=10/60")
 def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int, public_url: str | None,
-              link_ttl: int, max_downloads: int, log_level: str) -> None:
+              link_ttl: int, max_downloads: int, log_level: str, rate_limits: tuple[str, ...]) -> None:
     """Serve the hub with uvicorn."""
     import uvicorn
 
     from llamahub.hub.app import create_app
+    from llamahub.hub.ratelimit import parse_limits
 
     app = create_app(_data(data), public_url=public_url, database_url=database_url, link_ttl=link_ttl,
-                     max_downloads=max_downloads)
+                     max_downloads=max_downloads, rate_limits=parse_limits(rate_limits))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,7 @@ from llamahub.hub.blobs import BlobStore
 from llamahub.hub.errors import ConflictError, NotInitialisedError
 from llamahub.hub.keys import KeyRing
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
+from llamahub.hub.ratelimit import Rate, RateLimiter
 from llamahub.hub.store import Store
 from llamahub.registry import Registry
 
@@ -33,6 +34,7 @@ class HubContext:
     clock: Callable[[], float] = time.time
     link_ttl: int = DEFAULT_TTL
     max_downloads: int = DEFAULT_MAX_DOWNLOADS
+    limiter: RateLimiter = field(default_factory=RateLimiter)
     _registry: Registry | None = field(default=None, repr=False)
 
     def now(self) -> dt.datetime:
@@ -92,7 +94,8 @@ def init_hub(data_dir: Path, database_url: str | None = None) -> tuple[str, str]
 
 def open_context(data_dir: Path, *, database_url: str | None = None, public_url: str | None = None,
                  clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
-                 max_downloads: int = DEFAULT_MAX_DOWNLOADS) -> HubContext:
+                 max_downloads: int = DEFAULT_MAX_DOWNLOADS,
+                 rate_limits: Mapping[str, Rate | None] | None = None) -> HubContext:
     store, blobs, keys = open_store(data_dir, database_url)
     if not store.signing_keys():
         store.close()
@@ -100,7 +103,7 @@ def open_context(data_dir: Path, *, database_url: str | None = None, public_url:
                                   hint=f"run `llamahub hub init --data {data_dir}` first")
     ctx = HubContext(Path(data_dir).resolve(), store, blobs, keys,
                      public_url=public_url.rstrip("/") if public_url else None, clock=clock,
-                     link_ttl=link_ttl, max_downloads=max_downloads)
+                     link_ttl=link_ttl, max_downloads=max_downloads, limiter=RateLimiter(rate_limits))
     keys.signing_key()  # fail now, not on the first request, if the key file is unusable
     return ctx
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
@@ -14,18 +15,43 @@ def get_ctx(request: Request) -> HubContext:
     return request.app.state.hub
 
 
+MAX_TOKEN = 128  # longer than any token the hub issues: a longer one is cut and then unknown
 Ctx = Annotated[HubContext, Depends(get_ctx)]
 
 
 def hub_url(request: Request, ctx: HubContext) -> str:
-    """The URL links and receipts name: ``--public-url`` if set, else the URL the client used."""
-    return ctx.public_url or str(request.base_url).rstrip("/")
+    """The URL links and receipts name: ``--public-url`` if set, else the address the hub is bound to
+    (the listening socket's, as the connection was accepted on it), never a request header."""
+    return ctx.public_url or bound_url(request)
+
+
+def client_ip(request: Request) -> str:
+    """The peer's address (uvicorn takes it from X-Forwarded-For only for a trusted proxy)."""
+    return request.client.host if request.client else "unknown"
+
+
+def bound_url(request: Request) -> str:
+    host, port = request.scope.get("server") or ("127.0.0.1", 80)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` as a browser's Origin header names ``url`` (default ports left out)."""
+    parts = urlsplit(url)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    default = {"http": 80, "https": 443}.get(scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
 
 def _bearer(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    return token[:MAX_TOKEN] if scheme.lower() == "bearer" and token else None
 
 
 def _owner(request: Request, ctx: HubContext, who: str) -> tuple[str, dict[str, Any] | None]:

@@ -24,6 +24,7 @@ POLICY_VERSION = 1
 DEFAULT_TTL = 24 * 3600
 MAX_TTL = 7 * 24 * 3600
 DEFAULT_MAX_DOWNLOADS = 5
+MAX_PATH = 1024
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _POLICY_KEYS = ("v", "link_id", "resource", "family", "variants", "subject", "issued", "expires",
@@ -68,6 +69,8 @@ def check_policy(policy: dict[str, Any], family: str, now: float) -> None:
 
 def split_download_path(raw_path: bytes) -> tuple[str, str]:
     """``(family, path)`` of a raw ``/dl/<family>/<path>``; BadRequestError for anything unsafe."""
+    if len(raw_path) > MAX_PATH:
+        raise _bad_path(f"the path is longer than {MAX_PATH} bytes")
     try:
         text = raw_path.decode("ascii")
     except UnicodeDecodeError as e:

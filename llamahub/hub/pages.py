@@ -3,10 +3,10 @@ operators. They call the same functions as the JSON API (llamahub.hub.enterprise
 lands in the audit log the same way.
 
 Signing in means pasting an API token (a user's, or the admin token of ``llamahub hub init``); it
-is kept in an HttpOnly, SameSite=Strict cookie. Every POST must come from the hub's own pages
-(its Origin header, when the browser sends one, must name the hub: the address the request came
-to, or ``--public-url``). Every value shown is
-HTML-escaped. Forms are plain ``application/x-www-form-urlencoded``; no JavaScript.
+is kept in an HttpOnly, SameSite=Strict cookie. Every POST must come from the hub's own pages:
+its Origin header must be present and name the hub (``--public-url``, else the address the hub is
+bound to; never the Host header). Every value shown is HTML-escaped. Forms are plain
+``application/x-www-form-urlencoded``; no JavaScript.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import datetime as dt
 from dataclasses import dataclass
 from html import escape
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -23,9 +23,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from llamahub.errors import LlamahubError
 from llamahub.hub import enterprise
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import get_ctx
+from llamahub.hub.deps import MAX_TOKEN, client_ip, get_ctx, hub_url, origin_of
 from llamahub.hub.errors import BadRequestError, ForbiddenError
+from llamahub.hub.fields import EARLIEST, LATEST, MAX_MAU, text_problem
+from llamahub.hub.ratelimit import RateLimitedError
 from llamahub.hub.routes_admin import check_families, grant_window
+from llamahub.hub.store import token_hash
 
 router = APIRouter(include_in_schema=False)
 
@@ -69,15 +72,39 @@ def _error(e: LlamahubError) -> str:
     return f"<p class=error role=alert>{escape(e.message)}{hint}</p>"
 
 
+class FormRefused(ForbiddenError):
+    """A form posted from anywhere but the hub's own pages: answered with a page, not JSON."""
+
+    code = "cross_site_form"
+
+
+async def refused_page(_request: Request, exc: Exception) -> HTMLResponse:
+    assert isinstance(exc, FormRefused)
+    return _html("Form refused", _error(exc), exc.status)
+
+
 async def _posted(request: Request) -> dict[str, list[str]]:
-    """The posted form, after checking that it comes from this hub's own pages."""
+    """The posted form, after checking that it comes from this hub's own pages.
+
+    The Origin header must be present, not ``null``, and name the hub's public URL (``--public-url``,
+    else the address the hub is bound to); the Host header plays no part.
+    """
     origin = request.headers.get("origin")
-    public = get_ctx(request).public_url
-    ours = {request.url.netloc} | ({urlsplit(public).netloc} if public else set())
-    if origin and origin != "null" and urlsplit(origin).netloc not in ours:
-        raise ForbiddenError("this form was posted from another site", code="cross_site_form",
-                             hint="use the hub's own pages")
-    return parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    ours = origin_of(hub_url(request, get_ctx(request)))
+    if not origin or origin.strip() == "null":
+        raise FormRefused("this form came without an Origin header (or with Origin: null), so the hub "
+                          "cannot tell that it was posted from its own pages",
+                          hint=f"open the form at {ours} in a browser and submit it there")
+    if origin_of(origin.strip()) != ours:
+        raise FormRefused(f"this form was posted from {origin[:100]}, not from this hub's pages",
+                          hint=f"use the hub's own pages at {ours}")
+    form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+    for values in form.values():
+        for value in values:
+            if text_problem(value):
+                raise BadRequestError(f"a form field {text_problem(value)}", code="invalid_request",
+                                      hint="type the values again")
+    return form
 
 
 # Handlers take the form through this dependency and stay sync, so their database work runs in
@@ -90,13 +117,29 @@ def _one(form: dict[str, list[str]], name: str) -> str:
 
 
 def _int(form: dict[str, list[str]], name: str, label: str) -> int | None:
+    """A whole number from 1 to the API's MAU limit, in ASCII digits (with , or _ between)."""
     raw = _one(form, name).replace(",", "").replace("_", "")
     if not raw:
         return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequestError(f"{label} must be a whole number above 0", code="invalid_request",
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_MAU)) or not 1 <= int(raw) <= MAX_MAU:
+        raise BadRequestError(f"{label} must be a whole number from 1 to {MAX_MAU:,}", code="invalid_request",
                               hint=f"write {label} like 800000000")
     return int(raw)
+
+
+def _last_day(form: dict[str, list[str]]) -> dt.datetime | None:
+    """The end of the form's ``expires`` day (UTC): the grant lasts through that whole day."""
+    raw = _one(form, "expires")
+    if not raw:
+        return None
+    try:
+        day = dt.date.fromisoformat(raw) if len(raw) <= 10 else None
+    except ValueError:
+        day = None
+    if day is None or not EARLIEST.date() <= day < LATEST.date() - dt.timedelta(days=1):
+        raise BadRequestError(f"{raw[:40]!r} is not a day between 2000 and 2199", code="invalid_request",
+                              hint="pick a day, like 2027-06-30")
+    return dt.datetime.combine(day, dt.time(), dt.UTC) + dt.timedelta(days=1)
 
 
 def _redirect(path: str) -> RedirectResponse:
@@ -126,8 +169,15 @@ def _sign_in_page(area: _Area, error: str = "", status: int = 200) -> HTMLRespon
 
 
 def _sign_in(request: Request, form: dict[str, list[str]], area: _Area) -> Response:
-    token = _one(form, "token")
-    owner = get_ctx(request).store.token_owner(token) if token else None
+    token = _one(form, "token")[:MAX_TOKEN]
+    ctx = get_ctx(request)
+    try:
+        ctx.limiter.check("sign-in", ip=client_ip(request), token=token_hash(token) if token else None)
+    except RateLimitedError as e:
+        page = _sign_in_page(area, _error(e), e.status)
+        page.headers.update(e.headers)
+        return page
+    owner = ctx.store.token_owner(token) if token else None
     if owner is None or owner[0] != area.role:
         return _sign_in_page(area, _error(BadRequestError(area.refusal, hint=area.refusal_hint)), 401)
     return _set_cookie(_redirect(area.path), request, area.cookie, token)
@@ -320,11 +370,7 @@ def admin_decide(request: Request, kind: str, item_id: str, action: str, form: P
         return _redirect(OPERATORS.path)
     try:
         if (kind, action) == ("requests", "approve"):
-            expires = _one(form, "expires")
-            end = None
-            if expires:  # the grant lasts through that whole day
-                end = dt.datetime.fromisoformat(expires).replace(tzinfo=dt.UTC) + dt.timedelta(days=1)
-            not_before, until = grant_window(ctx, None, end)
+            not_before, until = grant_window(ctx, None, _last_day(form))
             enterprise.approve(ctx.store, item_id, max_mau=_int(form, "max_mau", "the MAU limit"),
                                not_before=not_before, expires=until, note=_one(form, "note")[:4000])
         elif (kind, action) == ("requests", "deny"):
@@ -338,7 +384,4 @@ def admin_decide(request: Request, kind: str, item_id: str, action: str, form: P
             return _html("Not found", "<p>No such action.</p>", 404)
     except LlamahubError as e:
         return _html(OPERATORS.title, _admin_body(ctx, _error(e)), getattr(e, "status", 400))
-    except ValueError:
-        error = _error(BadRequestError("that date is not a date", hint="pick a day, like 2027-06-30"))
-        return _html(OPERATORS.title, _admin_body(ctx, error), 400)
     return _redirect(OPERATORS.path)

@@ -7,26 +7,26 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from llamahub import crypto
+from llamahub.hub import models as m
 from llamahub.hub.accounts import license_text, text_sha256
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import Ctx, User, hub_url
+from llamahub.hub.deps import Ctx, User, client_ip, hub_url
 from llamahub.hub.errors import ConflictError, NotFoundError
+from llamahub.hub.fields import Country, Ident, IdPath, Input, Mau, Name
 from llamahub.policy import LicenseTerms, load_licenses, validate_uses
 
-router = APIRouter(prefix="/api", tags=["accounts"])
+router = APIRouter(prefix="/api", tags=["accounts"], responses=m.ERRORS)
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
 
-class RegisterBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RegisterBody(Input):
     email: str = Field(max_length=320)
-    name: str = Field(min_length=1, max_length=200)
-    organisation: str = Field(min_length=1, max_length=200)
-    country: str = Field(description="ISO 3166-1 alpha-2 code, e.g. DE")
+    name: Name
+    organisation: Name
+    country: Country
 
     @field_validator("email")
     @classmethod
@@ -34,13 +34,6 @@ class RegisterBody(BaseModel):
         if not _EMAIL.match(value.strip()):
             raise ValueError("not an email address")
         return value.strip()
-
-    @field_validator("country")
-    @classmethod
-    def _country(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z]{2}", value.strip()):
-            raise ValueError("use a two-letter ISO 3166-1 code, e.g. US or DE")
-        return value.strip().upper()
 
     @field_validator("name", "organisation")
     @classmethod
@@ -50,46 +43,44 @@ class RegisterBody(BaseModel):
         return value
 
 
-class ProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mau: int = Field(ge=0, le=10**13, description="declared monthly active users")
-    intended_uses: list[str] = Field(max_length=64, description="use ids, see GET /api/licenses")
-    certifications: list[str] = Field(default_factory=list, max_length=32)
+class ProfileBody(Input):
+    mau: Mau
+    intended_uses: list[Ident] = Field(max_length=64, description="use ids, see GET /api/licenses")
+    certifications: list[Name] = Field(default_factory=list, max_length=32)
     eu_domiciled: bool = False
 
 
-class AcceptBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text_sha256: str | None = Field(None, description="sha256 of the text you were shown; refused if "
-                                                      "the hub's text has changed since")
+class AcceptBody(Input):
+    text_sha256: str | None = Field(None, max_length=64,
+                                    description="sha256 of the text you were shown; refused if the hub's "
+                                                "text has changed since")
 
 
 def _public_user(user: dict[str, Any]) -> dict[str, Any]:
     return {k: user[k] for k in ("id", "email", "name", "organisation", "country", "created_at")}
 
 
-@router.post("/users", status_code=201)
-def register(body: RegisterBody, ctx: Ctx) -> dict[str, Any]:
+@router.post("/users", status_code=201, response_model=m.RegisteredOut)
+def register(body: RegisterBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Register; the API token is returned once and stored only as its sha256."""
+    ctx.limiter.check("register", ip=client_ip(request))
     user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country)
     return {"user": _public_user(user), "token": token,
             "note": "store this token now: the hub keeps only its hash and cannot show it again"}
 
 
-@router.get("/users/me")
+@router.get("/users/me", response_model=m.MeOut)
 def me(user: User, ctx: Ctx) -> dict[str, Any]:
     return {"user": _public_user(user), "profile": ctx.store.get_profile(user["id"])}
 
 
-@router.get("/profile")
+@router.get("/profile", response_model=m.ProfileOut)
 def get_profile(user: User, ctx: Ctx) -> dict[str, Any]:
     return {"organisation": user["organisation"], "country": user["country"],
             **ctx.store.get_profile(user["id"])}
 
 
-@router.put("/profile")
+@router.put("/profile", response_model=m.ProfileOut)
 def put_profile(body: ProfileBody, user: User, ctx: Ctx) -> dict[str, Any]:
     """Replace the declared profile; every change is kept in the profile history and the audit log."""
     uses = validate_uses(body.intended_uses)
@@ -98,7 +89,7 @@ def put_profile(body: ProfileBody, user: User, ctx: Ctx) -> dict[str, Any]:
     return {"organisation": user["organisation"], "country": user["country"], **profile}
 
 
-@router.get("/profile/history")
+@router.get("/profile/history", response_model=m.HistoryOut)
 def profile_history(user: User, ctx: Ctx) -> dict[str, Any]:
     return {"history": ctx.store.profile_history(user["id"])}
 
@@ -120,7 +111,7 @@ def _license_info(ctx: HubContext, terms: LicenseTerms) -> dict[str, Any]:
             "text_source": source, "text_url": f"/api/licenses/{terms.id}/text"}
 
 
-@router.get("/licenses")
+@router.get("/licenses", response_model=m.LicensesOut)
 def licenses(ctx: Ctx) -> dict[str, Any]:
     """Every license version; each is accepted separately."""
     return {"licenses": [_license_info(ctx, t) for t in load_licenses().values()]}
@@ -135,7 +126,7 @@ def _receipt(ctx: HubContext, request: Request, user: dict[str, Any], row: dict[
     return crypto.sign_document(payload, key)
 
 
-@router.get("/licenses/status")
+@router.get("/licenses/status", response_model=m.LicenseStatusOut)
 def license_status(request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
     """Which license versions this user accepted, with a signed receipt for each."""
     accepted = ctx.store.acceptances(user["id"])
@@ -149,21 +140,23 @@ def license_status(request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
     return {"licenses": out}
 
 
-@router.get("/licenses/{license_id}")
-def license_info(license_id: str, ctx: Ctx) -> dict[str, Any]:
+@router.get("/licenses/{license_id}", response_model=m.LicenseOut)
+def license_info(license_id: IdPath, ctx: Ctx) -> dict[str, Any]:
     return _license_info(ctx, _terms(license_id))
 
 
-@router.get("/licenses/{license_id}/text")
-def license_text_route(license_id: str, ctx: Ctx) -> Response:
+@router.get("/licenses/{license_id}/text", response_model=None, responses={
+    200: {"description": "the text", "content": {"text/plain": {"schema": {"type": "string"}}}}})
+def license_text_route(license_id: IdPath, ctx: Ctx) -> Response:
     """The exact text whose sha256 an acceptance records."""
     text, source = license_text(ctx, _terms(license_id))
     return Response(text, media_type="text/plain; charset=utf-8",
                     headers={"X-Text-SHA256": text_sha256(text), "X-Text-Source": source})
 
 
-@router.post("/licenses/{license_id}/accept", status_code=201)
-def accept(license_id: str, request: Request, user: User, ctx: Ctx,
+@router.post("/licenses/{license_id}/accept", status_code=201, response_model=m.AcceptOut,
+             responses={200: {"model": m.AcceptOut, "description": "accepted before"}})
+def accept(license_id: IdPath, request: Request, user: User, ctx: Ctx,
            body: Annotated[AcceptBody | None, Body()] = None) -> JSONResponse:
     """Accept one license version; returns the acceptance and a signed receipt (200 if already accepted)."""
     terms = _terms(license_id)

@@ -8,28 +8,29 @@ verify.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llamahub import crypto
+from llamahub.hub import models as m
 from llamahub.hub.accounts import to_grant
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import Ctx, require_admin
 from llamahub.hub.errors import BadRequestError
+from llamahub.hub.fields import MAX_ID, MAX_NAME, MAX_ROW_ID, Ident, IdPath, Input, Name, PositiveMau, When
 
-router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=m.ERRORS)
 
 
-class GrantBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    organisation: str = Field(min_length=1, max_length=200)
-    families: list[str] = Field(min_length=1, max_length=16)
-    max_mau: int | None = Field(None, ge=1, description="the most monthly active users it covers")
-    not_before: dt.datetime | None = Field(None, description="default: now")
-    expires: dt.datetime | None = Field(None, description="default: never")
+class GrantBody(Input):
+    organisation: Name
+    families: list[Ident] = Field(min_length=1, max_length=16)
+    max_mau: PositiveMau | None = Field(None, description="the most monthly active users it covers")
+    not_before: When | None = Field(None, description="default: now")
+    expires: When | None = Field(None, description="default: never")
 
 
 def _aware(value: dt.datetime | None, what: str) -> dt.datetime | None:
@@ -65,7 +66,7 @@ def grant_document(ctx: HubContext, grant: dict[str, Any]) -> dict[str, Any]:
     return crypto.sign_document({"type": "llamahub.enterprise_grant", "v": 1, **grant}, key)
 
 
-@router.post("/grants", status_code=201)
+@router.post("/grants", status_code=201, response_model=m.GrantOut)
 def create_grant(body: GrantBody, ctx: Ctx) -> dict[str, Any]:
     """Grant an organisation use above the MAU threshold for some families."""
     check_families(ctx, body.families)
@@ -74,13 +75,14 @@ def create_grant(body: GrantBody, ctx: Ctx) -> dict[str, Any]:
     return {"grant": row, "document": grant_document(ctx, row)}
 
 
-@router.get("/grants")
-def list_grants(ctx: Ctx, organisation: str | None = None) -> dict[str, Any]:
+@router.get("/grants", response_model=m.GrantsOut)
+def list_grants(ctx: Ctx, organisation: Annotated[str | None, Query(max_length=MAX_NAME)] = None
+                ) -> dict[str, Any]:
     return {"grants": ctx.store.grants(organisation)}
 
 
-@router.post("/grants/{grant_id}/revoke")
-def revoke_grant(grant_id: str, ctx: Ctx) -> dict[str, Any]:
+@router.post("/grants/{grant_id}/revoke", response_model=m.GrantOut)
+def revoke_grant(grant_id: IdPath, ctx: Ctx) -> dict[str, Any]:
     row = ctx.store.revoke_grant(grant_id)
     _, key = ctx.keys.signing_key()
     return {"grant": row, "document": crypto.sign_document({"type": "llamahub.grant_revocation", "v": 1,
@@ -88,23 +90,23 @@ def revoke_grant(grant_id: str, ctx: Ctx) -> dict[str, Any]:
                                                             "revoked_at": row["revoked_at"]}, key)}
 
 
-@router.post("/keys/rotate", status_code=201)
+@router.post("/keys/rotate", status_code=201, response_model=m.KeyRingOut)
 def rotate_key(ctx: Ctx) -> dict[str, Any]:
     """A new signing key signs from now on; older keys keep verifying until revoked."""
     kid = ctx.keys.create("admin")
     return {"active": kid, "keys": ctx.keys.published()}
 
 
-@router.post("/keys/{kid}/revoke")
-def revoke_key(kid: str, ctx: Ctx) -> dict[str, Any]:
+@router.post("/keys/{kid}/revoke", response_model=m.RevokedKeyOut)
+def revoke_key(kid: IdPath, ctx: Ctx) -> dict[str, Any]:
     """Revoke a key: every link and document it signed stops verifying."""
     active = ctx.keys.revoke(kid, "admin")
     return {"revoked": kid, "active": active, "keys": ctx.keys.published()}
 
 
-@router.get("/audit")
-def audit_log(ctx: Ctx, after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
-              action: str | None = None) -> dict[str, Any]:
+@router.get("/audit", response_model=m.AuditOut)
+def audit_log(ctx: Ctx, after: int = Query(0, ge=0, le=MAX_ROW_ID), limit: int = Query(100, ge=1, le=1000),
+              action: str | None = Query(None, max_length=MAX_ID)) -> dict[str, Any]:
     """The append-only audit log, oldest first, ``limit`` rows after id ``after``; ``action`` keeps
     the actions starting with it (``grant.`` or ``link.create``)."""
     return {"entries": ctx.store.audit_log(after=after, limit=limit, action=action)}

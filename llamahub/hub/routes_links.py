@@ -3,46 +3,59 @@
 A download is checked in this order: the raw path is safe; the key is not revoked and the
 signature verifies; the policy is not expired and covers this family's prefix; the link exists
 and is not revoked; the file belongs to a variant the link grants; the Range is satisfiable; the
-per-file download cap is not exhausted (a GET from byte 0 is a start; a resume is not).
+bytes asked for fit in the link's allowance for that file.
+
+The download cap counts bytes: a link with a cap of N serves each file at most N × its size bytes,
+whole files, resumes and parallel ranges alike (a 1-byte probe costs 1 byte). Bytes are counted
+before they are sent, in slices of at most ``SLICE`` bytes, and what a client did not take (it
+went away) is given back; a hub killed mid-transfer loses at most one slice per transfer.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
+import anyio.lowlevel
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+from starlette.types import Receive, Scope, Send
 
 from llamahub import crypto
+from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import Ctx, User, hub_url
+from llamahub.hub.deps import Ctx, User, client_ip, hub_url
 from llamahub.hub.errors import BadRequestError, LinkError, NotFoundError
+from llamahub.hub.fields import MAX_ID, Ident, IdPath, Input, Name
 from llamahub.hub.links import MAX_TTL, build_policy, check_policy, iso, parse_range, split_download_path
 from llamahub.hub.store import new_id
 from llamahub.policy import check
 from llamahub.registry import Variant
 
-router = APIRouter(tags=["links"])
+router = APIRouter(tags=["links"], responses=m.ERRORS)
+FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                   "format": "binary"}}}}
+    for status, what in ((200, "the file"), (206, "the requested range"))}
 CHUNK = 1 << 20
-PolicyQ = Annotated[str, Query(alias="Policy")]
-SignatureQ = Annotated[str, Query(alias="Signature")]
-KeyPairQ = Annotated[str, Query(alias="Key-Pair-Id")]
+SLICE = 64 << 20
+PolicyQ = Annotated[str, Query(alias="Policy", max_length=8192)]
+SignatureQ = Annotated[str, Query(alias="Signature", max_length=256)]
+KeyPairQ = Annotated[str, Query(alias="Key-Pair-Id", max_length=MAX_ID)]
 
 
-class LinkBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    family: str | None = Field(None, description="every imported variant of this family you may get")
-    variant: str | None = Field(None, description="one variant (a name, alias or HF repo id)")
+class LinkBody(Input):
+    family: Ident | None = Field(None, description="every imported variant of this family you may get")
+    variant: Name | None = Field(None, description="one variant (a name, alias or HF repo id)")
     expires_in: int | None = Field(None, ge=1, le=MAX_TTL, description="seconds; default 24 h")
-    max_downloads: int | None = Field(None, ge=1, description="per file; at most the hub's cap")
+    max_downloads: int | None = Field(None, ge=1, le=1000, description="per file; at most the hub's cap")
 
     @model_validator(mode="after")
     def _one_target(self) -> LinkBody:
@@ -63,9 +76,10 @@ def _requested(ctx: HubContext, body: LinkBody) -> tuple[str, list[Variant]]:
     return str(body.family), variants
 
 
-@router.post("/api/links", status_code=201)
+@router.post("/api/links", status_code=201, response_model=m.LinkOut)
 def issue_link(body: LinkBody, request: Request, user: User, ctx: Ctx) -> dict[str, Any]:
     """Run the license gates for every requested variant, then issue a signed link."""
+    ctx.limiter.check("link", ip=client_ip(request), token=user["id"])
     family, variants = _requested(ctx, body)
     profile, grants, now = gate_profile(ctx, user), gate_grants(ctx, user["organisation"]), ctx.now()
     decisions = [(v, check(profile, v, grants, now)) for v in variants]
@@ -109,20 +123,24 @@ def _sign_link(ctx: HubContext, request: Request, user: dict[str, Any], body: Li
             "manifest_url": f"{hub}/api/links/manifest?{url.partition('?')[2]}"}
 
 
-@router.get("/api/links")
+@router.get("/api/links", response_model=m.LinksOut)
 def my_links(user: User, ctx: Ctx) -> dict[str, Any]:
-    """Your links, newest last, with per-file download counts."""
+    """Your links, newest last, with the bytes served per file (and the same in whole downloads)."""
     out = []
     for link in ctx.store.links_of(user["id"]):
+        served = ctx.store.served_bytes(link["id"])
+        sizes = {f["path"]: int(f["size"]) for f in ctx.store.files(link["policy"]["variants"])}
         out.append({"link_id": link["id"], "family": link["family"], "variants": link["policy"]["variants"],
                     "issued_at": link["issued_at"], "expires": iso(link["expires"]),
                     "revoked": link["revoked_at"] is not None, "max_downloads": link["max_downloads"],
-                    "downloads": ctx.store.download_counts(link["id"])})
+                    "bytes_served": served,
+                    "downloads": {path: _usage(n, sizes.get(path, 0), 1)["downloads"]
+                                  for path, n in served.items()}})
     return {"links": out}
 
 
-@router.delete("/api/links/{link_id}")
-def revoke_link(link_id: str, user: User, ctx: Ctx) -> dict[str, Any]:
+@router.delete("/api/links/{link_id}", response_model=m.RevokedLinkOut)
+def revoke_link(link_id: IdPath, user: User, ctx: Ctx) -> dict[str, Any]:
     """Revoke one of your links (another user's link is reported as not found)."""
     link = ctx.store.revoke_link(link_id, user["id"])
     return {"link_id": link["id"], "revoked_at": link["revoked_at"]}
@@ -145,21 +163,28 @@ def _authorise(ctx: HubContext, policy_b64: str, signature: str, kid: str,
     return policy, link
 
 
-@router.get("/api/links/manifest")
+@router.get("/api/links/manifest", response_model=m.ManifestOut)
 def manifest(ctx: Ctx, policy: PolicyQ = "", signature: SignatureQ = "",
              kid: KeyPairQ = "") -> dict[str, Any]:
     """Every file a link serves, with size, md5 and sha256 (pass the link's query string)."""
     pol, link = _authorise(ctx, policy, signature, kid, None)
-    counts = ctx.store.download_counts(link["id"])
+    served, cap = ctx.store.served_bytes(link["id"]), int(pol["max_downloads"])
     files = [{"path": f["path"], "variant": f["variant"], "size": f["size"], "md5": f["md5"],
-              "sha256": f["sha256"], "downloads": counts.get(f["path"], 0)}
+              "sha256": f["sha256"], **_usage(served.get(f["path"], 0), int(f["size"]), cap)}
              for f in ctx.store.files(pol["variants"])]
     return {"link_id": link["id"], "family": pol["family"], "variants": pol["variants"],
             "resource": pol["resource"], "expires": iso(pol["expires"]),
             "max_downloads": pol["max_downloads"], "files": files}
 
 
-@router.api_route("/dl/{family}/{path:path}", methods=["GET", "HEAD"])
+def _usage(served: int, size: int, cap: int) -> dict[str, Any]:
+    """What a link has used of one file: bytes, and the same in whole-file downloads."""
+    return {"bytes_served": served, "bytes_left": max(cap * size - served, 0),
+            "downloads": round(served / size, 3) if size else 0.0}
+
+
+@router.get("/dl/{family}/{path:path}", response_model=None, responses=FILE_RESPONSES)
+@router.head("/dl/{family}/{path:path}", response_model=None, responses=FILE_RESPONSES)
 def download(request: Request, ctx: Ctx, family: str, path: str, policy: PolicyQ = "",
              signature: SignatureQ = "", kid: KeyPairQ = "") -> Response:
     """A file of Meta's layout through a signed link: the link's ``*`` replaced by the file's path."""
@@ -177,10 +202,49 @@ def download(request: Request, ctx: Ctx, family: str, path: str, policy: PolicyQ
     span = parse_range(request.headers.get("range"), row["size"])
     if span is not None and if_range is not None and if_range.strip() != etag:
         span = None
-    if request.method == "GET":
-        resume = span is not None and span[0] > 0
-        ctx.store.start_download(link["id"], rel, int(pol["max_downloads"]), resume=resume)
-    return _blob_response(blob, row, span, etag, head=request.method == "HEAD")
+    if request.method == "HEAD":
+        return _blob_response(row, span, etag, None)
+    start, length = (span[0], span[1] - span[0] + 1) if span else (0, int(row["size"]))
+    meter = _Meter(ctx, link["id"], rel, int(pol["max_downloads"]) * int(row["size"]))
+    meter.reserve_first(length)
+    return _blob_response(row, span, etag, meter.stream(blob, start, length))
+
+
+class _Meter:
+    """Counts the bytes of one file served through one link against the link's allowance."""
+
+    def __init__(self, ctx: HubContext, link_id: str, path: str, allowance: int) -> None:
+        self.ctx, self.link_id, self.path, self.allowance = ctx, link_id, path, allowance
+        self.reserved = 0
+
+    def reserve_first(self, length: int) -> None:
+        """Refuse (403) unless all ``length`` bytes fit; count the first slice of them."""
+        take = min(length, SLICE)
+        self.ctx.store.reserve_bytes(self.link_id, self.path, take, need=length, allowance=self.allowance)
+        self.reserved = take
+
+    def _reserve_next(self, length: int) -> None:
+        take = min(SLICE, length - self.reserved)
+        self.ctx.store.reserve_bytes(self.link_id, self.path, take, need=take, allowance=self.allowance)
+        self.reserved += take
+
+    async def stream(self, blob: Path, start: int, length: int) -> AsyncIterator[bytes | memoryview]:
+        sent = 0
+        try:
+            async with aclosing(_read(blob, start, length)) as blocks:
+                async for block in blocks:
+                    # a block read from the page cache and sent to a client that went away never waits:
+                    # let the event loop deliver the disconnect before counting another block as sent
+                    await anyio.lowlevel.checkpoint()
+                    if sent + len(block) > self.reserved:  # count the next slice before sending it
+                        await anyio.to_thread.run_sync(self._reserve_next, length)
+                    sent += len(block)
+                    yield block
+        finally:
+            if self.reserved > sent:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self.ctx.store.release_bytes, self.link_id, self.path,
+                                                   self.reserved - sent)
 
 
 def _file(ctx: HubContext, policy: dict[str, Any], family: str, path: str) -> dict[str, Any]:
@@ -195,20 +259,34 @@ def _file(ctx: HubContext, policy: dict[str, Any], family: str, path: str) -> di
                         hint="GET /api/links/manifest with the link's query string lists the files")
 
 
-def _blob_response(blob: Path, row: dict[str, Any], span: tuple[int, int] | None, etag: str, *,
-                   head: bool) -> Response:
+def _blob_response(row: dict[str, Any], span: tuple[int, int] | None, etag: str,
+                   body: AsyncIterator[bytes | memoryview] | None) -> Response:
+    """The file's headers, and ``body`` as its content (None: a HEAD answer)."""
     size = int(row["size"])
     headers = {"Accept-Ranges": "bytes", "ETag": etag, "X-Checksum-Sha256": row["sha256"],
                "X-Checksum-Md5": row["md5"], "Cache-Control": "private, no-transform"}
-    start, length, status = 0, size, 200
+    length, status = size, 200
     if span is not None:
-        start, length, status = span[0], span[1] - span[0] + 1, 206
+        length, status = span[1] - span[0] + 1, 206
         headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
     headers["Content-Length"] = str(length)
-    if head:
+    if body is None:
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    return StreamingResponse(_read(blob, start, length), status_code=status, headers=headers,
-                             media_type="application/octet-stream")
+    return _ClosingStream(body, status_code=status, headers=headers, media_type="application/octet-stream")
+
+
+class _ClosingStream(StreamingResponse):
+    """A StreamingResponse that closes its body when it ends, however it ends (a client that went
+    away included), so a metered stream gives back the bytes it did not send at once, not at GC."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            body = self.body_iterator
+            if isinstance(body, AsyncGenerator):
+                with anyio.CancelScope(shield=True):
+                    await body.aclose()
 
 
 async def _read(blob: Path, start: int, length: int) -> AsyncIterator[bytes | memoryview]:

@@ -7,6 +7,7 @@ on SQLite triggers refuse it.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     ForeignKey,
@@ -139,11 +140,11 @@ links = Table(
     Column("revoked_at", String(32), nullable=True),
 )
 
-downloads = Table(
-    "downloads", metadata,
+served = Table(  # bytes of each file served (or about to be) through each link: the download cap
+    "served", metadata,
     Column("link_id", String(32), ForeignKey("links.id"), primary_key=True),
     Column("path", String(500), primary_key=True),
-    Column("count", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
     Column("first_at", String(32), nullable=False),
     Column("last_at", String(32), nullable=False),
 )

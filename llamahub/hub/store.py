@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from llamahub.hub import schema as t
@@ -435,42 +435,44 @@ class Store:
             row = conn.execute(select(t.links).where(t.links.c.id == link_id)).one()
         return _link_dict(row._mapping)
 
-    def start_download(self, link_id: str, path: str, cap: int, *, resume: bool) -> int:
-        """Count one start of ``path`` through ``link_id``; returns the count after.
+    def reserve_bytes(self, link_id: str, path: str, take: int, *, need: int, allowance: int) -> int:
+        """Count ``take`` more bytes of ``path`` as served through ``link_id``; returns the total after.
 
-        A resume (a Range request starting past byte 0) of a file this link already started does
-        not count; anything that would be a start past ``cap`` raises LinkError (HTTP 403).
+        Refused (LinkError, HTTP 403) when ``need`` bytes do not fit in what is left of ``allowance``
+        (the link's cap × the file's size). The first bytes of a file through a link are audited.
         """
         now = utcnow()
-        key = (t.downloads.c.link_id == link_id) & (t.downloads.c.path == path)
+        key = (t.served.c.link_id == link_id) & (t.served.c.path == path)
         with self.write() as conn:
-            row = conn.execute(select(t.downloads.c.count).where(key)).first()
-            count = row.count if row else 0
-            if resume and count >= 1:
-                conn.execute(update(t.downloads).where(key).values(last_at=now))
-                return count
-            if count >= cap:
-                raise LinkError(f"this link already served {path} {count} time(s), its limit of {cap}",
-                                code="download_cap_reached",
-                                hint="request a new link (`llamahub link <family>`); an interrupted "
-                                     "download can still be resumed with wget --continue / curl -C -")
+            row = conn.execute(select(t.served.c.bytes).where(key)).first()
+            used = row.bytes if row else 0
+            if used + need > allowance:
+                left = max(allowance - used, 0)
+                raise LinkError(f"this link has {left:,} of its {allowance:,} bytes of {path} left, and this "
+                                f"request asks for {need:,}", code="download_cap_reached",
+                                hint="request a new link (`llamahub link <family>`); each link serves each "
+                                     "file at most its download cap times its size, resumes included")
             if row is None:
-                conn.execute(insert(t.downloads).values(link_id=link_id, path=path, count=1,
-                                                        first_at=now, last_at=now))
+                conn.execute(insert(t.served).values(link_id=link_id, path=path, bytes=take, first_at=now,
+                                                     last_at=now))
+                self.audit(conn, "link:" + link_id, "download.start", path)
             else:
-                changed = conn.execute(update(t.downloads).where(key, t.downloads.c.count < cap)
-                                       .values(count=t.downloads.c.count + 1, last_at=now)).rowcount
-                if changed != 1:
-                    raise LinkError(f"download limit of {cap} reached for {path}",
-                                    code="download_cap_reached", hint="request a new link")
-            self.audit(conn, "link:" + link_id, "download.start", path, count=count + 1)
-        return count + 1
+                conn.execute(update(t.served).where(key).values(bytes=t.served.c.bytes + take, last_at=now))
+        return used + take
 
-    def download_counts(self, link_id: str) -> dict[str, int]:
+    def release_bytes(self, link_id: str, path: str, unsent: int) -> None:
+        """Give back bytes counted by :meth:`reserve_bytes` that were never sent (a client went away)."""
+        key = (t.served.c.link_id == link_id) & (t.served.c.path == path)
+        with self.write() as conn:
+            conn.execute(update(t.served).where(key).values(
+                bytes=case((t.served.c.bytes > unsent, t.served.c.bytes - unsent), else_=0)))
+
+    def served_bytes(self, link_id: str) -> dict[str, int]:
+        """path → bytes counted against the link's cap."""
         with self.read() as conn:
-            rows = conn.execute(select(t.downloads.c.path, t.downloads.c.count)
-                                .where(t.downloads.c.link_id == link_id))
-            return {r.path: r.count for r in rows}
+            query = select(t.served.c.path, t.served.c.bytes).where(t.served.c.link_id == link_id)
+            rows = conn.execute(query)
+            return {r.path: r.bytes for r in rows}
 
 
 def _profile_dict(row: Any) -> dict:

@@ -6,23 +6,37 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Client, MakeClient
+from hubtest import CLI, NO_RATE_LIMITS, free_port, wait_ready
 from netproxy import ThrottledProxy
 
 BIG = "llama-debug-big-25m"  # two shards of ~13 MB
 
 
 @pytest.fixture
-def slow_hub(make_client: MakeClient) -> Iterator[tuple[Client, ThrottledProxy]]:
+def slow_hub(make_client: MakeClient, tmp_path: Path) -> Iterator[tuple[Client, ThrottledProxy]]:
+    """The relay in front of a second hub process on the same data: links name a hub's public URL,
+    never the Host header a request came with, so that hub's --public-url is the relay."""
     client = make_client()
-    proxy = ThrottledProxy(client.hub.port, rate=6e6)  # 6 MB/s per connection
-    yield client, proxy
-    proxy.close()
+    port, log = free_port(), tmp_path / "relayed-hub.log"
+    proxy = ThrottledProxy(port, rate=6e6)  # 6 MB/s per connection
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(client.hub.data), "--port", str(port),
+                                 "--public-url", proxy.url, "--log-level", "warning", *NO_RATE_LIMITS],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, log)
+        yield client, proxy
+    finally:
+        proxy.close()
+        proc.terminate()
+        proc.wait(timeout=15)
 
 
 def _staged_bytes(client: Client) -> int:

@@ -2,7 +2,7 @@
 
 - Mid-download: a client reads part of a 64 MiB file through a signed link and stops reading;
   the server is killed while it is sending. After a restart on the same data dir and port,
-  ``curl -C -`` finishes the file, ``md5sum -c`` passes, and the resume was not a second download.
+  ``curl -C -`` finishes the file, ``md5sum -c`` passes, and the resume cost only the bytes it fetched.
 - Mid-acceptance: client threads keep accepting licenses and updating profiles while the
   server is killed after a random delay, several times. After each restart the SQLite database is
   opened directly and checked: integrity, every acceptance with exactly one audit row (and no audit
@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from hubtest import CLI, file_url, free_port, run_cli, wait_ready
+from hubtest import CLI, NO_RATE_LIMITS, file_url, free_port, run_cli, wait_ready
 
 from llamahub.model.writer import generate_checkpoint
 from llamahub.registry import _builtin
@@ -75,7 +75,8 @@ class Server:
         assert self.proc is None, "already running"
         with self.log.open("a") as out:
             self.proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(self.data), "--host",
-                                          "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
+                                          "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+                                          *NO_RATE_LIMITS],
                                          stdout=out, stderr=subprocess.STDOUT)
         wait_ready(self.url, self.proc, self.log)
 
@@ -194,7 +195,8 @@ def test_sigkill_mid_download_then_curl_resumes(server: Server, hub_data: HubDat
     assert READ_BEFORE_KILL <= target.stat().st_size == received < BIG_SIZE
 
     server.start()  # same data dir, same port: the link URL is unchanged
-    assert manifest_files(server.url, link)[BIG]["downloads"] == 1  # the start was recorded before the kill
+    # the bytes were counted before they were sent (the first slice: the whole 64 MiB file)
+    assert manifest_files(server.url, link)[BIG]["bytes_served"] == BIG_SIZE
     resumed = subprocess.run([curl, "-sS", "--fail", "-C", "-", "-o", str(target), file_url(link, BIG)],
                              capture_output=True, text=True, timeout=60)
     assert resumed.returncode == 0, resumed.stderr
@@ -208,17 +210,17 @@ def test_sigkill_mid_download_then_curl_resumes(server: Server, hub_data: HubDat
     assert target.stat().st_size == BIG_SIZE
     assert hashlib.sha256(target.read_bytes()).hexdigest() == entry["sha256"]
 
-    # the resume was not a second download: the link's cap of 2 still allows one more, then refuses
-    assert manifest_files(server.url, link)[BIG]["downloads"] == 1
+    # the resume cost only what it fetched: of the cap of 2 × the file, exactly what the client had
+    # received before the kill is left; a whole copy more is refused, a range that fits is served
+    assert manifest_files(server.url, link)[BIG]["bytes_left"] == received
     with httpx.Client(timeout=30) as client:
-        with client.stream("GET", file_url(link, BIG)) as second:
-            assert second.status_code == 200
-            assert sum(len(c) for c in second.iter_raw(1 << 20)) == BIG_SIZE
-        third = client.get(file_url(link, BIG))
-        assert third.status_code == 403 and third.json()["error"]["code"] == "download_cap_reached"
-        tail = client.get(file_url(link, BIG), headers={"Range": f"bytes={BIG_SIZE - 1000}-"})
-        assert tail.status_code == 206 and len(tail.content) == 1000  # resuming still works
-    assert manifest_files(server.url, link)[BIG]["downloads"] == 2
+        whole = client.get(file_url(link, BIG))
+        assert whole.status_code == 403 and whole.json()["error"]["code"] == "download_cap_reached"
+        tail = client.get(file_url(link, BIG), headers={"Range": f"bytes={BIG_SIZE - received}-"})
+        assert tail.status_code == 206 and len(tail.content) == received
+        probe = client.get(file_url(link, BIG), headers={"Range": "bytes=0-0"})
+        assert probe.status_code == 403  # nothing is left, not even one byte
+    assert manifest_files(server.url, link)[BIG]["bytes_left"] == 0
 
 
 # --- mid-acceptance --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -48,21 +49,59 @@ def test_head_gives_size_and_is_not_a_download(hub: Hub, make_user: MakeUser) ->
     assert downloads(hub, url)[SHARD] == 0
 
 
-def test_resumed_requests_do_not_count(hub: Hub, make_user: MakeUser) -> None:
+def served(hub: Hub, url: str, path: str = SHARD) -> dict[str, int]:
+    entry = next(f for f in manifest(hub, url)["files"] if f["path"] == path)
+    return {"served": entry["bytes_served"], "left": entry["bytes_left"], "size": entry["size"]}
+
+
+def test_the_cap_counts_bytes_resumes_and_parallel_ranges_included(hub: Hub, make_user: MakeUser) -> None:
     url = make_user().link(variant="llama-debug-2-chat", max_downloads=2)["url"]
-    body = full(url)
-    for start in (10, 1000, 50_000):  # resuming three times
-        part = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes={start}-"})
-        assert part.status_code == 206 and part.content == body[start:]
-    assert downloads(hub, url)[SHARD] == 1
-    full(url)  # the second (and last) counted download
-    third = httpx.get(file_url(url, SHARD))
-    assert third.status_code == 403 and error_code(third) == "download_cap_reached"
-    from_zero = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=0-"})
-    assert from_zero.status_code == 403  # a Range from byte 0 is a new download, not a resume
-    resume = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=500-"})
-    assert resume.status_code == 206 and resume.content == body[500:]  # finishing one still works
-    assert downloads(hub, url)[SHARD] == 2
+    size = served(hub, url)["size"]
+    probe = httpx.get(file_url(url, SHARD), headers={"Range": "bytes=0-0"})
+    assert probe.status_code == 206 and len(probe.content) == 1
+    assert served(hub, url) == {"served": 1, "left": 2 * size - 1, "size": size}  # a probe costs a byte
+    quarter = size // 4
+    spans = [(i * quarter, size - 1 if i == 3 else (i + 1) * quarter - 1) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:  # a parallel download, as the llamahub client makes one
+        parts = list(pool.map(lambda s: httpx.get(file_url(url, SHARD),
+                                                  headers={"Range": f"bytes={s[0]}-{s[1]}"}), spans))
+    assert all(p.status_code == 206 for p in parts)
+    body = b"".join(p.content for p in parts)
+    assert len(body) == size and served(hub, url)["served"] == 1 + size
+    half = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes={size // 2}-"})
+    assert half.status_code == 206 and half.content == body[size // 2:]
+    left = served(hub, url)["left"]
+    assert left == 2 * size - 1 - size - (size - size // 2)
+    whole = httpx.get(file_url(url, SHARD))
+    assert whole.status_code == 403 and error_code(whole) == "download_cap_reached"
+    past = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes=0-{left}"})  # one byte too many
+    assert past.status_code == 403 and error_code(past) == "download_cap_reached"
+    fits = httpx.get(file_url(url, SHARD), headers={"Range": f"bytes=1-{left - 1}"})
+    assert fits.status_code == 206 and fits.content == body[1:left]
+    assert served(hub, url)["left"] == 1
+    assert httpx.get(file_url(url, SHARD), headers={"Range": "bytes=5-6"}).status_code == 403
+    assert httpx.head(file_url(url, SHARD)).status_code == 200  # HEAD costs nothing
+
+
+def test_an_abandoned_download_gives_back_what_it_did_not_send(hub: Hub, make_user: MakeUser) -> None:
+    big = "llama-debug-big-25m/consolidated.00.pth"
+    url = make_user().link(variant="llama-debug-big-25m", max_downloads=1)["url"]
+    size = served(hub, url, big)["size"]
+    assert size > 10 << 20
+    with httpx.Client(timeout=30) as client, client.stream("GET", file_url(url, big)) as response:
+        assert response.status_code == 200
+        received = 0
+        for chunk in response.iter_raw(1 << 16):
+            received += len(chunk)
+            if received >= 1 << 18:
+                break
+    deadline = time.monotonic() + 10
+    while served(hub, url, big)["served"] >= size and time.monotonic() < deadline:
+        time.sleep(0.05)
+    counted = served(hub, url, big)["served"]
+    assert received <= counted < size  # what was sent (received, or held by socket buffers)
+    rest = httpx.get(file_url(url, big), headers={"Range": f"bytes={counted}-"})
+    assert rest.status_code == 206 and len(rest.content) == size - counted  # the resume fits the cap
 
 
 def test_download_cap_gives_403_with_a_clear_body(hub: Hub, make_user: MakeUser, tmp_path: Path) -> None:
@@ -73,7 +112,7 @@ def test_download_cap_gives_403_with_a_clear_body(hub: Hub, make_user: MakeUser,
     over = httpx.get(file_url(url, "LICENSE"))
     assert over.status_code == 403
     error = over.json()["error"]
-    assert error["code"] == "download_cap_reached" and "limit of 5" in error["message"]
+    assert error["code"] == "download_cap_reached" and "has 0 of its" in error["message"]
     assert "request a new link" in error["hint"]
     assert full(url, "USE_POLICY.md")  # the cap is per file
     if shutil.which("wget"):

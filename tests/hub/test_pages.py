@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hubtest import CLI, Hub, MakeUser, free_port, wait_ready
+from hubtest import CLI, NO_RATE_LIMITS, Hub, MakeUser, free_port, wait_ready
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("LLAMAHUB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -130,7 +130,8 @@ def test_a_hub_behind_a_proxy_takes_forms_from_its_public_address(hub: Hub, make
     port, log = free_port(), tmp_path / "proxied-hub.log"
     with log.open("w") as out:
         proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(hub.data), "--port", str(port),
-                                 "--public-url", "https://hub.example.test", "--log-level", "warning"],
+                                 "--public-url", "https://hub.example.test", "--log-level", "warning",
+                                 *NO_RATE_LIMITS],
                                 stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -91,18 +91,21 @@ def test_audit_and_profile_history_are_append_only(store: Store, statement: str)
     assert len(store.audit_log()) == 2
 
 
-def test_download_counting(store: Store) -> None:
+def test_download_cap_counts_bytes(store: Store) -> None:
     user, _ = store.create_user("e@example.com", "E", "Acme", "US")
     store.add_key("k" * 16, "pem")
     store.create_link("l_1", user["id"], "llama-debug", "k" * 16, {}, expires=2**40, max_downloads=2)
-    assert store.start_download("l_1", "a", 2, resume=True) == 1  # a first access counts, even mid-file
-    assert store.start_download("l_1", "a", 2, resume=True) == 1
-    assert store.start_download("l_1", "a", 2, resume=False) == 2
+    assert store.reserve_bytes("l_1", "a", 1, need=1, allowance=200) == 1  # a probe costs one byte
+    assert store.reserve_bytes("l_1", "a", 60, need=150, allowance=200) == 61  # the first slice of 150
     with pytest.raises(LinkError) as refused:
-        store.start_download("l_1", "a", 2, resume=False)
+        store.reserve_bytes("l_1", "a", 100, need=140, allowance=200)
     assert refused.value.code == "download_cap_reached" and refused.value.status == 403
-    assert store.start_download("l_1", "a", 2, resume=True) == 2
-    assert store.download_counts("l_1") == {"a": 2}
+    assert "139 of its 200 bytes" in refused.value.message
+    store.release_bytes("l_1", "a", 40)  # the client went away: 40 counted bytes were never sent
+    assert store.served_bytes("l_1") == {"a": 21}
+    store.release_bytes("l_1", "a", 1000)
+    assert store.served_bytes("l_1") == {"a": 0}
+    assert [e["target"] for e in store.audit_log(action="download.")] == ["a"]  # the first bytes only
 
 
 # --- blobs --------------------------------------------------------------------------------------
