@@ -67,12 +67,17 @@ def status_for(exc: LlamahubError) -> int:
     return 400
 
 
+def _header_text(text: str, limit: int = 400) -> str:
+    """``text`` as a header value can carry it: printable ASCII only (the rest as ``?``), cut short."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:limit]).strip()
+
+
 async def _llamahub_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LlamahubError)
     status = status_for(exc)
     headers = dict(getattr(exc, "headers", None) or {})
     # wget shows only the status line: its --server-response (-S) shows this header, with the reason
-    headers["X-Llamahub-Error"] = f"{exc.code}: {exc.message}".encode("ascii", "replace").decode()[:400]
+    headers["X-Llamahub-Error"] = _header_text(f"{exc.code}: {exc.message}")
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status >= 500:

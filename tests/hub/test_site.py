@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hubtest import Hub
+from hubtest import Hub, MakeUser
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("LLAMAHUB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -90,3 +90,12 @@ def test_docs_assets_are_served_by_the_hub(hub: Hub) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert httpx.get(f"{hub.url}/redoc").status_code == 404  # it would load from a CDN
     assert httpx.get(f"{hub.url}/", headers={"accept": "text/html"}).status_code == 200
+
+
+def test_the_reason_header_survives_any_input(hub: Hub, make_user: MakeUser) -> None:
+    user = make_user()
+    r = user.http.post("/api/links", json={"variant": "no\x0bsuch\u2713\nvariant"})
+    assert r.status_code == 404, r.text
+    header = r.headers["x-llamahub-error"]
+    assert header.startswith("unknown_variant: unknown variant 'no") and "such?" in header
+    assert all(" " <= c <= "~" for c in header)
