@@ -65,6 +65,28 @@ def _ask(label: str, rule: Any) -> str:
     return str(click.prompt(label, value_proc=rule))
 
 
+_QUESTIONS = {"email": ("email", _email), "name": ("name", _filled),
+              "organisation": ("organisation", _filled),
+              "country": ("country (two letters, e.g. US or DE)", _country)}
+
+
+def _register(hub_url: str, answers: dict[str, str]) -> dict[str, Any]:
+    """Register on the hub; an answer the hub refuses is asked again (at a terminal or a pipe)."""
+    from llamahub.client.hubapi import HubClient
+    from llamahub.errors import HubError
+
+    with HubClient(hub_url) as anonymous:
+        while True:
+            try:
+                return anonymous.register(**answers)
+            except HubError as e:
+                field = e.message.partition(":")[0]
+                if e.code != "invalid_request" or field not in _QUESTIONS:
+                    raise
+                click.echo(f"Error: {e.message}", err=True)
+                answers[field] = _ask(*_QUESTIONS[field])
+
+
 @click.command()
 @click.option("--hub", "hub_url", envvar="LLAMAHUB_HUB_URL", help="the hub's URL")
 @click.option("--token", help="an API token you already have (else register a new account)")
@@ -78,19 +100,16 @@ def login(hub_url: str | None, token: str | None, email: str | None, name: str |
     from dataclasses import replace
 
     from llamahub.client.config import load_config, save_config
-    from llamahub.client.hubapi import HubClient
 
     if not hub_url:
         raise ConfigError("which hub?", hint="pass --hub URL (without a hub, llamahub uses its embedded one)")
     cfg = load_config()
     hub_url = hub_url.rstrip("/")
     if not token:
-        email = email or _ask("email", _email)
-        name = name or _ask("name", _filled)
-        organisation = organisation or _ask("organisation", _filled)
-        country = country or _ask("country (two letters, e.g. US or DE)", _country)
-        with HubClient(hub_url) as anonymous:
-            answer = anonymous.register(email, name, organisation, country)
+        answers = {"email": email or _ask("email", _email), "name": name or _ask("name", _filled),
+                   "organisation": organisation or _ask("organisation", _filled),
+                   "country": country or _ask(_QUESTIONS["country"][0], _country)}
+        answer = _register(hub_url, answers)
         token = answer["token"]
         click.echo(f"registered {answer['user']['email']} ({answer['user']['id']})")
     cfg = replace(cfg, hub_url=hub_url, token=token)
