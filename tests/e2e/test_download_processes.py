@@ -141,9 +141,12 @@ def test_ctrl_c_stops_the_download_at_once_and_the_rerun_resumes(make_client: Ma
         assert proc.returncode == 130, err
         assert "interrupted" in err and f"llamahub download {BIG}` resumes" in err
         assert to_exit < 3.0, f"{to_exit:.2f} s from SIGINT to exit"
-        # two connections at 1 MB/s for at most the time it took to stop, and nothing more
-        assert staged - at_signal < 2e6 * to_exit + 1_000_000, (at_signal, staged)
-        assert staged < 12_000_000
+        # what the connections carried while it stopped, plus what already sat in socket buffers
+        # (a client slowed by a busy machine lags behind the relay): megabytes, not the rest
+        assert staged - at_signal < 2e6 * to_exit + 3_000_000, (at_signal, staged)
+        assert staged < 12_000_000  # of about 26 MB: the transfer did not run on
+        time.sleep(1)
+        assert _on_disk(client) == staged  # and nothing writes after the exit
         assert not (client.cache / "variants" / BIG).exists()
         print(f"SIGINT at {at_signal:,} staged bytes; exit after {to_exit:.2f} s with {staged:,} staged")
 
