@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 DTYPES = ("bf16", "fp16", "fp32")  # the first is the default
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-OPTIONS = ("tp", "timeout")
+OPTIONS = ("tp", "timeout", "nnodes", "master_addr", "master_port")
 # Per process: the interpreter and torch (about 250 MiB on CPU), activations, allocator arenas.
 PROCESS_BYTES = 320 * 2**20
 WORKING_BYTES = 64 * 2**20
@@ -71,6 +71,9 @@ class CudaBackend:
         tp = options.extra.get("tp", 1)
         if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
             return f"tp must be a whole number of ranks >= 1, got {tp!r}"
+        nnodes = options.extra.get("nnodes", 1)
+        if not isinstance(nnodes, int) or nnodes < 1 or tp % nnodes:
+            return f"nnodes must divide tp={tp} (each node runs tp/nnodes ranks), got {nnodes!r}"
         if options.device not in (None, "cpu", "cuda"):
             return f"runs on cuda or cpu ranks, not on {options.device!r}"
         if options.device != "cuda" and "tp" not in options.extra:
@@ -81,8 +84,9 @@ class CudaBackend:
                 return f"{why}; for tensor parallelism on CPU ranks pass device='cpu', tp=N"
             import torch
 
-            if tp > torch.cuda.device_count():
-                return f"tp={tp} needs {tp} GPUs, {torch.cuda.device_count()} here"
+            local = tp // nnodes
+            if local > torch.cuda.device_count():
+                return f"tp={tp} needs {local} GPUs on this node, {torch.cuda.device_count()} here"
         return split_reason(variant.arch, tp)
 
     def plan(self, variant: Variant, options: LoadOptions) -> MemoryPlan:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from llamahub.errors import BackendError, LlamahubError
-from llamahub_cuda.worker import WorkerSpec, main
+from llamahub_cuda.worker import Rendezvous, WorkerSpec, main
 
 STOP_GRACE_S = 3.0
 
@@ -37,8 +37,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Engine:
     """``world`` worker processes holding one model; ``forward`` is a decoder callable."""
 
-    def __init__(self, spec: WorkerSpec, *, ranks: range | None = None,
-                 load_timeout_s: float = 600.0) -> None:
+    def __init__(self, spec: WorkerSpec, master_addr: str, master_port: int, *,
+                 local_ranks: int | None = None, load_timeout_s: float = 600.0) -> None:
         self.spec = spec
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["llamahub_cuda.worker"])  # used when the server starts
@@ -47,9 +47,10 @@ class Engine:
         self.closed = False
         self._inbox: dict[int, list[tuple[Any, ...]]] = {}
         self._finalizer = weakref.finalize(self, _stop, self.procs, self.conns)
-        for rank in ranks if ranks is not None else range(spec.world):
+        for rank in range(spec.world if local_ranks is None else local_ranks):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=main, args=(spec, rank, child), daemon=True,
+            rdzv = Rendezvous(master_addr, master_port, rank, spec.timeout_s)
+            proc = ctx.Process(target=main, args=(rdzv, spec, child), daemon=True,
                                name=f"llamahub-tp-rank{rank}")
             proc.start()
             child.close()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from llamahub.plugin import (
     Artifacts,
+    ConfigError,
     DecoderLoop,
     LlamaModel,
     LoadOptions,
@@ -33,9 +35,17 @@ def load_model(artifacts: Artifacts, variant: Variant, options: LoadOptions, dev
 
     spec = WorkerSpec(artifacts=artifacts, variant=variant, options=options, world=tp, device=device,
                       dtype=dtype, threads=options.threads or default_threads(tp),
-                      master_addr="127.0.0.1", master_port=free_port(),
                       timeout_s=float(option(options, "timeout", 600.0)))
-    engine = Engine(spec)
+    nnodes = int(option(options, "nnodes", 1))
+    if nnodes > 1:  # torchrun's variables; the other nodes run `python -m llamahub_cuda.node`
+        addr = str(option(options, "master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1")))
+        port = option(options, "master_port", os.environ.get("MASTER_PORT"))
+        if port is None:
+            raise ConfigError(f"nnodes={nnodes} needs the rendezvous port every node uses",
+                              hint="set MASTER_ADDR and MASTER_PORT (or pass master_port=)")
+    else:
+        addr, port = "127.0.0.1", free_port()
+    engine = Engine(spec, addr, int(port), local_ranks=tp // nnodes)
     info |= {"pids": engine.pids, "threads_per_rank": spec.threads,
              "load_seconds": time.perf_counter() - started}
     return LlamaModel(engine, ref.tokenizer, variant, backend="cuda", dtype=dtype, info=info,

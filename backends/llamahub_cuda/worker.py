@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import pickle
 import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ import torch
 HEADER = 5  # op, batch, length, start, last_only
 INLINE = 64  # tokens carried in the header's broadcast
 OP_STOP, OP_PING, OP_FORWARD = 0, 1, 2
+SPEC_KEY = "llamahub/spec"
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -43,10 +46,23 @@ class WorkerSpec:
     device: str  # "cpu" or "cuda"
     dtype: str
     threads: int
-    master_addr: str
-    master_port: int
     timeout_s: float = 600.0
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the ranks meet (torchrun's MASTER_ADDR and MASTER_PORT) and which rank this is.
+
+    Rank 0 hosts the store there and publishes the ``WorkerSpec``; ranks started by a node
+    launcher on another machine read it from the store, so they need nothing else.
+    """
+
+    master_addr: str
+    master_port: int
+    rank: int
+    timeout_s: float = 600.0
+    folder: str | None = None  # the checkpoint's folder on this node, when it differs
 
 
 def rank_device(device: str, rank: int) -> torch.device:
@@ -76,23 +92,23 @@ def build_rank_model(reader: Any, args: Any, rank: int, world: int, device: torc
     return assign_weights(model, state, dtype=TORCH_DTYPES[dtype], device=device)
 
 
-def main(spec: WorkerSpec, rank: int, conn: Any) -> None:
-    """The worker process's entry point (started by the driver, or by a node launcher)."""
+def main(rdzv: Rendezvous, spec: WorkerSpec | None, conn: Any) -> None:
+    """A rank's process: join, load its slice, serve (started by the driver or a node launcher)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid> prints where a rank is
     _watch_parent(os.getppid())
-    os.environ.update(spec.env)
-    torch.set_num_threads(spec.threads)
+    rank = rdzv.rank
     try:
         import torch.distributed as dist
 
         from llamahub.plugin import open_reference
 
+        spec, store = join(rdzv, spec)
+        os.environ.update(spec.env)
+        torch.set_num_threads(spec.threads)
         device = rank_device(spec.device, rank)
-        dist.init_process_group("nccl" if spec.device == "cuda" else "gloo",
-                                init_method=f"tcp://{spec.master_addr}:{spec.master_port}",
-                                rank=rank, world_size=spec.world,
-                                timeout=timedelta(seconds=spec.timeout_s))
+        dist.init_process_group("nccl" if spec.device == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=spec.world, timeout=timedelta(seconds=spec.timeout_s))
         ref = open_reference(spec.artifacts, spec.variant, spec.options)
         model = build_rank_model(ref.reader, ref.args, rank, spec.world, device, spec.dtype)
         if conn is not None:
@@ -104,7 +120,27 @@ def main(spec: WorkerSpec, rank: int, conn: Any) -> None:
             with contextlib.suppress(OSError):
                 conn.send(("error", type(e).__name__, str(e), getattr(e, "hint", None),
                            traceback.format_exc()))
+        else:
+            traceback.print_exc()
         os._exit(1)
+    os._exit(0)
+
+
+def join(rdzv: Rendezvous, spec: WorkerSpec | None) -> tuple[WorkerSpec, Any]:
+    """Meet at the rendezvous store; rank 0 publishes the spec, the others read it."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore(rdzv.master_addr, rdzv.master_port, is_master=rdzv.rank == 0,
+                          timeout=timedelta(seconds=rdzv.timeout_s), wait_for_workers=False)
+    if rdzv.rank == 0:
+        store.set(SPEC_KEY, pickle.dumps(spec))
+    elif spec is None:
+        spec = pickle.loads(store.get(SPEC_KEY))  # the same trust as torch.distributed itself
+    assert spec is not None
+    if rdzv.folder:
+        folder = Path(rdzv.folder)
+        spec = replace(spec, artifacts=replace(spec.artifacts, folder=folder, root=folder.parent))
+    return spec, store
 
 
 def _watch_parent(parent: int) -> None:

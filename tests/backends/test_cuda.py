@@ -234,6 +234,32 @@ def test_ctrl_c_or_a_killed_driver_leaves_no_worker(sig: int, debug_root: Path, 
             proc.wait()
 
 
+def test_two_nodes_meet_at_a_rendezvous_on_localhost(debug_root: Path, tmp_path: Path) -> None:
+    """Node 0 is this process (driver + rank 0); node 1 is a launcher process with rank 1."""
+    from llamahub_cuda.driver import free_port
+
+    name = "llama-debug-3.1-instruct"
+    folder = debug_root / name / name
+    port = free_port()
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    node1 = subprocess.Popen([sys.executable, "-m", "llamahub_cuda.node", "--nnodes", "2",
+                              "--node-rank", "1", "--timeout", "60"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        model = _load(folder, tmp_path, name, tp=2, nnodes=2, master_port=port)
+        assert len(model.info["pids"]) == 1  # only rank 0 runs here
+        kw = {"max_new_tokens": 10, "temperature": 0}
+        assert model.generate(["The llama", "hi"], **kw) == \
+            _reference(folder, tmp_path, name).generate(["The llama", "hi"], **kw)
+        model.close()
+        _, err = node1.communicate(timeout=15)
+        assert node1.returncode == 0, err
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+            node1.wait()
+
+
 # --- the backend as a plugin --------------------------------------------------------------------
 
 
