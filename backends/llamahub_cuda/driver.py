@@ -95,6 +95,16 @@ class Engine:
 
     __call__ = forward
 
+    def stats(self) -> dict[str, float]:
+        """Rank 0's counters: token steps run, seconds in them, seconds in collectives."""
+        if self.closed:
+            raise BackendError("this tensor-parallel model was closed", hint="load it again")
+        self.conns[0].send(("stats",))
+        while True:
+            msg = self._wait(self.conns[0], None)
+            if msg is not None:
+                return dict(msg[1])
+
     def last_logits(self, tokens: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Logits of the last position only, [B, 1, vocab]: all the generation loop needs."""
         return self.forward(tokens, start, last_only=True)

@@ -16,6 +16,10 @@ With a world of one the communication is skipped and the model is the reference 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,12 +34,20 @@ class Group:
     def __init__(self, rank: int = 0, world: int = 1) -> None:
         self.rank = rank
         self.world = world
+        self.comm_s = 0.0  # wall time spent in collectives (on GPUs: launching them)
+
+    def timed(self, op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return op(*args, **kwargs)
+        finally:
+            self.comm_s += time.perf_counter() - started
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.all_reduce(t)
+            self.timed(dist.all_reduce, t)
         return t
 
     def all_gather_last(self, t: torch.Tensor) -> torch.Tensor:
@@ -45,7 +57,7 @@ class Group:
         import torch.distributed as dist
 
         parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t.contiguous())
+        self.timed(dist.all_gather, parts, t.contiguous())
         return torch.cat(parts, dim=-1)
 
 
@@ -123,6 +135,7 @@ def split_model(model: Transformer, group: Group, embedding_dim: int) -> Transfo
     if why:
         raise CheckpointError(f"cannot split {model.args.n_layers}-layer model: {why}",
                               hint="use a tp that divides the heads, kv heads and feature sizes")
+    model.tp_group = group  # type: ignore[assignment]
     if w == 1:
         return model
     args = model.args

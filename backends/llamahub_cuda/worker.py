@@ -163,13 +163,16 @@ class Server:
         self.conn = conn
         self.keepalive_s = keepalive_s
         self.buf = torch.zeros(HEADER + INLINE, dtype=torch.long, device=device)
+        self.group = model.tp_group
+        self.steps, self.step_s = 0, 0.0
 
     def serve(self) -> None:
         import torch.distributed as dist
 
         while True:
             tokens = self._next_command() if self.rank == 0 else None
-            dist.broadcast(self.buf, src=0)
+            started = time.perf_counter()
+            self.group.timed(dist.broadcast, self.buf, src=0)
             op, bsz, length, start, last_only = (int(x) for x in self.buf[:HEADER].tolist())
             if op == OP_STOP:
                 return
@@ -177,6 +180,8 @@ class Server:
                 if tokens is None:
                     tokens = self._receive_tokens(bsz, length)
                 self._forward(tokens, start, bool(last_only))
+                self.steps += 1
+                self.step_s += time.perf_counter() - started
 
     def _next_command(self) -> torch.Tensor | None:
         """Rank 0: wait for the driver's command and write its header; tokens if not inline."""
@@ -192,6 +197,10 @@ class Server:
         if msg[0] == "stop":
             self.buf[0] = OP_STOP
             return None
+        if msg[0] == "stats":  # answered by rank 0 alone; then wait for the next command
+            self.conn.send(("ok", {"steps": self.steps, "step_seconds": self.step_s,
+                                   "comm_seconds": self.group.comm_s}))
+            return self._next_command()
         _, array, start, last_only = msg
         tokens = torch.from_numpy(array).to(self.device)
         bsz, length = tokens.shape
@@ -206,14 +215,14 @@ class Server:
         if bsz * length <= INLINE:
             return self.buf[HEADER:HEADER + bsz * length].view(bsz, length).clone()
         tokens = torch.empty((bsz, length), dtype=torch.long, device=self.device)
-        dist.broadcast(tokens, src=0)
+        self.group.timed(dist.broadcast, tokens, src=0)
         return tokens
 
     def _forward(self, tokens: torch.Tensor, start: int, last_only: bool) -> None:
         import torch.distributed as dist
 
         if self.rank == 0 and tokens.numel() > INLINE:
-            dist.broadcast(tokens.contiguous(), src=0)
+            self.group.timed(dist.broadcast, tokens.contiguous(), src=0)
         with torch.inference_mode():
             logits = self.model(tokens, start)
             if last_only:
@@ -221,7 +230,7 @@ class Server:
             logits = logits.contiguous()
             parts = [torch.empty_like(logits) for _ in range(self.world)] if self.rank == 0 else None
             if self.world > 1:
-                dist.gather(logits, parts, dst=0)
+                self.group.timed(dist.gather, logits, parts, dst=0)
             if self.rank == 0:
                 full = torch.cat(parts, dim=-1) if self.world > 1 else logits  # type: ignore[arg-type]
                 self.conn.send(("ok", full.cpu().numpy()))

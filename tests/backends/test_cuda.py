@@ -100,7 +100,11 @@ def test_generations_are_identical(pair: tuple[LlamaModel, LlamaModel]) -> None:
     streamed = list(tp.generate("The llama", stream=True, **kw))
     assert "".join(streamed) == ref.generate("The llama", **kw)
     sampled = {"max_new_tokens": 12, "temperature": 0.9, "seed": 3}
+    before = tp.decoder.stats()
     assert tp.generate("Hi", **sampled) == ref.generate("Hi", **sampled)
+    after = tp.decoder.stats()  # rank 0's counters: one step per token, collectives timed
+    assert after["steps"] - before["steps"] == 12
+    assert 0 < after["comm_seconds"] - before["comm_seconds"] < after["step_seconds"] - before["step_seconds"]
 
 
 @pytest.mark.parametrize("shards", [1, 2, 4])
