@@ -126,7 +126,7 @@ class Engine:
                 continue  # its process is exiting: the sentinel says how
             if msg[0] == "error":
                 rank = self.conns.index(ready)  # type: ignore[arg-type]
-                self._check_alive(but=rank, grace_s=1.0)  # a peer's death is the real cause
+                self._check_alive(but=rank, grace_s=1.0, killed_only=True)  # the real cause
                 raise _worker_error(rank, msg)
             self._inbox.setdefault(id(ready), []).append(msg)
         self._check_alive()
@@ -134,13 +134,15 @@ class Engine:
             return self._inbox[id(conn)].pop(0)
         return None
 
-    def _check_alive(self, *, but: int | None = None, grace_s: float = 0.0) -> None:
-        """Raise if a worker (other than rank ``but``) has exited, waiting up to ``grace_s``."""
+    def _check_alive(self, *, but: int | None = None, grace_s: float = 0.0,
+                     killed_only: bool = False) -> None:
+        """Raise if a worker (other than rank ``but``) has exited (``killed_only``: by a signal),
+        waiting up to ``grace_s`` for one to."""
         others = [p for rank, p in enumerate(self.procs) if rank != but]
         if grace_s:
             wait([p.sentinel for p in others], grace_s)
         for rank, proc in enumerate(self.procs):
-            if rank != but and proc.exitcode is not None:
+            if rank != but and proc.exitcode is not None and not (killed_only and proc.exitcode >= 0):
                 how = (f"killed by signal {-proc.exitcode}" if proc.exitcode < 0
                        else f"exit code {proc.exitcode}")
                 raise BackendError(f"tensor-parallel rank {rank} (pid {proc.pid}) died ({how}); "
@@ -155,9 +157,18 @@ class Engine:
 
 
 def _worker_error(rank: int, msg: tuple[Any, ...]) -> LlamahubError:
-    _, kind, text, hint, _tb = msg
+    """The error a rank reported, as the same llamahub error class when it was one."""
+    import llamahub.errors
+
+    _, kind, text, hint, tb = msg
+    cls = getattr(llamahub.errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, LlamahubError):
+        try:
+            return cls(f"tensor-parallel rank {rank}: {text}", hint=hint)
+        except TypeError:  # an error class with its own signature
+            pass
     return BackendError(f"tensor-parallel rank {rank} failed: {kind}: {text}",
-                        hint=hint or "load the model again; the rank's traceback was: " + _tb[-500:])
+                        hint=hint or "load the model again; the rank's traceback ends: " + tb[-500:])
 
 
 def _stop(procs: list[Any], conns: list[Connection]) -> None:

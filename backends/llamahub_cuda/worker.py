@@ -118,7 +118,7 @@ def main(rdzv: Rendezvous, spec: WorkerSpec | None, conn: Any) -> None:
     except BaseException as e:  # report, then exit: the driver raises it
         if conn is not None:
             with contextlib.suppress(OSError):
-                conn.send(("error", type(e).__name__, str(e), getattr(e, "hint", None),
+                conn.send(("error", type(e).__name__, getattr(e, "message", str(e)), getattr(e, "hint", None),
                            traceback.format_exc()))
         else:
             traceback.print_exc()

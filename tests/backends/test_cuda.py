@@ -143,6 +143,14 @@ def test_an_hf_folder_is_sliced_the_same_way(tmp_path: Path) -> None:
         tp.close()
 
 
+def test_a_rank_that_cannot_load_raises_its_own_error(debug_root: Path, tmp_path: Path) -> None:
+    from llamahub.errors import CheckpointError
+
+    name = "llama-debug-2-chat"  # 4 heads: 4 ranks fit, 3 do not (the plan refuses tp=3 earlier)
+    with pytest.raises(CheckpointError, match=r"rank \d: .*not divisible by tp=3"):
+        _load(debug_root / name / name, tmp_path, name, tp=3)
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
@@ -195,6 +203,8 @@ def test_close_and_garbage_collection_stop_every_worker(debug_root: Path, tmp_pa
 
 DRIVER = """
 import sys
+from pathlib import Path
+
 from llamahub_cuda import CudaBackend
 from llamahub.interfaces import LoadOptions
 from llamahub.reference import folder_artifacts
@@ -202,7 +212,7 @@ from llamahub.registry import shipped
 
 if __name__ == "__main__":
     folder, cache, name = sys.argv[1:4]
-    m = CudaBackend().load(folder_artifacts(__import__("pathlib").Path(folder), cache),
+    m = CudaBackend().load(folder_artifacts(Path(folder), Path(cache)),
                            shipped().resolve(name),
                            LoadOptions(device="cpu", dtype="fp32", threads=1, extra={"tp": 2}))
     print(" ".join(map(str, m.info["pids"])), flush=True)
