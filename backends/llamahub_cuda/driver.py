@@ -96,7 +96,8 @@ class Engine:
     __call__ = forward
 
     def stats(self) -> dict[str, float]:
-        """Rank 0's counters: token steps run, seconds in them, seconds in collectives."""
+        """Rank 0's counters: token steps run, seconds in them, seconds in collectives, and its
+        resident memory now and at its peak (bytes)."""
         if self.closed:
             raise BackendError("this tensor-parallel model was closed", hint="load it again")
         self.conns[0].send(("stats",))

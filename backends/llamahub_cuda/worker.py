@@ -109,10 +109,12 @@ def main(rdzv: Rendezvous, spec: WorkerSpec | None, conn: Any) -> None:
         device = rank_device(spec.device, rank)
         dist.init_process_group("nccl" if spec.device == "cuda" else "gloo", store=store, rank=rank,
                                 world_size=spec.world, timeout=timedelta(seconds=spec.timeout_s))
+        before = rss_bytes("VmRSS")
         ref = open_reference(spec.artifacts, spec.variant, spec.options)
         model = build_rank_model(ref.reader, ref.args, rank, spec.world, device, spec.dtype)
         if conn is not None:
-            conn.send(("ready", {"rank": rank, "pid": os.getpid(), "files": ref.reader.n_files}))
+            conn.send(("ready", {"rank": rank, "pid": os.getpid(), "files": ref.reader.n_files,
+                                 "rss_before_load": before}))
         Server(model, rank, spec.world, device, conn, spec.timeout_s / 4).serve()
         dist.destroy_process_group()
     except BaseException as e:  # report, then exit: the driver raises it
@@ -124,6 +126,18 @@ def main(rdzv: Rendezvous, spec: WorkerSpec | None, conn: Any) -> None:
             traceback.print_exc()
         os._exit(1)
     os._exit(0)
+
+
+def rss_bytes(field: str) -> int:
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), from /proc (0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def join(rdzv: Rendezvous, spec: WorkerSpec | None) -> tuple[WorkerSpec, Any]:
@@ -199,7 +213,8 @@ class Server:
             return None
         if msg[0] == "stats":  # answered by rank 0 alone; then wait for the next command
             self.conn.send(("ok", {"steps": self.steps, "step_seconds": self.step_s,
-                                   "comm_seconds": self.group.comm_s}))
+                                   "comm_seconds": self.group.comm_s,
+                                   "rss_bytes": rss_bytes("VmRSS"), "peak_rss_bytes": rss_bytes("VmHWM")}))
             return self._next_command()
         _, array, start, last_only = msg
         tokens = torch.from_numpy(array).to(self.device)

@@ -151,6 +151,36 @@ def test_a_rank_that_cannot_load_raises_its_own_error(debug_root: Path, tmp_path
         _load(debug_root / name / name, tmp_path, name, tp=3)
 
 
+def test_a_rank_holds_about_its_slice(tmp_path: Path) -> None:
+    """Peak RSS growth of rank 0 from before loading to after a forward (every weight read),
+    2 shards on 2 ranks (each maps its own file): at most half the weights + 48 MiB (the first
+    use of torch's kernels maps ~30 MiB of their code; KV cache, activations), well under the
+    whole model's 200 MiB. (Resharding 1 file onto 2 ranks measured 124-157 MiB: the slices,
+    plus source pages of the tensor being copied until they are dropped.)"""
+    from llamahub.model.args import ModelArgs
+    from llamahub.model.checkpoint import open_checkpoint
+    from llamahub.model.tokenizer import write_tiktoken_ranks
+    from llamahub.model.writer import random_state_dict, write_meta
+    from llamahub.reference import local_variant
+
+    args = ModelArgs(dim=1024, n_layers=4, n_heads=8, vocab_size=512, max_seq_len=256)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_tiktoken_ranks(folder / "tokenizer.model", args.vocab_size - 256)
+    write_meta(folder, args, random_state_dict(args), shards=2)
+    weights = args.param_count() * 4
+    assert weights > 190 * 2**20
+    variant = local_variant(open_checkpoint(folder))
+    model = llamahub_cuda.CudaBackend().load(folder_artifacts(folder, tmp_path), variant, _options(**TP2))
+    try:
+        model.generate("a", max_new_tokens=2, temperature=0)
+        stats = model.decoder.stats()
+        grew = stats["peak_rss_bytes"] - model.decoder.ready[0]["rss_before_load"]
+        assert 0.4 * weights < grew < 0.5 * weights + 48 * 2**20, (grew / 2**20, weights / 2**20)
+    finally:
+        model.close()
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
