@@ -85,6 +85,16 @@ class ColumnParallelLinear(nn.Linear):
         """No init: the weights come from the checkpoint."""
 
 
+class OutputHead(ColumnParallelLinear):
+    """The column-parallel output head; with ``last_only`` set it scores the last position only
+    (all a generation step needs: a long prompt's prefill skips T-1 rows of the vocabulary)."""
+
+    last_only = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, -1:] if self.last_only else x)
+
+
 class FeatureParallelEmbedding(nn.Embedding):
     """The embedding split on dim 1 (Llama 2): local features, all-gathered."""
 
@@ -150,7 +160,7 @@ def split_model(model: Transformer, group: Group, embedding_dim: int) -> Transfo
             ffn.w1 = ColumnParallelLinear(args.dim, args.hidden_dim // w)
             ffn.w3 = ColumnParallelLinear(args.dim, args.hidden_dim // w)
             ffn.w2 = RowParallelLinear(args.hidden_dim // w, args.dim, group)
-        model.output = ColumnParallelLinear(args.dim, args.vocab_size // w)
+        model.output = OutputHead(args.dim, args.vocab_size // w)
         if embedding_dim == 1:
             model.tok_embeddings = FeatureParallelEmbedding(args.vocab_size, args.dim // w, group)
         else:

@@ -238,10 +238,12 @@ class Server:
 
         if self.rank == 0 and tokens.numel() > INLINE:
             self.group.timed(dist.broadcast, tokens.contiguous(), src=0)
+        head = self.model.output
         with torch.inference_mode():
+            head.last_only = last_only and hasattr(head, "last_only")
             logits = self.model(tokens, start)
             if last_only:
-                logits = logits[:, -1:]
+                logits = logits[:, -1:]  # (already so when the head scored the last row only)
             logits = logits.contiguous()
             parts = [torch.empty_like(logits) for _ in range(self.world)] if self.rank == 0 else None
             if self.world > 1:
