@@ -79,32 +79,31 @@ class Engine:
     def forward(self, tokens: torch.Tensor, start: int | torch.Tensor = 0, *,
                 last_only: bool = False) -> torch.Tensor:
         """Logits [B, T, vocab] (float32) for tokens [B, T] at positions start.. (one step)."""
-        if self.closed:
-            raise BackendError("this tensor-parallel model was closed",
-                               hint="load it again with llamahub.load()")
-        try:
-            self._check_alive()
-            self.conns[0].send(("forward", tokens.to(torch.long).cpu().numpy(), int(start), last_only))
-            while True:
-                msg = self._wait(self.conns[0], None)
-                if msg is not None:
-                    return torch.from_numpy(msg[1])
-        except BaseException:  # a dead worker, Ctrl-C: the ranks are out of step, stop them all
-            self.close()
-            raise
+        array = tokens.to(torch.long).cpu().numpy()
+        return torch.from_numpy(self._request(("forward", array, int(start), last_only)))
 
     __call__ = forward
 
     def stats(self) -> dict[str, float]:
         """Rank 0's counters: token steps run, seconds in them, seconds in collectives, and its
         resident memory now and at its peak (bytes)."""
+        return dict(self._request(("stats",)))
+
+    def _request(self, msg: tuple[Any, ...]) -> Any:
+        """Send ``msg`` to rank 0 and return its answer."""
         if self.closed:
-            raise BackendError("this tensor-parallel model was closed", hint="load it again")
-        self.conns[0].send(("stats",))
-        while True:
-            msg = self._wait(self.conns[0], None)
-            if msg is not None:
-                return dict(msg[1])
+            raise BackendError("this tensor-parallel model was closed",
+                               hint="load it again with llamahub.load()")
+        try:
+            self._check_alive()
+            self.conns[0].send(msg)
+            while True:
+                answer = self._wait(self.conns[0], None)
+                if answer is not None:
+                    return answer[1]
+        except BaseException:  # a dead worker, Ctrl-C: the ranks are out of step, stop them all
+            self.close()
+            raise
 
     def last_logits(self, tokens: torch.Tensor, start: int | torch.Tensor = 0) -> torch.Tensor:
         """Logits of the last position only, [B, 1, vocab]: all the generation loop needs."""

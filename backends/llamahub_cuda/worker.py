@@ -199,23 +199,21 @@ class Server:
 
     def _next_command(self) -> torch.Tensor | None:
         """Rank 0: wait for the driver's command and write its header; tokens if not inline."""
-        if not self.conn.poll(self.keepalive_s):
-            self.buf.zero_()
-            self.buf[0] = OP_PING
-            return None
-        try:
-            msg = self.conn.recv()
-        except EOFError:  # the driver is gone
-            msg = ("stop",)
         self.buf.zero_()
+        while True:
+            if not self.conn.poll(self.keepalive_s):
+                self.buf[0] = OP_PING
+                return None
+            try:
+                msg = self.conn.recv()
+            except EOFError:  # the driver is gone
+                msg = ("stop",)
+            if msg[0] != "stats":
+                break
+            self.conn.send(("ok", self._stats()))  # answered by rank 0 alone
         if msg[0] == "stop":
             self.buf[0] = OP_STOP
             return None
-        if msg[0] == "stats":  # answered by rank 0 alone; then wait for the next command
-            self.conn.send(("ok", {"steps": self.steps, "step_seconds": self.step_s,
-                                   "comm_seconds": self.group.comm_s,
-                                   "rss_bytes": rss_bytes("VmRSS"), "peak_rss_bytes": rss_bytes("VmHWM")}))
-            return self._next_command()
         _, array, start, last_only = msg
         tokens = torch.from_numpy(array).to(self.device)
         bsz, length = tokens.shape
@@ -223,6 +221,10 @@ class Server:
         if tokens.numel() <= INLINE:
             self.buf[HEADER:HEADER + tokens.numel()] = tokens.flatten()
         return tokens
+
+    def _stats(self) -> dict[str, float]:
+        return {"steps": self.steps, "step_seconds": self.step_s, "comm_seconds": self.group.comm_s,
+                "rss_bytes": rss_bytes("VmRSS"), "peak_rss_bytes": rss_bytes("VmHWM")}
 
     def _receive_tokens(self, bsz: int, length: int) -> torch.Tensor:
         import torch.distributed as dist
