@@ -98,6 +98,12 @@ class NoBackendError(LlamahubError):
         super().__init__("\n".join(lines), hint=f"{instead}; {hint}" if instead else hint)
 
 
+class BackendError(LlamahubError):
+    """A backend failed while running a model (a worker process died, a device error)."""
+
+    code = "backend_failed"
+
+
 # --- checkpoints ----------------------------------------------------------------------------
 
 

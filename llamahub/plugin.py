@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from llamahub.errors import (
+    BackendError,
     ChecksumError,
     ConfigError,
     ContextLengthError,
@@ -76,6 +77,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Artifacts",
     "Backend",
+    "BackendError",
     "Capacity",
     "CheckpointReader",
     "ChecksumError",

@@ -49,3 +49,12 @@ def test_in_tree_sources_conform(tmp_path: Path) -> None:
     assert {f.path for f in local.files} == set(variant.meta_files())
     assert [s.name for s in sources.values() if s.default] == ["hub"]
     assert [s.name for s in sources.values() if s.works_offline] == ["local"]
+
+
+def test_the_in_tree_cuda_backend_meets_the_static_contract() -> None:
+    import llamahub_cuda
+
+    backends: list = []
+    llamahub_cuda.register_backends(backends.append)
+    for backend in backends:
+        check_backend(backend)  # no artifacts: it runs only when asked for (device='cuda' or tp=N)
