@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
 NAME = "llamahub_gemv"
 KERNEL_DIR_ENV = "LLAMAHUB_CPU_KERNEL_DIR"
+# -fopenmp: torch's at::parallel_for is OpenMP pragmas in a header; without the flag they are
+# ignored and the kernel runs on one thread (measured: 7.6 → 17.4 GB/s fp32 with 2 threads).
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
 
@@ -41,7 +45,9 @@ def _build_dir() -> Path:
     by several caches).
     """
     with SOURCE.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()[:12]
+        h = hashlib.file_digest(f, "sha256")
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())  # new flags build anew
+    digest = h.hexdigest()[:12]
     root = os.environ.get(KERNEL_DIR_ENV)
     base = Path(root).expanduser() if root else cache_dir() / "kernels"
     return base / f"torch-{torch.__version__}-{digest}"
@@ -79,7 +85,7 @@ def _build() -> ModuleType | str:
           file=sys.stderr, flush=True)
     try:
         return load(name=NAME, sources=[str(SOURCE)], build_directory=str(build_dir),
-                    extra_cflags=["-O3", "-mavx2", "-mfma"], verbose=False)
+                    extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: run on aten instead
         return f"could not compile {SOURCE.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 

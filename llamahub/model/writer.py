@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from safetensors.torch import save_file
 
+from llamahub.fsutil import atomic_open, atomic_write
 from llamahub.model import convert
 from llamahub.model.args import ModelArgs
 from llamahub.model.checkpoint import MARKER
@@ -52,18 +53,14 @@ llamahub's acceptable-use gate behaves as it would for a real model.
 """
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
+def md5sum(path: Path) -> str:
     with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # generated files can be generated again: no fsync
+    atomic_write(path, data, durable=False)
 
 
 def write_checklist(folder: Path, names: list[str], out_name: str = "checklist.chk") -> None:
@@ -86,9 +83,8 @@ def write_meta(folder: Path, args: ModelArgs, state: Mapping[str, torch.Tensor],
     names = []
     for i, part in enumerate(parts):
         name = f"consolidated.{i:02d}.pth"
-        tmp = folder / (name + ".tmp")
-        torch.save(part, tmp)
-        os.replace(tmp, folder / name)
+        with atomic_open(folder / name, durable=False) as f:
+            torch.save(part, f)
         names.append(name)
     params = args.to_params(llama2_vocab=llama2_style)
     _atomic_write_bytes(folder / "params.json", json.dumps(params, indent=2).encode())
