@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,24 +20,42 @@ from netproxy import ThrottledProxy
 BIG = "llama-debug-big-25m"  # two shards of ~13 MB
 
 
-@pytest.fixture
-def slow_hub(make_client: MakeClient, tmp_path: Path) -> Iterator[tuple[Client, ThrottledProxy]]:
-    """The relay in front of a second hub process on the same data: links name a hub's public URL,
-    never the Host header a request came with, so that hub's --public-url is the relay."""
-    client = make_client()
-    port, log = free_port(), tmp_path / "relayed-hub.log"
-    proxy = ThrottledProxy(port, rate=6e6)  # 6 MB/s per connection
+@contextmanager
+def relayed_hub(client: Client, log: Path, rate: float) -> Iterator[ThrottledProxy]:
+    """A throttling relay in front of a second hub process on the client's hub data: links name a
+    hub's public URL, never the Host header a request came with, so that hub's --public-url is the
+    relay and every byte of a download crosses it."""
+    port = free_port()
+    proxy = ThrottledProxy(port, rate=rate)
     with log.open("w") as out:
         proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(client.hub.data), "--port", str(port),
                                  "--public-url", proxy.url, "--log-level", "warning", *NO_RATE_LIMITS],
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(f"http://127.0.0.1:{port}", proc, log)
-        yield client, proxy
+        yield proxy
     finally:
         proxy.close()
         proc.terminate()
         proc.wait(timeout=15)
+
+
+@pytest.fixture
+def slow_hub(make_client: MakeClient, tmp_path: Path) -> Iterator[tuple[Client, ThrottledProxy]]:
+    client = make_client()
+    with relayed_hub(client, tmp_path / "relayed-hub.log", rate=6e6) as proxy:  # 6 MB/s per connection
+        yield client, proxy
+
+
+def _start_download(client: Client, proxy: ThrottledProxy, staged: int) -> subprocess.Popen:
+    """A ``llamahub download`` through the relay, once it has staged ``staged`` bytes."""
+    proc = client.popen("download", BIG, "--no-progress", hub_url=proxy.url)
+    deadline = time.monotonic() + 60
+    while _staged_bytes(client) < staged:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "download did not start"
+        time.sleep(0.02)
+    return proc
 
 
 def _staged_bytes(client: Client) -> int:
@@ -56,12 +75,7 @@ def _range_starts(text: str) -> list[int]:
 
 def test_killed_download_resumes_and_verifies(slow_hub: tuple[Client, ThrottledProxy]) -> None:
     client, proxy = slow_hub
-    proc = client.popen("download", BIG, "--no-progress", hub_url=proxy.url)
-    deadline = time.monotonic() + 60
-    while _staged_bytes(client) < 4_000_000:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "download did not start"
-        time.sleep(0.05)
+    proc = _start_download(client, proxy, 4_000_000)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (client.cache / "variants" / BIG).exists()  # nothing half-done is ever a snapshot
@@ -122,16 +136,12 @@ def test_local_source(make_client: MakeClient, debug_root: Path) -> None:
     assert '"source": "local"' in listed.stdout
 
 
-def test_ctrl_c_stops_the_download_at_once_and_the_rerun_resumes(make_client: MakeClient) -> None:
+def test_ctrl_c_stops_the_download_at_once_and_the_rerun_resumes(make_client: MakeClient,
+                                                                 tmp_path: Path) -> None:
     client = make_client()
-    proxy = ThrottledProxy(client.hub.port, rate=1e6)  # 1 MB/s per connection: ~13 s for a shard
-    try:
-        proc = client.popen("download", BIG, "--no-progress", hub_url=proxy.url)
-        deadline = time.monotonic() + 60
-        while _staged_bytes(client) < 2_000_000:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "download did not start"
-            time.sleep(0.02)
+    # 1 MB/s per connection: ~13 s for a shard
+    with relayed_hub(client, tmp_path / "relayed-hub.log", rate=1e6) as proxy:
+        proc = _start_download(client, proxy, 2_000_000)
         at_signal = _on_disk(client)
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
@@ -157,5 +167,3 @@ def test_ctrl_c_stops_the_download_at_once_and_the_rerun_resumes(make_client: Ma
         total = sum(p.stat().st_size for p in (client.cache / "blobs").iterdir())
         assert abs(float(fetched.group(1)) + float(fetched.group(2)) - total / 2**20) < 0.2
         assert float(fetched.group(2)) * 2**20 >= staged - 2**20
-    finally:
-        proxy.close()
