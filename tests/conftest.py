@@ -7,15 +7,13 @@ llama-debug-big-25m. Every test makes its own users, so tests do not depend on e
 
 from __future__ import annotations
 
-import json
-import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
-from hubtest import CLI, NO_RATE_LIMITS, Account, Hub, MakeUser, free_port, run_cli, wait_ready
+from hubtest import NO_RATE_LIMITS, Account, Hub, MakeUser, init_hub, run_cli, serving
 
 from llamahub.model.writer import generate_checkpoint
 from llamahub.registry import resolve as registry_variant
@@ -99,34 +97,13 @@ def llama3_debug_folder(debug_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     data = tmp_path_factory.mktemp("hub-data")
-    init = run_cli("hub", "init", "--data", str(data), "--json")
-    assert init.returncode == 0, init.stderr
-    admin_token = json.loads(init.stdout)["admin_token"]
-    seed = run_cli("hub", "seed-demo", "--data", str(data))
-    assert seed.returncode == 0, seed.stderr
+    admin_token = init_hub(data)
     big = registry_variant("llama-debug-big-25m")
     generate_checkpoint(big, data / "big-src")
     imported = run_cli("hub", "import", str(data / "big-src"), "--variant", big.name, "--data", str(data))
     assert imported.returncode == 0, imported.stderr
-    port = free_port()
-    log = data / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--port", str(port),
-                                 "--log-level", "warning", *NO_RATE_LIMITS],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
-        h = Hub(url=url, data=data, admin_token=admin_token, port=port)
+    with serving(data, admin_token, *NO_RATE_LIMITS) as (h, _):
         yield h
-        h.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,40 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
             pass
         time.sleep(0.1)
     pytest.fail(f"hub server did not start within {STARTUP_TIMEOUT} s:\n{log.read_text()}")
+
+
+def init_hub(data: Path, *, seed: bool = True) -> str:
+    """``hub init`` (and the llama-debug variants unless ``seed`` is off); returns the admin token."""
+    init = run_cli("hub", "init", "--data", str(data), "--json")
+    assert init.returncode == 0, init.stderr
+    if seed:
+        seeded = run_cli("hub", "seed-demo", "--data", str(data))
+        assert seeded.returncode == 0, seeded.stderr
+    return json.loads(init.stdout)["admin_token"]
+
+
+@contextmanager
+def serving(data: Path, admin_token: str, *args: str, port: int | None = None,
+            log: Path | None = None) -> Iterator[tuple[Hub, subprocess.Popen]]:
+    """``hub serve`` with ``args`` on ``port`` (default: a free one), its log in ``log`` (default
+    data/server.log); yields once it answers, stops it on exit."""
+    port, log = port or free_port(), log or data / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--port", str(port),
+                                 "--log-level", "warning", *args], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        hub = Hub(url=url, data=data, admin_token=admin_token, port=port)
+        yield hub, proc
+        hub.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass

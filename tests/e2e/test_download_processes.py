@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Client, MakeClient
-from hubtest import CLI, NO_RATE_LIMITS, free_port, wait_ready
+from hubtest import NO_RATE_LIMITS, free_port, serving
 from netproxy import ThrottledProxy
 
 BIG = "llama-debug-big-25m"  # two shards of ~13 MB
@@ -27,17 +27,12 @@ def relayed_hub(client: Client, log: Path, rate: float) -> Iterator[ThrottledPro
     relay and every byte of a download crosses it."""
     port = free_port()
     proxy = ThrottledProxy(port, rate=rate)
-    with log.open("w") as out:
-        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(client.hub.data), "--port", str(port),
-                                 "--public-url", proxy.url, "--log-level", "warning", *NO_RATE_LIMITS],
-                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, log)
-        yield proxy
+        with serving(client.hub.data, client.hub.admin_token, "--public-url", proxy.url, *NO_RATE_LIMITS,
+                     port=port, log=log):
+            yield proxy
     finally:
         proxy.close()
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 @pytest.fixture

@@ -9,15 +9,13 @@ and each role's run stops generating after ``FUZZ_SECONDS`` (default 40 s), so t
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from hubtest import CLI, Hub, free_port, run_cli, wait_ready
+from hubtest import Hub, init_hub, serving
 
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
@@ -33,25 +31,11 @@ UVICORN_REFUSAL = "Invalid HTTP request received."
 @pytest.fixture(scope="module")
 def fuzz_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     data = tmp_path_factory.mktemp("fuzz-hub")
-    init = run_cli("hub", "init", "--data", str(data), "--json")
-    assert init.returncode == 0, init.stderr
-    seeded = run_cli("hub", "seed-demo", "--data", str(data))
-    assert seeded.returncode == 0, seeded.stderr
-    port, log = free_port(), data / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--port", str(port),
-                                 "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
-        hub = Hub(url=url, data=data, admin_token=json.loads(init.stdout)["admin_token"], port=port)
+    with serving(data, init_hub(data)) as (hub, proc):
         yield hub
-        hub.close()
-        assert proc.poll() is None, f"the hub died under the fuzzer:\n{log.read_text()}"
-        assert "Traceback" not in log.read_text(), log.read_text()[-5000:]  # nothing unexpected, even logged
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        log = (data / "server.log").read_text()
+        assert proc.poll() is None, f"the hub died under the fuzzer:\n{log}"
+        assert "Traceback" not in log, log[-5000:]  # nothing unexpected, even logged
 
 
 def user_token(hub: Hub) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hubtest import CLI, Account, Hub, error_code, file_url, free_port, manifest, run_cli, wait_ready
+from hubtest import Account, Hub, error_code, file_url, init_hub, manifest, serving
 
 from llamahub.hub.fields import MAX_MAU
 from llamahub.hub.guard import MAX_BODY
@@ -33,24 +33,9 @@ JSON = {"content-type": "application/json"}
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     data = tmp_path_factory.mktemp("hostile-hub")
-    init = run_cli("hub", "init", "--data", str(data), "--json")
-    assert init.returncode == 0, init.stderr
-    seeded = run_cli("hub", "seed-demo", "--data", str(data))
-    assert seeded.returncode == 0, seeded.stderr
-    port, log = free_port(), data / "server.log"
     limits = [arg for name, rate in LIMITS.items() for arg in ("--rate-limit", f"{name}={rate}")]
-    with log.open("w") as out:
-        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--port", str(port),
-                                 "--log-level", "warning", *limits], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
-        hub = Hub(url=url, data=data, admin_token=json.loads(init.stdout)["admin_token"], port=port)
+    with serving(data, init_hub(data), *limits) as (hub, _):
         yield hub
-        hub.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def register(hub: Hub, *, country: str = "DE", mau: int = 1000) -> Account:

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from hubtest import CLI, NO_RATE_LIMITS, Hub, MakeUser, free_port, wait_ready
+from hubtest import NO_RATE_LIMITS, Hub, MakeUser, serving
 
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("LLAMAHUB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 OVER = 800_000_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def sign_in(browser: Any, url: str, token: str) -> Any:
@@ -127,15 +110,9 @@ def test_forms_from_another_site_and_forged_notices_are_refused(hub: Hub, make_u
 
 def test_a_hub_behind_a_proxy_takes_forms_from_its_public_address(hub: Hub, make_user: MakeUser,
                                                                    tmp_path: Path) -> None:
-    port, log = free_port(), tmp_path / "proxied-hub.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(hub.data), "--port", str(port),
-                                 "--public-url", "https://hub.example.test", "--log-level", "warning",
-                                 *NO_RATE_LIMITS],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
+    with serving(hub.data, hub.admin_token, "--public-url", "https://hub.example.test", *NO_RATE_LIMITS,
+                 log=tmp_path / "proxied-hub.log") as (proxied, _):
+        url = proxied.url
         user = make_user(mau=OVER)
         form, cookies = {"family": "llama-2", "mau": str(OVER)}, {"llamahub_token": user.token}
         public = httpx.post(f"{url}/enterprise/requests", data=form, cookies=cookies,
@@ -146,6 +123,3 @@ def test_a_hub_behind_a_proxy_takes_forms_from_its_public_address(hub: Hub, make
         assert elsewhere.status_code == 403
         assert [r["families"] for r in user.http.get("/api/enterprise/requests").json()["requests"]] == [
             ["llama-2"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)

@@ -3,28 +3,11 @@ blocked: every asset must come from the hub itself."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from hubtest import Hub, MakeUser
-
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("LLAMAHUB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 def offline_page(browser: Any, hub: Hub) -> tuple[Any, list[str], list[str]]:
