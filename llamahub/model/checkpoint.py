@@ -179,18 +179,11 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def release_copied(sources: dict[str, torch.Tensor], result: dict[str, torch.Tensor]) -> None:
-    """Drop from memory the mapped file pages of source tensors that ``result`` holds a copy of.
-
-    Only for our own read-only private file mappings: the pages are re-read from disk if used.
-    """
-    kept = {t.untyped_storage().data_ptr() for t in result.values()}
-    for t in sources.values():
-        if t.untyped_storage().data_ptr() not in kept:
-            madvise_dontneed(t)
-
-
 def madvise_dontneed(t: torch.Tensor) -> None:
+    """Drop the mapped file pages behind ``t`` once it has been copied (re-read from disk if used).
+
+    Only for our own private file mappings (or temporaries no longer needed).
+    """
     if sys.platform != "linux" or t.numel() == 0:
         return
     page = mmap.PAGESIZE

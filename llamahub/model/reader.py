@@ -11,7 +11,6 @@ Meta shards peaks near the size of the weights, not twice that. ``state_dict()``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -144,10 +143,10 @@ class CheckpointReader:
                     piece = self._slice(key, [t], along, rank, world, dtype)
                 out[key] = piece
                 if piece.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
-                    _release(t)  # a permuted or converted copy: drop the source's pages
+                    madvise_dontneed(t)  # a permuted or converted copy: drop the source's pages
             for key, t in raw.items():
                 if key.endswith(("q_proj.weight", "k_proj.weight")) and rope_layout == "interleaved":
-                    _release(t)
+                    madvise_dontneed(t)
         return out
 
     def _slice(self, key: str, parts: list[torch.Tensor], along: int, rank: int, world: int,
@@ -176,7 +175,7 @@ class CheckpointReader:
             torch.cat(pieces, dim=along, out=result) if len(pieces) > 1 else result.copy_(pieces[0])
         if result.untyped_storage().data_ptr() != parts[0].untyped_storage().data_ptr():
             for p in parts:
-                _release(p)
+                madvise_dontneed(p)
         return result
 
     # --- files -----------------------------------------------------------------------------
@@ -203,20 +202,5 @@ def _convert(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     if dtype is None or t.dtype == dtype:
         return t
     out = t.to(dtype)
-    _release(t)
-    return out
-
-
-def _release(t: torch.Tensor) -> None:
-    """Drop the mapped file pages behind a tensor that was copied (re-read from disk if used)."""
     madvise_dontneed(t)
-
-
-def open_reader(path: str | Path, *, args: ModelArgs | None = None) -> CheckpointReader:
-    from llamahub.model.checkpoint import open_checkpoint
-
-    return CheckpointReader(open_checkpoint(path, args=args))
-
-
-def tensors_equal_shapes(a: Mapping[str, torch.Tensor], b: Mapping[str, tuple[int, ...]]) -> bool:
-    return {k: tuple(v.shape) for k, v in a.items()} == dict(b)
+    return out

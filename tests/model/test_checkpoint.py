@@ -150,8 +150,11 @@ def test_hf_index_missing_file(tmp_path: Path) -> None:
 
 def test_released_source_pages_still_read_back_from_disk(tmp_path: Path) -> None:
     """Copied sources (q/k permutation, shard merges) have their pages dropped; data stays intact."""
-    from llamahub.model.checkpoint import load_pth
-    from llamahub.model.checkpoint import release_copied as _release_copied
+    from llamahub.model.checkpoint import load_pth, madvise_dontneed
+
+    def drop_pages(tensors: dict[str, torch.Tensor]) -> None:
+        for t in tensors.values():
+            madvise_dontneed(t)
 
     big = ModelArgs(dim=256, n_layers=1, n_heads=4, vocab_size=64, multiple_of=64)
     state = random_state_dict(big)
@@ -160,12 +163,12 @@ def test_released_source_pages_still_read_back_from_disk(tmp_path: Path) -> None
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     raw = load_safetensors(tmp_path / "h" / "model.safetensors")
     expected_q = convert.meta_to_hf(state, big)["model.layers.0.self_attn.q_proj.weight"]
-    _release_copied(raw, {})  # drop every page, then read again: the file is the truth
+    drop_pages(raw)  # drop every page, then read again: the file is the truth
     assert torch.equal(raw["model.layers.0.self_attn.q_proj.weight"], expected_q)
     folder = write_meta(tmp_path / "m", big, state, shards=2)
     merged = open_checkpoint(folder).state_dict()
     assert all(torch.equal(merged[k], state[k]) for k in state)
     shard = load_pth(folder / "consolidated.01.pth")
     before = {k: v.clone() for k, v in shard.items()}
-    _release_copied(shard, {})
+    drop_pages(shard)
     assert all(torch.equal(shard[k], before[k]) for k in before)
