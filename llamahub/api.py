@@ -58,7 +58,7 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
         chosen = _plan(v, options)
         return chosen.load(folder_artifacts(folder, _cache_root()), v, options)
     v = _resolve(str(name))
-    v, snap, chosen = _fetch(v, source, location, progress, options=options)
+    snap, chosen = _fetch(v, source, location, progress, options=options)
     assert chosen is not None
     return chosen.load(snapshot_artifacts(snap, v, _cache_root()), v, options)
 
@@ -66,7 +66,7 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
 def download(name: str, *, source: str | None = None, location: str | None = None,
              progress: bool | None = None, force: bool = False) -> Path:
     """Fetch a variant into the cache (license gates first) and return its folder in Meta's layout."""
-    return _fetch(_resolve(name), source, location, progress, force=force)[1].root
+    return _fetch(_resolve(name), source, location, progress, force=force)[0].root
 
 
 def _resolve(name: str) -> Variant:
@@ -93,15 +93,16 @@ def _plan(v: Variant, options: LoadOptions) -> Backend:
 
 def _fetch(v: Variant, source: str | None, location: str | None, progress: bool | None, *,
            options: LoadOptions | None = None, force: bool = False,
-           ) -> tuple[Variant, Snapshot, Backend | None]:
-    """(variant, its cached snapshot, the chosen backend): gates, plan, then fetch if needed."""
+           ) -> tuple[Snapshot, Backend | None]:
+    """(the cached snapshot, the backend chosen when ``options`` are given): plan, license gates,
+    then fetch if needed."""
     from llamahub.client.fetch import ensure
 
     show = progress_default() if progress is None else progress
     chosen = _plan(v, options) if options is not None else None  # pure: no network, no files
     with _session(show) as session:
         snap = ensure(v, session, source=source, location=location, force=force, progress=show)
-    return v, snap, chosen
+    return snap, chosen
 
 
 def _session(show: bool) -> Session:
