@@ -34,13 +34,15 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
          dtype: str | None = None, device: str | None = None, threads: int | None = None,
          context_length: int | None = None, rope_scaling: Mapping[str, float] | None = None,
          source: str | None = None, location: str | None = None, progress: bool | None = None,
-         **extra: Any) -> LlamaModel:
+         trust_unverified: bool = False, **extra: Any) -> LlamaModel:
     """Load a model by registry name (downloading it if needed) or from a local folder.
 
     By name: every installed backend plans its memory and one is chosen (no network call), the
     license gates run on your profile and receipts; only then is the cached copy used, or the files
     fetched from ``source`` (the default source — our hub — unless you name one: ``meta-url`` with
-    ``location`` a presigned URL, ``local`` with a folder, or a plugin's), verified and cached.
+    ``location`` a presigned URL, ``local`` with a folder, or a plugin's; a ``location`` such as
+    ``s3://bucket/prefix`` picks the source of its scheme), verified and cached. A mirror without
+    checksums is refused unless ``trust_unverified``.
     ``LLAMAHUB_OFFLINE=1`` loads only what is cached, with no network.
 
     A path (a ``Path``, or a string starting with ``/``, ``.`` or ``~``) loads a folder;
@@ -58,15 +60,16 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
         chosen = _plan(v, options)
         return chosen.load(folder_artifacts(folder, _cache_root()), v, options)
     v = _resolve(str(name))
-    snap, chosen = _fetch(v, source, location, progress, options=options)
+    snap, chosen = _fetch(v, source, location, progress, options=options, trust_unverified=trust_unverified)
     assert chosen is not None
     return chosen.load(snapshot_artifacts(snap, v, _cache_root()), v, options)
 
 
 def download(name: str, *, source: str | None = None, location: str | None = None,
-             progress: bool | None = None, force: bool = False) -> Path:
+             progress: bool | None = None, force: bool = False, trust_unverified: bool = False) -> Path:
     """Fetch a variant into the cache (license gates first) and return its folder in Meta's layout."""
-    return _fetch(_resolve(name), source, location, progress, force=force)[0].root
+    return _fetch(_resolve(name), source, location, progress, force=force,
+                  trust_unverified=trust_unverified)[0].root
 
 
 def _resolve(name: str) -> Variant:
@@ -92,7 +95,7 @@ def _plan(v: Variant, options: LoadOptions) -> Backend:
 
 
 def _fetch(v: Variant, source: str | None, location: str | None, progress: bool | None, *,
-           options: LoadOptions | None = None, force: bool = False,
+           options: LoadOptions | None = None, force: bool = False, trust_unverified: bool = False,
            ) -> tuple[Snapshot, Backend | None]:
     """(the cached snapshot, the backend chosen when ``options`` are given): plan, license gates,
     then fetch if needed."""
@@ -101,7 +104,8 @@ def _fetch(v: Variant, source: str | None, location: str | None, progress: bool 
     show = progress_default() if progress is None else progress
     chosen = _plan(v, options) if options is not None else None  # pure: no network, no files
     with _session(show) as session:
-        snap = ensure(v, session, source=source, location=location, force=force, progress=show)
+        snap = ensure(v, session, source=source, location=location, force=force, progress=show,
+                      trust_unverified=trust_unverified)
     return snap, chosen
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from llamahub import cli_client, plugins
+from llamahub import cli_client, cli_mirror, plugins
 from llamahub.cli_options import load_options, parse_options
 from llamahub.errors import LlamahubError, RegistryError
 from llamahub.hub import cli as hub_cli
@@ -211,6 +211,7 @@ def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
 # The hub server (llamahub.hub.cli imports only click; the server loads lazily), and the user's
 # commands (login, profile, license, download, cache, chat, link).
 cli.add_command(hub_cli.hub)
+cli.add_command(cli_mirror.mirror)
 for _command in cli_client.COMMANDS:
     cli.add_command(_command)
 

@@ -385,28 +385,34 @@ def enterprise_withdraw(request_id: str) -> None:
 
 @click.command()
 @click.argument("name")
-@click.option("--source", help="hub (default), meta-url, local, or a plugin's source")
+@click.option("--source", help="hub (default), meta-url, local, or a plugin's source (`llamahub plugins`)")
 @click.option("--meta-url", help="a presigned URL with '*', as Meta emails it (implies --source meta-url)")
-@click.option("--from", "folder", help="a local folder or file:// URL (implies --source local)")
+@click.option("--from", "folder", help="a local folder or file:// URL (implies --source local), or a mirror "
+                                       "such as s3://BUCKET/PREFIX or az://ACCOUNT/CONTAINER/PREFIX")
 @click.option("--force", is_flag=True, help="fetch again even if an intact copy is cached")
+@click.option("--trust-unverified", is_flag=True,
+              help="accept files the source has no checksum for (the cache records them as unverified)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def download(name: str, source: str | None, meta_url: str | None, folder: str | None, force: bool,
-             no_progress: bool) -> None:
+             trust_unverified: bool, no_progress: bool) -> None:
     """Fetch a variant into the cache (after the license gates) and verify it."""
     from llamahub.api import progress_default
-    from llamahub.client.fetch import FetchReport, ensure
+    from llamahub.client.fetch import FetchReport, ensure, source_for
     from llamahub.registry import resolve
 
     if meta_url and folder:
         raise ConfigError("give either --meta-url or --from, not both", hint="pick one source")
-    _check_location(meta_url, folder)
-    source = source or ("meta-url" if meta_url else "local" if folder else None)
+    mirror = folder is not None and source_for(folder) is not None
+    if not mirror:
+        _check_location(meta_url, folder)
+    source = source or ("meta-url" if meta_url else "local" if folder and not mirror else None)
     variant = resolve(name)
     report = FetchReport()
     with _session() as session:
         try:
             snap = ensure(variant, session, source=source, location=meta_url or folder,
-                          progress=not no_progress and progress_default(), force=force, report=report)
+                          progress=not no_progress and progress_default(), force=force, report=report,
+                          trust_unverified=trust_unverified)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: what arrived is kept; `llamahub download {name}` resumes", err=True)
             raise
@@ -414,8 +420,10 @@ def download(name: str, source: str | None, meta_url: str | None, folder: str | 
         click.echo(f"{variant.name} is cached and intact: {snap.root}")
         return
     resumed = f"{_human(report.resumed_bytes)} resumed from an earlier run, " if report.resumed_bytes else ""
+    unverified = snap.origin.get("unverified")
+    checked = f"{len(unverified)} file(s) UNVERIFIED (--trust-unverified)" if unverified else "verified"
     click.echo(f"{variant.name}: downloaded {_human(report.downloaded_bytes)} ({resumed}"
-               f"{report.reused_files} files reused from the cache), verified: {snap.root}")
+               f"{report.reused_files} files reused from the cache), {checked}: {snap.root}")
 
 
 def _check_location(meta_url: str | None, folder: str | None) -> None:
@@ -453,13 +461,15 @@ def cache_ls(as_json: bool) -> None:
     snaps = c.snapshots()
     if as_json:
         click.echo(json.dumps([{"variant": s.variant, "snapshot": s.id, "bytes": s.bytes, "path": str(s.root),
-                                "origin": s.origin, "created_at": s.created_at} for s in snaps], indent=2))
+                                "origin": s.origin, "created_at": s.created_at,
+                                "unverified": s.origin.get("unverified", [])} for s in snaps], indent=2))
         return
     click.echo(f"cache: {c.root}")
     for s in snaps:
         where = s.origin.get("hub") or s.origin.get("url") or s.origin.get("folder") or ""
+        unverified = "  UNVERIFIED" if s.origin.get("unverified") else ""
         click.echo(f"  {s.variant:32} {s.id}  {_human(s.bytes):>10}  {s.created_at}  "
-                   f"{s.origin.get('source', '?')} {where}".rstrip())
+                   f"{s.origin.get('source', '?')} {where}".rstrip() + unverified)
     if not snaps:
         click.echo("  (empty; `llamahub download NAME` fills it)")
 

@@ -173,6 +173,19 @@ class SourcePlan:
 
     files: tuple[RemoteFile, ...]
     origin: Mapping[str, Any] = field(default_factory=dict)
+    # paths the source found no digest for: refused unless the user trusts them unverified
+    unverified: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MirrorFile:
+    """One verified cached file that ``llamahub mirror push`` hands a source to upload."""
+
+    path: str  # in Meta's layout, e.g. "llama-2-7b/consolidated.00.pth"
+    local: Path
+    size: int
+    md5: str
+    sha256: str
 
 
 class HubAccess(Protocol):
@@ -180,6 +193,10 @@ class HubAccess(Protocol):
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def embedded(self) -> bool:
+        """True for the hub started inside this process (no hub was configured)."""
 
     def require_account(self) -> None:
         """Raise AuthenticationError (saying to log in) when there is no account to use."""
@@ -199,6 +216,10 @@ class Source(Protocol):
     source should claim it), ``works_offline`` (reads nothing from the network, so
     ``LLAMAHUB_OFFLINE=1`` allows it), ``carries_grants`` (its answer may include an enterprise
     grant, so a local MAU refusal is left to it).
+
+    Optional: ``schemes`` (location URL schemes it answers to, e.g. ``("s3",)``: a location with
+    one picks this source when none is named) and ``push(files, location, echo)`` (it can fill a
+    mirror at ``location``: ``llamahub mirror push``).
     """
 
     name: str

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from llamahub.errors import (
+    AuthenticationError,
     BackendError,
     ChecksumError,
     ConfigError,
@@ -36,6 +37,7 @@ from llamahub.interfaces import (
     HubAccess,
     LoadOptions,
     MemoryPlan,
+    MirrorFile,
     RemoteFile,
     Source,
     SourcePlan,
@@ -76,6 +78,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Artifacts",
+    "AuthenticationError",
     "Backend",
     "BackendError",
     "Capacity",
@@ -94,6 +97,7 @@ __all__ = [
     "LlamahubError",
     "LoadOptions",
     "MemoryPlan",
+    "MirrorFile",
     "MissingShardError",
     "ModelArgs",
     "NoBackendError",

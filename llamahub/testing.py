@@ -52,6 +52,7 @@ class FakeHub:
     root: Path
     issued: list[str] = field(default_factory=list)
     account: bool = True
+    embedded: bool = False
 
     @property
     def url(self) -> str:
@@ -161,5 +162,10 @@ def check_source(source: Source, variant: Variant, hub: Any, location: str | Non
         paths = [f.path for f in plan.files]
         if len(set(paths)) != len(paths):
             problems.append("the plan lists a path twice")
+        if not set(plan.unverified) <= set(paths):
+            problems.append(f"unverified names paths that are not in the plan: {plan.unverified}")
+    schemes = getattr(source, "schemes", ())
+    if not isinstance(schemes, tuple) or not all(isinstance(s, str) and s.isalnum() for s in schemes):
+        problems.append(f"schemes must be a tuple of URL schemes such as ('s3',), got {schemes!r}")
     _raise(f"source {source.name!r}", problems)
     return plan

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from llamahub import plugins
 from llamahub.client.cache import Cache, Snapshot
 from llamahub.client.session import Session
-from llamahub.errors import ConfigError, OfflineError
+from llamahub.errors import ChecksumError, ConfigError, OfflineError
 from llamahub.interfaces import Source
 from llamahub.registry import Variant
 
@@ -47,9 +47,19 @@ def default_source() -> Source:
     return defaults[0]
 
 
+def source_for(location: str) -> Source | None:
+    """The source that declares ``location``'s URL scheme (``s3://`` ...), if one does."""
+    scheme = location.partition("://")[0].lower() if "://" in location else ""
+    if not scheme:
+        return None
+    claiming = [s for s in plugins.sources().values() if scheme in getattr(s, "schemes", ())]
+    return claiming[0] if len(claiming) == 1 else None
+
+
 def _source(name: str | None, location: str | None) -> Source:
     if name is None:
-        return default_source()
+        by_scheme = source_for(location) if location else None
+        return by_scheme or default_source()
     found = plugins.sources()
     if name not in found:
         raise ConfigError(f"no download source named {name!r}",
@@ -63,10 +73,12 @@ def _source(name: str | None, location: str | None) -> Source:
 
 
 def ensure(variant: Variant, session: Session, *, source: str | None = None, location: str | None = None,
-           progress: bool = True, force: bool = False, report: FetchReport | None = None) -> Snapshot:
+           progress: bool = True, force: bool = False, report: FetchReport | None = None,
+           trust_unverified: bool = False) -> Snapshot:
     """The cached, verified snapshot of ``variant``; downloads it first if needed (and allowed).
 
-    ``force`` fetches again even when an intact snapshot is cached.
+    ``force`` fetches again even when an intact snapshot is cached. ``trust_unverified`` accepts
+    files a source has no digest for (a mirror without checklists); the cache records them.
     """
     report = report or FetchReport()
     cache = Cache(session.cfg.cache)
@@ -93,7 +105,7 @@ def ensure(variant: Variant, session: Session, *, source: str | None = None, loc
         snap = None if force else _usable(cache, variant, session, report)  # another process's work?
         if snap is not None:
             return snap
-        return _download(variant, session, cache, chosen, location, progress, report)
+        return _download(variant, session, cache, chosen, location, progress, report, trust_unverified)
 
 
 def _usable(cache: Cache, variant: Variant, session: Session, report: FetchReport) -> Snapshot | None:
@@ -115,12 +127,22 @@ def _usable(cache: Cache, variant: Variant, session: Session, report: FetchRepor
 
 
 def _download(variant: Variant, session: Session, cache: Cache, source: Source, location: str | None,
-              progress: bool, report: FetchReport) -> Snapshot:
+              progress: bool, report: FetchReport, trust_unverified: bool) -> Snapshot:
     from llamahub.client.download import DownloadOptions, download
 
     t = time.perf_counter()
     plan = source.plan(variant, session.access(), location)
     report.timed("links and manifest", t)
+    origin = dict(plan.origin)
+    if plan.unverified:
+        if not trust_unverified:
+            shown = ", ".join(plan.unverified[:3]) + (" ..." if len(plan.unverified) > 3 else "")
+            raise ChecksumError(f"the {source.name} source has no checksum for {len(plan.unverified)} "
+                                f"file(s) of {variant.name} ({shown}): nothing would prove they are intact",
+                                hint="log in to a hub that carries the variant (its manifest has sha256s), "
+                                     "put Meta's checklist.chk files in the mirror, or pass "
+                                     "--trust-unverified (trust_unverified=True) to accept them as they are")
+        origin["unverified"] = list(plan.unverified)
     current = cache.current(variant.name)
     if current is not None:
         cache.discard(cache.check(current))  # a damaged blob is never reused
@@ -142,7 +164,7 @@ def _download(variant: Variant, session: Session, cache: Cache, source: Source, 
             assert f.sha256 is not None and f.size is not None
             digests[f.path] = (f.size, f.sha256, f.md5)
     entries = [(path, size, sha, md5) for path, (size, sha, md5) in sorted(digests.items())]
-    snap = cache.add(variant.name, entries, dict(plan.origin))
+    snap = cache.add(variant.name, entries, origin)
     report.timed("cache", t)
     report.snapshot = snap
     return snap

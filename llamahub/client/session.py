@@ -151,6 +151,10 @@ class _SessionHub:
     def url(self) -> str:
         return self._session.hub.url
 
+    @property
+    def embedded(self) -> bool:
+        return self._session.embedded
+
     def require_account(self) -> None:
         self._session.require_account()
 
