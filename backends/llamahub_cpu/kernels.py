@@ -21,6 +21,7 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 
 from llamahub.plugin import cache_dir
@@ -78,9 +79,24 @@ def _build() -> ModuleType | str:
         built = None
     if built is not None:
         return built
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # torch's own build lock is a plain file that a killed compiler leaves behind, and then every
+    # later build waits for it forever. An flock dies with its process: whoever holds it is the
+    # only builder, so a torch lock file found then is stale.
+    with FileLock(build_dir / "llamahub-build.lock"):
+        try:
+            built = _import_built(build_dir / f"{NAME}.so")  # another process may have built it
+        except ImportError:
+            built = None
+        if built is not None:
+            return built
+        (build_dir / "lock").unlink(missing_ok=True)
+        return _compile(build_dir)
+
+
+def _compile(build_dir: Path) -> ModuleType | str:
     from torch.utils.cpp_extension import load
 
-    build_dir.mkdir(parents=True, exist_ok=True)
     print(f"llamahub: compiling the CPU decode kernel into {build_dir} (once per cache, about a minute)",
           file=sys.stderr, flush=True)
     try:
