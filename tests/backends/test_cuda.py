@@ -130,6 +130,37 @@ def test_any_shard_count_on_one_and_two_ranks(shards: int, tmp_path: Path) -> No
         two.close()
 
 
+@pytest.mark.parametrize("llama2_style", [False, True])
+def test_eight_shards_as_the_70b_ships_on_one_and_two_ranks(llama2_style: bool, tmp_path: Path) -> None:
+    """Meta's 70B layout: 8 files, GQA with 8 KV heads (1 per file), on 1 and 2 ranks (4 files each)."""
+    from llamahub.model.args import ModelArgs
+    from llamahub.model.checkpoint import open_checkpoint
+    from llamahub.model.tokenizer import write_tiktoken_ranks
+    from llamahub.model.writer import random_state_dict, write_meta
+    from llamahub.reference import local_variant
+
+    args = ModelArgs(dim=128, n_layers=2, n_heads=16, n_kv_heads=8, vocab_size=512, max_seq_len=64)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_tiktoken_ranks(folder / "tokenizer.model", args.vocab_size - 256)
+    write_meta(folder, args, random_state_dict(args, seed=8), shards=8, llama2_style=llama2_style)
+    assert len(list(folder.glob("consolidated.*.pth"))) == 8
+    variant = local_variant(open_checkpoint(folder))
+    ref = open_reference(folder_artifacts(folder, tmp_path), variant)
+    want = build_model(ref.args, ref.reader.state_dict())
+    tokens = torch.tensor([[1, 5, 9, 200, 7, 3]])
+    one = llamahub_cuda.CudaBackend().load(folder_artifacts(folder, tmp_path), variant, _options(tp=1))
+    two = llamahub_cuda.CudaBackend().load(folder_artifacts(folder, tmp_path), variant, _options(**TP2))
+    try:
+        assert two.info["shards"] == 8
+        with torch.inference_mode():
+            expected = want(tokens, 0)
+            assert (one.decoder(tokens, 0) - expected).abs().max().item() < 1e-5
+            assert (two.decoder(tokens, 0) - expected).abs().max().item() < 1e-5
+    finally:
+        two.close()
+
+
 def test_an_hf_folder_is_sliced_the_same_way(tmp_path: Path) -> None:
     from llamahub.model.writer import generate_checkpoint
 
