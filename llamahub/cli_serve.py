@@ -3,6 +3,7 @@ OpenAI API (``llamahub.serve``)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,18 @@ def read_keys(keys: tuple[str, ...], keys_file: Path | None) -> list[str]:
             raise ConfigError(f"the API keys file {keys_file} holds no key",
                               hint="write one key per line, or leave out --api-keys-file")
     return found
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse early (before any model loads) when ``host:port`` cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                          hint="pass another --port (or --host), or stop what is using it") from e
 
 
 def model_meta(model: Any) -> dict[str, Any]:
@@ -65,6 +78,7 @@ def serve(names: tuple[str, ...], backend: str | None, dtype: str | None, device
     from llamahub.serve.engine import make_engine
 
     keys = read_keys(api_keys, api_keys_file)
+    check_address(host, port)
     served: list[Served] = []
     aliases: dict[str, str] = {}
     try:
