@@ -60,7 +60,8 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 600) -> subproce
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"{cmd[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"{' '.join(cmd[:4])} exited with {proc.returncode}:\n{tail}")
         try:
             if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
                 return proc
@@ -68,7 +69,7 @@ def start(cmd: list[str], url: str, log: Path, timeout: float = 600) -> subproce
             pass
         time.sleep(0.2)
     proc.kill()
-    sys.exit(f"server did not start within {timeout} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"server did not start within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -195,7 +196,11 @@ def run_llama_cpp(opts: argparse.Namespace) -> list[dict[str, Any]]:
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(opts.gguf), "--host", "127.0.0.1",
            "--port", str(port), "--n_threads", str(opts.threads), "--n_ctx", "1024"]
-    proc = start(cmd, url, opts.work / "serve-llama-cpp.log")
+    try:
+        proc = start(cmd, url, opts.work / "serve-llama-cpp.log")
+    except RuntimeError as e:  # e.g. llama-cpp-python without its [server] extra
+        print(e, file=sys.stderr)
+        return [{"server": "llama.cpp", "clients": 0, "error": str(e).splitlines()[0]}]
     try:
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
         return measure("llama.cpp", url, model, opts)
