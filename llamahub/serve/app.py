@@ -30,6 +30,8 @@ from llamahub.serve.schema import ChatRequest, CompletionRequest
 from llamahub.serve.text import Trimmed
 
 ROLE_NAMES = {"developer": "system", "tool": "ipython"}
+# Below this a temperature is greedy: dividing logits by it would overflow to inf (and NaN odds).
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -192,7 +194,8 @@ async def _answer(request: Request, target: Served, body: ChatRequest | Completi
         for i in range(body.n):
             index = p * body.n + i
             seed = None if body.seed is None else body.seed + i
-            sampling = Sampling(temperature=body.temperature, top_p=body.top_p, seed=seed)
+            temperature = 0.0 if body.temperature < GREEDY_BELOW else body.temperature
+            sampling = Sampling(temperature=temperature, top_p=body.top_p, seed=seed)
             jobs.append(Job(prompt, max_tokens, sampling, stop_ids, _sink(loop, events, index),
                             stop=body.stops(), ignore_eos=body.ignore_eos))
     for job in jobs:

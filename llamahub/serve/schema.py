@@ -55,7 +55,7 @@ class _Sampling(_Body):
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     stop: Stop = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None  # int64, as OpenAI's
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
@@ -77,7 +77,8 @@ class ChatRequest(_Sampling):
         return self.max_completion_tokens or self.max_tokens
 
 
-Prompt = Text | list[int] | Annotated[list[Text], Field(min_length=1, max_length=MAX_N)]
+Prompt = (Text | Annotated[list[int], Field(min_length=1)]
+          | Annotated[list[Text], Field(min_length=1, max_length=MAX_N)])
 
 
 class CompletionRequest(_Sampling):

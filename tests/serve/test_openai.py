@@ -144,6 +144,8 @@ def test_errors_come_in_openai_shape(server: Server) -> None:
     b'{"model": "llama-debug-2-chat", "messages": [{"role": "user", "content": "x"}], "stop": [1]}',
     b'{"model": "llama-debug-2-chat", "messages": [{"role": "user", "content": "\\ud800"}]}',
     b'"just a string"',
+    b'{"model": "llama-debug-2-chat", "messages": [{"role": "user", "content": "x"}], "seed": 1e30}',
+    b'{"model": "llama-debug-2-chat", "messages": [{"role": "user", "content": "x"}], "seed": %d}' % 2**63,
     b'{"model": "\\udfff", "messages": [{"role": "user", "content": "x"}]}',
 ])
 def test_malformed_bodies_get_400_never_5xx(server: Server, body: bytes) -> None:
@@ -159,3 +161,16 @@ def test_token_prompts_and_missing_keys(server: Server) -> None:
     assert bad.status_code == 400 and "ids in 0..511" in bad.json()["error"]["message"]
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
     assert httpx.get(f"{server.url}/v1/nowhere").json()["error"]["code"] == "404"
+
+
+@pytest.mark.parametrize("extra", [{"temperature": 1e-300}, {"top_p": 1e-300, "temperature": 2},
+                                   {"seed": 2**63 - 1, "n": 3, "temperature": 1}, {"stop": ["", "x"]},
+                                   {"prompt": ""}, {"prompt": [1]}, {"prompt": ["a", "b"], "n": 2}])
+def test_extreme_but_valid_requests_are_answered(server: Server, extra: dict) -> None:
+    body = {"model": CHAT2, "prompt": "Hi", "max_tokens": 3} | extra
+    response = httpx.post(f"{server.url}/v1/completions", json=body,
+                          headers={"Authorization": f"Bearer {API_KEYS[0]}"})
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert len(choices) == len(body["prompt"] if isinstance(body["prompt"], list) and
+                               isinstance(body["prompt"][0], str) else [0]) * body.get("n", 1)
