@@ -52,3 +52,4 @@ def test_serve_refuses_without_the_license(make_client: MakeClient, tmp_path: Pa
     done = client.cli("serve", VARIANT, "--port", str(free_port()))
     assert done.returncode == 1
     assert "license" in done.stderr.lower() and "next:" in done.stderr
+    assert client.blobs() == [] and client.links() == []  # refused before any link or download
