@@ -11,6 +11,7 @@ import click
 
 from llamahub import cli_client, cli_mirror, plugins
 from llamahub.cli_options import load_options, parse_options
+from llamahub.cli_serve import serve
 from llamahub.errors import LlamahubError, RegistryError
 from llamahub.hub import cli as hub_cli
 from llamahub.registry import Variant
@@ -214,6 +215,7 @@ cli.add_command(hub_cli.hub)
 cli.add_command(cli_mirror.mirror)
 for _command in cli_client.COMMANDS:
     cli.add_command(_command)
+cli.add_command(serve)  # the OpenAI-compatible server (llamahub.serve, loaded when it runs)
 
 
 def _add_plugin_commands() -> None:

@@ -48,6 +48,7 @@ from llamahub.registry import Variant
 
 if TYPE_CHECKING:
     from llamahub.model.args import ModelArgs, RopeScaling
+    from llamahub.model.batching import SlotDecoder, TransformerSlots
     from llamahub.model.generation import Decoder, DecoderLoop, Generator, Sampling, generate_ids
     from llamahub.model.llm import LlamaModel
     from llamahub.model.reader import CheckpointReader
@@ -61,6 +62,7 @@ _LAZY = {
     "Generator": "llamahub.model.generation", "Sampling": "llamahub.model.generation",
     "generate_ids": "llamahub.model.generation",
     "LlamaModel": "llamahub.model.llm",
+    "SlotDecoder": "llamahub.model.batching", "TransformerSlots": "llamahub.model.batching",
     "CheckpointReader": "llamahub.model.reader",
     "Tokenizer": "llamahub.model.tokenizer",
     "Transformer": "llamahub.model.transformer", "assign_weights": "llamahub.model.transformer",
@@ -107,10 +109,12 @@ __all__ = [
     "RemoteFile",
     "RopeScaling",
     "Sampling",
+    "SlotDecoder",
     "Source",
     "SourcePlan",
     "Tokenizer",
     "Transformer",
+    "TransformerSlots",
     "Variant",
     "assign_weights",
     "build_meta",

@@ -56,8 +56,8 @@ def _violations(owner: str, forbidden: tuple[str, ...]) -> list[str]:
                   for imp in imps if any(_within(imp, f) for f in forbidden))
 
 
-FACE = ("llamahub.api", "llamahub.cli", "llamahub.cli_client", "llamahub.cli_mirror", "llamahub.demo",
-        "llamahub.launcher")
+FACE = ("llamahub.api", "llamahub.cli", "llamahub.cli_client", "llamahub.cli_mirror", "llamahub.cli_serve",
+        "llamahub.demo", "llamahub.launcher")
 
 RULES = {
     # module (and its submodules) -> what it must never import
@@ -74,6 +74,11 @@ RULES = {
     "llamahub.hookspecs": ("llamahub.client", "llamahub.hub", *FACE),
     "llamahub.client": ("llamahub.hub", *FACE),
     "llamahub.hub": ("llamahub.client", *FACE),
+    # The OpenAI-compatible server sits on the model layer only: it is handed loaded models by
+    # `llamahub serve` (llamahub.cli_serve, part of the face), which loads them through load() and
+    # its gates; so the server itself never downloads, never checks a license, never sees the hub.
+    "llamahub.serve": ("llamahub.client", "llamahub.hub", "llamahub.registry", "llamahub.policy",
+                       "llamahub.plugins", "llamahub.interfaces", *FACE),
 }
 
 

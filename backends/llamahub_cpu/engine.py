@@ -4,6 +4,7 @@ assign the memory-mapped weights."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
@@ -14,6 +15,7 @@ from llamahub.plugin import (
     LlamaModel,
     LoadOptions,
     Transformer,
+    TransformerSlots,
     Variant,
     assign_weights,
     build_meta,
@@ -52,4 +54,4 @@ def load_cpu_model(artifacts: Artifacts, variant: Variant, options: LoadOptions)
             "checkpoint": str(ref.checkpoint.path), "format": ref.checkpoint.format}
     return LlamaModel(model, ref.tokenizer, variant, backend="cpu", dtype=dtype, info=info,
                       context_length=ref.args.max_seq_len, threads=options.threads,
-                      close=model.reset_cache)
+                      close=model.reset_cache, slot_decoder=partial(TransformerSlots, model))

@@ -12,6 +12,7 @@ from llamahub.model.chat import Message, chat_stop_ids, encode_dialog, validate_
 from llamahub.model.generation import Decoder, DecoderLoop, Generator, Sampling, TextStream
 
 if TYPE_CHECKING:
+    from llamahub.model.batching import SlotDecoder
     from llamahub.model.tokenizer import Tokenizer
 
 
@@ -34,12 +35,15 @@ class LlamaModel:
 
     ``context_length`` (default: the variant's) is the longest prompt + generation accepted;
     ``threads`` sets torch's thread count while this model generates, and restores it after.
+    ``slot_decoder(n)``, when the backend gives one, decodes n sequences in KV slots of their own
+    (continuous batching in ``llamahub serve``).
     """
 
     def __init__(self, decoder: Decoder | None, tokenizer: Tokenizer, variant: ModelCard, *,
                  backend: str, dtype: str, close: Callable[[], None] | None = None,
                  info: dict[str, Any] | None = None, generator: Generator | None = None,
-                 context_length: int | None = None, threads: int | None = None) -> None:
+                 context_length: int | None = None, threads: int | None = None,
+                 slot_decoder: Callable[[int], SlotDecoder] | None = None) -> None:
         if generator is None and decoder is None:
             raise ValueError("a LlamaModel needs a decoder or a generator")
         self.decoder = decoder
@@ -53,6 +57,7 @@ class LlamaModel:
         self._context_length = context_length
         self._close = close
         self.closed = False
+        self.slot_decoder = slot_decoder
 
     def __repr__(self) -> str:
         return f"<LlamaModel {self.variant.name} backend={self.backend} dtype={self.dtype}>"

@@ -12,7 +12,9 @@ and last step for callers with no transform.
 
 Device-agnostic: the cache, the RoPE table and the causal mask live on the weights' device.
 ``forward(tokens, start)`` decodes through the cache (``start`` an int, or a 0-d tensor for
-static-shape devices such as XLA); ``forward(tokens, use_cache=False)`` is the cache-free causal
+static-shape devices such as XLA); ``forward(tokens, starts, rows=rows)`` decodes each row in its
+own cache row at its own positions (the serving slots of continuous batching);
+``forward(tokens, use_cache=False)`` is the cache-free causal
 forward that training uses. Inference mode is the generation loop's business, not the model's.
 """
 
@@ -85,13 +87,16 @@ def rope_table(args: ModelArgs, length: int, device: torch.device | str | None =
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor, layout: str = "interleaved") -> torch.Tensor:
-    """Rotate pairs of x [B, T, H, D] by table [T, D/2, 2] (cos, sin); float32 result.
+    """Rotate pairs of x [B, T, H, D] by table [T, D/2, 2] (cos, sin), or [B, T, D/2, 2] when each
+    row sits at its own positions; float32 result.
 
     ``interleaved`` (Meta's checkpoints) pairs (x[2i], x[2i+1]); ``half`` (Hugging Face's, whose
     q/k rows are permuted) pairs (x[i], x[i + D/2]). The same weights in either layout give
     the same attention scores.
     """
-    cos, sin = table[None, :, None, :, 0], table[None, :, None, :, 1]
+    if table.dim() == 3:
+        table = table[None]
+    cos, sin = table[:, :, None, :, 0], table[:, :, None, :, 1]
     if layout == "interleaved":
         pairs = x.float().unflatten(-1, (-1, 2))
         x0, x1 = pairs[..., 0], pairs[..., 1]
@@ -109,6 +114,9 @@ class Step:
     positions: torch.Tensor | None = None  # positions as a tensor (static-shape path)
     mask: torch.Tensor | None = None  # boolean [T, S] attention mask, True = attend
     use_cache: bool = True
+    rows: torch.Tensor | None = None  # cache rows of the batch's rows (serving slots); positions [B, T]
+    packed: bool = False  # rows are 0..B-1: the cache is sliced, not gathered
+    length: int = 0  # with rows: how many cache positions to attend over
 
 
 class KVCache(nn.Module):
@@ -147,6 +155,8 @@ class KVCache(nn.Module):
         """Store k, v ([B, KV, T, D]) at the step's positions; return the keys and values to attend."""
         bsz, _, seqlen, _ = k.shape
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        if step.rows is not None:
+            return self._update_rows(step, k, v)
         if step.positions is not None:  # static shapes: write in place, attend over the whole cache
             self.k[:bsz].index_copy_(2, step.positions, k)
             self.v[:bsz].index_copy_(2, step.positions, v)
@@ -155,6 +165,17 @@ class KVCache(nn.Module):
         self.k[:bsz, :, step.start:end] = k
         self.v[:bsz, :, step.start:end] = v
         return self.k[:bsz, :, :end], self.v[:bsz, :, :end]
+
+    def _update_rows(self, step: Step, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row of k, v goes to its own cache row at its own positions."""
+        assert step.rows is not None and step.positions is not None
+        rows = step.rows[:, None]
+        self.k[rows, :, step.positions] = k.transpose(1, 2)
+        self.v[rows, :, step.positions] = v.transpose(1, 2)
+        if step.packed:
+            n = step.rows.shape[0]
+            return self.k[:n, :, :step.length], self.v[:n, :, :step.length]
+        return self.k[step.rows, :, :step.length], self.v[step.rows, :, :step.length]
 
 
 class Attention(nn.Module):
@@ -186,23 +207,27 @@ class Attention(nn.Module):
                 raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
             keys, values = self.cache.update(step, k, v)
             q = q.to(keys.dtype)
-            if seqlen == 1 and step.positions is None:
-                out = _decode_attention(q, keys, values)
+            if seqlen == 1 and (step.positions is None or step.rows is not None):
+                out = _decode_attention(q, keys, values, step.mask)
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1).to(x.dtype))
 
 
-def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def _decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of one new token (q [B, H, 1, D]) over the cache ([B, KV, S, D]).
 
     Plain matmuls: for a single query they cost a fraction of the fused SDPA kernel's setup.
     Query heads are grouped by the KV head they share (GQA) instead of repeating the cache.
+    ``mask`` ([B, 1, 1, S], True = attend) hides the cache positions beyond each row's own.
     """
     bsz, n_heads, _, head_dim = q.shape
     n_kv = keys.shape[1]
     qg = q.reshape(bsz, n_kv, n_heads // n_kv, head_dim)
     scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * head_dim**-0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(values.dtype)
     return torch.matmul(probs, values).view(bsz, n_heads, 1, head_dim)
 
@@ -287,16 +312,19 @@ class Transformer(nn.Module):
         self.rope = None
 
     def forward(self, tokens: torch.Tensor, start: int | torch.Tensor = 0, *,
-                use_cache: bool = True) -> torch.Tensor:
+                use_cache: bool = True, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] (float32) for tokens [B, T] at positions start..start+T-1.
 
         ``start`` as a 0-d tensor takes the static-shape path (the cache must be set up, and the
         tokens attend over its whole length under a mask). ``use_cache=False`` ignores the cache:
-        a plain causal forward over ``tokens`` (training, scoring), differentiable.
+        a plain causal forward over ``tokens`` (training, scoring), differentiable. ``rows`` [B]
+        puts row i in cache row ``rows[i]`` from position ``start[i]`` (``start`` a [B] tensor).
         """
         bsz, seqlen = tokens.shape
         if not use_cache:
             step = Step(self._table(seqlen)[:seqlen], use_cache=False)
+        elif rows is not None:
+            step = self._rows_step(rows, torch.as_tensor(start), seqlen)
         elif isinstance(start, torch.Tensor):
             step = self._static_step(start, seqlen)
         else:
@@ -321,6 +349,24 @@ class Transformer(nn.Module):
             pos = torch.arange(start + seqlen, device=self.device)
             mask = pos[None, :] <= pos[start:, None]
         return Step(self.rope[start:start + seqlen], start=start, mask=mask)
+
+    def _rows_step(self, rows: torch.Tensor, starts: torch.Tensor, seqlen: int) -> Step:
+        """Row i at positions starts[i].., in cache row rows[i] (grown as needed)."""
+        positions = starts.to(self.device)[:, None] + torch.arange(seqlen, device=self.device)
+        end = int(positions.max()) + 1
+        bsz = rows.shape[0]
+        if self.rope is None or int(rows.max()) >= self.cache_batch or end > self.cache_len:
+            self.setup_cache(int(rows.max()) + 1, -(-end // 256) * 256)
+        assert self.rope is not None
+        rows = rows.to(self.device)
+        packed = bool(torch.equal(rows, torch.arange(bsz, device=self.device)))
+        span = torch.arange(end, device=self.device)
+        if bsz == 1:  # one row: the very masks of the int path (the same numbers as generate())
+            mask = None if seqlen == 1 else span[None, :] <= positions[0, :, None]
+        else:
+            mask = (span[None, None, :] <= positions[:, :, None])[:, None]
+        return Step(self.rope[positions], positions=positions, mask=mask, rows=rows, packed=packed,
+                    length=end)
 
     def _static_step(self, start: torch.Tensor, seqlen: int) -> Step:
         if self.rope is None:
