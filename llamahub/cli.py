@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from llamahub import cli_client, plugins
+from llamahub.cli_finetune import finetune_cmd
 from llamahub.cli_options import load_options, parse_options
 from llamahub.errors import LlamahubError, RegistryError
 from llamahub.hub import cli as hub_cli
@@ -193,6 +194,9 @@ def plugins_cmd(as_json: bool) -> None:
     click.echo("download sources:")
     for n, src in sorted(sources.items()):
         click.echo(f"  {n:14} {src.description}")
+    click.echo("fine-tuning methods:")
+    for n, method in sorted(plugins.finetuners().items()):
+        click.echo(f"  {n:14} {method.description}")
 
 
 @cli.command()
@@ -211,6 +215,7 @@ def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
 # The hub server (llamahub.hub.cli imports only click; the server loads lazily), and the user's
 # commands (login, profile, license, download, cache, chat, link).
 cli.add_command(hub_cli.hub)
+cli.add_command(finetune_cmd)
 for _command in cli_client.COMMANDS:
     cli.add_command(_command)
 

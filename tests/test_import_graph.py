@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_sources")
+IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_sources", "llamahub_finetune")
 
 
 def _module_name(path: Path) -> str:
@@ -56,7 +56,8 @@ def _violations(owner: str, forbidden: tuple[str, ...]) -> list[str]:
                   for imp in imps if any(_within(imp, f) for f in forbidden))
 
 
-FACE = ("llamahub.api", "llamahub.cli", "llamahub.cli_client", "llamahub.demo", "llamahub.launcher")
+FACE = ("llamahub.api", "llamahub.cli", "llamahub.cli_client", "llamahub.demo", "llamahub.launcher",
+        "llamahub.finetune", "llamahub.cli_finetune")
 
 RULES = {
     # module (and its submodules) -> what it must never import
