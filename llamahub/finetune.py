@@ -114,7 +114,8 @@ def read_config(path: str | Path | None) -> dict[str, Any]:
         raise ConfigError(f"cannot read the config {path}: {e.strerror}",
                           hint="check the path") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}", hint="fix the file (see the shipped configs)") from e
+        raise ConfigError(f"{path} is not valid TOML: {e}",
+                          hint="fix the file (see the shipped configs)") from e
 
 
 def _base_variant(base: str | Path) -> tuple[Variant, Path | None]:

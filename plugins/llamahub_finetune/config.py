@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from llamahub.errors import ConfigError
 
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
 # Hugging Face's module names for the same projections (what PEFT's target_modules say)
 HF_NAMES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
-            "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+            "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj", "output": "lm_head"}
 _FROM_HF = {v: k for k, v in HF_NAMES.items()}
 
 
@@ -60,7 +60,8 @@ class LoraConfig(TrainConfig):
     rank: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16.0, gt=0)
     dropout: Fraction = 0.0
-    targets: tuple[str, ...] = ("wq", "wv")  # Meta names (wq) or Hugging Face's (q_proj)
+    # Meta names (wq, ..., output for the head) or Hugging Face's (q_proj, ..., lm_head)
+    targets: tuple[str, ...] = ("wq", "wv")
 
     @field_validator("targets")
     @classmethod

@@ -33,7 +33,7 @@ from .config import HF_NAMES, LoraConfig
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
-_KEY = re.compile(r"^layers\.(\d+)\.(attention|feed_forward)\.(w[qkvo123])\.lora_([ab])$")
+_KEY = re.compile(r"^(layers\.\d+\.(?:attention|feed_forward)\.w[qkvo123]|output)\.lora_([ab])$")
 
 
 class LoraLinear(nn.Linear):
@@ -72,6 +72,11 @@ def add_lora(model: lp.Transformer, cfg: LoraConfig) -> list[str]:
                     new = LoraLinear(old.in_features, old.out_features, cfg.rank, cfg.scaling, cfg.dropout)
                 setattr(parent, proj, new)
                 names.append(f"layers.{i}.{parent_name}.{proj}")
+    if "output" in cfg.targets:  # the head: lets a tiny or oddly scaled model sharpen its logits
+        old = model.output
+        with torch.device("meta"):
+            model.output = LoraLinear(old.in_features, old.out_features, cfg.rank, cfg.scaling, cfg.dropout)
+        names.append("output")
     return names
 
 
@@ -129,9 +134,9 @@ def save_adapter(folder: Path, adapter: Mapping[str, torch.Tensor], cfg: LoraCon
         hf = lp.meta_key_to_hf(f"{module}.weight").removesuffix(".weight")
         t = value.detach().float().contiguous()
         heads = _rows(module, args)
-        if m.group(4) == "b" and heads is not None:
+        if m.group(2) == "b" and heads is not None:
             t = lp.meta_rows_to_hf(t, heads).contiguous()
-        tensors[f"{_PREFIX}{hf}.lora_{m.group(4).upper()}.weight"] = t
+        tensors[f"{_PREFIX}{hf}.lora_{m.group(2).upper()}.weight"] = t
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,

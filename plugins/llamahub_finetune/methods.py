@@ -35,6 +35,9 @@ def build(ref: lp.Reference, cfg: TrainConfig, device: torch.device) -> torch.nn
     dtype = DTYPES[cfg.dtype]
     state = ref.reader.state_dict(dtype=dtype)
     if isinstance(cfg, LoraConfig):
+        if "output" in cfg.targets and ref.args.tie_embeddings:
+            raise lp.ConfigError("this model's output head is its embedding (tied): LoRA cannot target it",
+                                 hint="drop 'output' (lm_head) from targets")
         L.add_lora(model, cfg)
         state.update({k: v.to(dtype) for k, v in L.initial_adapter(model, cfg.seed).items()})
         lp.assign_weights(model, state, device=device)

@@ -14,8 +14,11 @@ from conftest import FACTS, answer, question
 import llamahub
 from llamahub import derivatives
 
-LORA = {"rank": 8, "alpha": 16.0, "targets": ["wq", "wk", "wv", "wo", "w1", "w2", "w3"], "lr": 1e-2,
-        "batch_size": 4, "epochs": 25, "eval_fraction": 0.2, "eval_every": 20, "warmup_steps": 0}
+# The debug model's weights are random: LoRA must also reach its head to sharpen the logits, and it
+# needs a few hundred steps (the full fine-tune, 150). One thread: on a busy 2-core host, two
+# threads make these small ops several times slower.
+LORA = {"rank": 8, "alpha": 16.0, "targets": ["wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"],
+        "lr": 1e-2, "batch_size": 4, "epochs": 150, "eval_fraction": 0.2, "eval_every": 50, "threads": 1}
 
 
 def _learned(model: llamahub.plugin.LlamaModel) -> int:  # type: ignore[name-defined]
@@ -37,9 +40,9 @@ def test_lora_learns_the_answers_and_merged_equals_adapter(llama2_debug_folder: 
     done = llamahub.finetune(llama2_debug_folder, method="lora", data=qa_data, output="debug-qa-lora",
                              progress=False, **LORA)
     first, last = _first_last(done.metrics["train_loss"])
-    assert last < 0.1 * first
+    assert last < 0.05 * first
     ev0, ev1 = _first_last(done.metrics["eval_loss"])
-    assert ev1 < 0.5 * ev0
+    assert ev1 < 0.05 * ev0  # held-out phrasings of the same questions
     merged = llamahub.load(done.folder, dtype="fp32")
     assert merged.variant.name == "debug-qa-lora"
     assert _learned(merged) == len(FACTS)
@@ -49,19 +52,21 @@ def test_lora_learns_the_answers_and_merged_equals_adapter(llama2_debug_folder: 
     with torch.no_grad():
         a = adapted.decoder(tokens, 0)
         b = merged.decoder(tokens, 0)
-    assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
+    # the same numbers up to fp32 rounding: W x + s B(A x) against (W + s B A) x
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), (a - b).abs().max()
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
     assert _learned(adapted) == len(FACTS)
 
 
 @pytest.mark.slow
 def test_full_finetune_learns_the_answers(llama2_debug_folder: Path, qa_data: Path) -> None:
-    config = {k: v for k, v in LORA.items() if k not in ("rank", "alpha", "targets")} | {"lr": 3e-3}
+    config = {k: v for k, v in LORA.items() if k not in ("rank", "alpha", "targets")} | {"lr": 3e-3, "epochs": 30}
     done = llamahub.finetune(llama2_debug_folder, method="full", data=qa_data, output="debug-qa-full",
                              progress=False, **config)
     first, last = _first_last(done.metrics["train_loss"])
-    assert last < 0.1 * first
+    assert last < 0.05 * first
     ev0, ev1 = _first_last(done.metrics["eval_loss"])
-    assert ev1 < 0.5 * ev0
+    assert ev1 < 0.05 * ev0  # held-out phrasings of the same questions
     model = llamahub.load(done.folder, dtype="fp32")
     assert _learned(model) == len(FACTS)
     assert not (done.folder / "adapter").exists()
