@@ -25,7 +25,7 @@ def test_peft_loads_our_adapter(folder_fixture: str, qa_data: Path, tmp_path: Pa
                              progress=False, max_steps=6, batch_size=4, lr=5e-2, rank=4, alpha=8.0,
                              targets=targets)
     ours = llamahub.load_adapter(done.folder / "adapter", base=base_folder)
-    ckpt = open_checkpoint(base_folder)
+    ckpt = open_checkpoint(base_folder, args=ours.variant.arch)  # the registry's RoPE scaling
     state = CheckpointReader(ckpt).state_dict()
     hf_folder = write_hf(tmp_path / "hf", ckpt.args, state)
     hf = transformers.LlamaForCausalLM.from_pretrained(hf_folder, torch_dtype=torch.float32).eval()

@@ -60,7 +60,8 @@ def test_lora_learns_the_answers_and_merged_equals_adapter(llama2_debug_folder: 
 
 @pytest.mark.slow
 def test_full_finetune_learns_the_answers(llama2_debug_folder: Path, qa_data: Path) -> None:
-    config = {k: v for k, v in LORA.items() if k not in ("rank", "alpha", "targets")} | {"lr": 3e-3, "epochs": 30}
+    config = {k: v for k, v in LORA.items() if k not in ("rank", "alpha", "targets")}
+    config |= {"lr": 3e-3, "epochs": 30}
     done = llamahub.finetune(llama2_debug_folder, method="full", data=qa_data, output="debug-qa-full",
                              progress=False, **config)
     first, last = _first_last(done.metrics["train_loss"])
