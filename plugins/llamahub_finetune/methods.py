@@ -92,7 +92,8 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
         "metrics": {"train_loss": metrics.train_loss, "eval_loss": metrics.eval_loss,
                     "tokens": metrics.tokens, "seconds": metrics.seconds,
                     "tokens_per_second": metrics.tokens / metrics.seconds if metrics.seconds else None,
-                    "train_examples": len(train), "eval_examples": len(held), "processes": rank.world},
+                    "resumed_from": metrics.resumed_from, "train_examples": len(train),
+                    "eval_examples": len(held), "processes": rank.world},
     }
 
 

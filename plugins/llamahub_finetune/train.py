@@ -50,6 +50,7 @@ class Metrics:
     eval_loss: list[tuple[int, float]] = field(default_factory=list)
     tokens: int = 0  # input tokens processed (all ranks)
     seconds: float = 0.0
+    resumed_from: int = 0  # the step of the checkpoint this run continued from (0: a fresh start)
 
 
 def fingerprint(job: lp.FinetuneJob, cfg: TrainConfig, data_sha: str) -> str:
@@ -128,7 +129,7 @@ class Loop:
         self.sched.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"][self.rank.rank])
         self.step = int(blob["step"])
-        self.metrics = Metrics(**blob["metrics"])
+        self.metrics = Metrics(**{**blob["metrics"], "resumed_from": self.step})
         return True
 
     def discard_checkpoint(self) -> None:

@@ -52,6 +52,7 @@ def test_resume_after_kill_matches_uninterrupted(llama2_debug_folder: Path, qa_d
                                 progress=False, threads=1, **RUN)
     whole = llamahub.finetune(llama2_debug_folder, method="lora", data=qa_data, output="uninterrupted",
                               progress=False, threads=1, **RUN)
+    assert resumed.metrics["resumed_from"] == killed_at and whole.metrics["resumed_from"] == 0
     assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
     a, b = _weights(resumed.folder), _weights(whole.folder)
     assert a.keys() == b.keys()
