@@ -115,12 +115,13 @@ def run(job: lp.FinetuneJob, cfg: TrainConfig) -> lp.FinetuneResult:
         fields = train_rank(job, cfg, Rank())
     else:
         import torch.multiprocessing as mp
+        from torch.multiprocessing.spawn import ProcessException
 
         job.workdir.mkdir(parents=True, exist_ok=True)
         (job.workdir / RESULT).unlink(missing_ok=True)
         try:
             mp.spawn(_worker, args=(cfg.processes, free_port(), job, cfg), nprocs=cfg.processes, join=True)
-        except mp.ProcessRaisedException as e:
+        except ProcessException as e:
             raise lp.BackendError(f"a data-parallel rank failed: {str(e).strip().splitlines()[-1]}",
                                   hint="the full traceback is above; fix it and run again "
                                        "(the last checkpoint is resumed)") from e

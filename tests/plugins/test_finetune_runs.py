@@ -74,6 +74,6 @@ def test_two_gloo_ranks_follow_one_rank(llama2_debug_folder: Path, qa_data: Path
     assert len(a) == len(b) == 8
     assert a[-1] < a[0]
     for x, y in zip(a, b, strict=True):
-        assert abs(x - y) <= 1e-4 * abs(x), (a, b)
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)  # measured: 2e-7
     wa, wb = _weights(one.folder), _weights(two.folder)
-    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6  # measured: 1e-7
