@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from llamahub.model.args import ModelArgs
 from llamahub.model.convert import meta_to_hf
@@ -71,7 +72,7 @@ def llamahub_step(args: ModelArgs, method: str, lr: float) -> Step:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -93,11 +94,12 @@ def transformers_step(args: ModelArgs, method: str, lr: float) -> Step:
 
     def step(tokens: torch.Tensor) -> float:
         opt.zero_grad()
-        loss = model(input_ids=tokens[:, :-1], labels=tokens[:, :-1].clone()).loss
+        logits = model(input_ids=tokens[:, :-1]).logits  # the same targets as ours, the same loss
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

@@ -55,7 +55,8 @@ def test_cli_finetunes_a_named_base_and_runs_the_derivative(make_client: MakeCli
 
 
 def test_the_derivative_is_refused_where_its_base_is(make_client: MakeClient, data: Path,
-                                                    llama2_debug_folder: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    llama2_debug_folder: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
                                                     finetune_plugin: object) -> None:
     client = make_client(accept=())
     client.use(monkeypatch, LLAMAHUB_CPU_KERNEL="0")
