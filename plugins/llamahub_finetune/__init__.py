@@ -50,7 +50,13 @@ class FullMethod(_Method):
     description = "every weight trained (AdamW); needs about four times the weights' memory"
 
 
+class QatMethod(_Method):
+    name = "qat"
+    description = "quantization-aware full fine-tuning (int8/int4 fake-quantized projections)"
+
+
 @lp.hookimpl
 def register_finetuners(register: Any) -> None:
     register(LoraMethod())
     register(FullMethod())
+    register(QatMethod())

@@ -82,7 +82,26 @@ class LoraConfig(TrainConfig):
         return self.alpha / self.rank
 
 
-MODELS: dict[str, type[TrainConfig]] = {"lora": LoraConfig, "full": FullConfig}
+class QatConfig(TrainConfig):
+    """Full fine-tuning with the chosen projections fake-quantized (see ``qat.py``)."""
+
+    method: Literal["qat"] = "qat"
+    bits: Literal[4, 8] = 4
+    group_size: int = Field(32, ge=0)  # input columns per scale; 0 = one scale per row
+    targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = tuple(dict.fromkeys(_FROM_HF.get(name, name) for name in value))
+        bad = [name for name in out if name not in PROJECTIONS[:-1]]
+        if bad or not out:
+            blocks = ", ".join(PROJECTIONS[:-1])
+            raise ValueError(f"{bad or 'nothing'}: name projections of the blocks, {blocks}")
+        return out
+
+
+MODELS: dict[str, type[TrainConfig]] = {"lora": LoraConfig, "full": FullConfig, "qat": QatConfig}
 
 
 def parse(method: str, data: Mapping[str, Any]) -> TrainConfig:

@@ -17,7 +17,8 @@ import llamahub.plugin as lp
 
 from . import data as D
 from . import lora as L
-from .config import LoraConfig, TrainConfig
+from . import qat as Q
+from .config import LoraConfig, QatConfig, TrainConfig
 from .train import Loop, Rank, device_for, fingerprint, free_port
 
 RESULT = "result.pt"
@@ -44,6 +45,8 @@ def build(ref: lp.Reference, cfg: TrainConfig, device: torch.device) -> torch.nn
         for name, p in model.named_parameters():
             p.requires_grad_(".lora_" in name)
     else:  # every weight trains: own copies, never the memory-mapped checkpoint
+        if isinstance(cfg, QatConfig):
+            Q.add_fake_quant(model, cfg.targets, cfg.bits, cfg.group_size)
         state = {k: v.clone() for k, v in state.items()}
         lp.assign_weights(model, state, device=device, trainable=True)
     return model
@@ -84,6 +87,10 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
         files = [f"adapter/{n}" for n in L.save_adapter(job.output / "adapter", adapter, cfg, ref.args,
                                                         job.base.name)]
         state = L.merged_state(model)
+    elif isinstance(cfg, QatConfig):
+        state, packed = Q.quantized_state(model)
+        files = [f"quantized/{n}" for n in Q.save_quantized(job.output / "quantized", packed, cfg.bits,
+                                                             cfg.group_size)]
     else:
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     loop.discard_checkpoint()

@@ -13,7 +13,7 @@ from llamahub.finetune import read_config
 
 
 def test_plugin_ships_configs() -> None:
-    assert {"lora", "full", "lora-all-linear", "lora-long-context"} <= set(C.shipped())
+    assert {"lora", "full", "lora-all-linear", "lora-long-context", "qat-int4"} <= set(C.shipped())
 
 
 @pytest.mark.parametrize("name", sorted(C.shipped()))
