@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import MakeClient
 
 import llamahub
@@ -49,6 +50,13 @@ def test_cli_finetunes_a_named_base_and_runs_the_derivative(make_client: MakeCli
     client.use(monkeypatch, LLAMAHUB_OFFLINE="1", LLAMAHUB_CPU_KERNEL="0")
     model = llamahub.load("debug-helper", dtype="fp32")  # offline: the base's receipt is on this machine
     assert model.variant.license == "llama-debug"
+    # the adapter on top of the cached base it names (base_model_name_or_path), also offline
+    adapter = llamahub.download("debug-helper") / "debug-helper" / "adapter"
+    adapted = llamahub.load_adapter(adapter)
+    assert adapted.variant.name == BASE
+    tokens = torch.tensor([model.tokenizer.encode("question 3", bos=True)])
+    with torch.no_grad():
+        assert torch.allclose(adapted.decoder(tokens, 0), model.decoder(tokens, 0), atol=1e-5, rtol=1e-5)
     model.close()
     again = client.cli("finetune", BASE, "--data", str(data), "--output", "debug-helper")
     assert again.returncode == 1 and "exists already" in again.stderr
