@@ -163,3 +163,12 @@ def lineage(name: str) -> dict[str, Any] | None:
     """The lineage of a derivative (base, method, data digest, license, ...), None if not one."""
     record = read_record(name)
     return dict(record["lineage"]) if record and "lineage" in record else None
+
+
+def save_output(path: Path, record: Mapping[str, Any], source_model: str) -> None:
+    """Append a generated record to a JSONL file with its provenance (``source_model``), so that a
+    fine-tune on it later knows whose outputs it holds (``llamahub run/chat --save``)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({**record, "source_model": source_model}) + "\n")

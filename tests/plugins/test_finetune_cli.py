@@ -50,3 +50,39 @@ def test_finetune_command_errors(llama2_debug_folder: Path, qa_data: Path, args:
     err = capsys.readouterr().err
     assert code == 1
     assert f"error: {message}" in err and "next:" in err
+
+
+def test_run_save_records_provenance(llama2_debug_folder: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import llamahub
+    from llamahub.errors import OutputUseError
+    from llamahub.finetune import check_data
+
+    saved = tmp_path / "out.jsonl"
+    for extra in ([], ["--chat"]):
+        code = main(["run", str(llama2_debug_folder), "hello", "-n", "3", "-t", "0", "--save", str(saved),
+                     *extra])
+        assert code == 0, capsys.readouterr().err
+    text, dialog = (json.loads(line) for line in saved.read_text().splitlines())
+    assert text["source_model"] == dialog["source_model"] == "llama-debug-2-chat"
+    assert text["text"].startswith("hello") and dialog["messages"][0]["content"] == "hello"
+    assert check_data(saved, llamahub.variant("llama-3-8b")) == []  # the debug license lets outputs train
+    saved.write_text(json.dumps({**text, "source_model": "llama-3-8b-instruct"}) + "\n")
+    with pytest.raises(OutputUseError):
+        check_data(saved, llamahub.variant("llama-2-7b"))
+
+
+def test_chat_save_records_the_dialog(llama2_debug_folder: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
+
+    saved = tmp_path / "chat.jsonl"
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\nagain\n\n"))
+    args = ["chat", str(llama2_debug_folder), "-n", "3", "--system", "be brief", "--save", str(saved)]
+    assert main(args) == 0
+    [record] = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert record["source_model"] == "llama-debug-2-chat"
+    assert [m["role"] for m in record["messages"]] == ["system", "user", "assistant", "user", "assistant"]
