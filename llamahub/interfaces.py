@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from llamahub.fsutil import atomic_write
 
 if TYPE_CHECKING:
+    import torch
+
+    from llamahub.model.args import ModelArgs
     from llamahub.model.llm import LlamaModel
     from llamahub.registry import Variant
 
@@ -241,8 +244,8 @@ class FinetuneResult:
     architecture they fit (``ModelArgs``), what it wrote into ``output``, and its measurements
     (``train_loss``, ``eval_loss``, ``tokens``, ...)."""
 
-    state_dict: Mapping[str, Any]
-    args: Any
+    state_dict: Mapping[str, torch.Tensor]
+    args: ModelArgs
     files: tuple[str, ...] = ()
     metrics: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
