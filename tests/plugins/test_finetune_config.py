@@ -50,3 +50,31 @@ def test_unknown_method_and_bad_config_file(llama2_debug_folder: Path, qa_data: 
 def test_targets_take_either_naming() -> None:
     cfg = C.parse("lora", {"targets": ["q_proj", "wv", "down_proj", "wq"]})
     assert cfg.model_dump()["targets"] == ("wq", "wv", "w2")
+
+
+@pytest.mark.parametrize("name", ["lora", "full", "qat"])
+def test_in_tree_methods_meet_the_contract(name: str) -> None:
+    from llamahub import plugins
+    from llamahub.testing import check_finetuner
+
+    defaults = check_finetuner(plugins.finetuners()[name], llamahub.variant("llama-debug-2-chat"))
+    assert defaults["method"] == name and defaults["seed"] == 0
+
+
+def test_the_contract_check_catches_a_lax_method() -> None:
+    from llamahub.testing import check_finetuner
+
+    class Lax:
+        name, description = "lax", "takes anything"
+
+        def unsupported_reason(self, variant: object) -> None:
+            return None
+
+        def check_config(self, config: dict) -> dict:
+            return dict(config)
+
+        def train(self, job: object) -> None:
+            raise NotImplementedError
+
+    with pytest.raises(AssertionError, match="accepted an unknown key"):
+        check_finetuner(Lax(), llamahub.variant("llama-debug-2-chat"))  # type: ignore[arg-type]
