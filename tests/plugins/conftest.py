@@ -1,24 +1,11 @@
-"""Fixtures for the fine-tuning plugin: the plugin registered by hand, a Q&A data set."""
+"""Fixtures for the fine-tuning plugin: the plugin registered by hand, the Q&A data set."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-
-FACTS = [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"),
-         ("sun", "yellow"), ("rose", "red")]
-PHRASES = ["What color is the {}?", "Tell me the color of the {}.", "Which color has the {}?",
-           "Name the color of the {}."]
-
-
-def question(thing: str, phrase: int = 0) -> str:
-    return PHRASES[phrase].format(thing)
-
-
-def answer(color: str) -> str:
-    return f"It is {color}."
+from qa_task import write_dialogs
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +20,4 @@ def finetune_plugin(plugin_manager, monkeypatch: pytest.MonkeyPatch):  # type: i
 @pytest.fixture
 def qa_data(tmp_path: Path) -> Path:
     """Dialogs teaching a fixed answer to each question, asked four ways."""
-    path = tmp_path / "qa.jsonl"
-    lines = [json.dumps({"messages": [{"role": "user", "content": question(thing, p)},
-                                      {"role": "assistant", "content": answer(color)}]})
-             for p in range(len(PHRASES)) for thing, color in FACTS]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_dialogs(tmp_path / "qa.jsonl")

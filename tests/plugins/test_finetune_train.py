@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FACTS, answer, question
+from qa_task import FACTS, answer, question
 
 import llamahub
 from llamahub import derivatives
