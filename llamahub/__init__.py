@@ -35,6 +35,7 @@ from llamahub.errors import (
     UnknownVariantError,
     UnsafeCheckpointError,
 )
+from llamahub.finetune import finetune, load_adapter
 from llamahub.hookspecs import hookimpl
 from llamahub.interfaces import LoadOptions
 from llamahub.plugins import resolve as variant
@@ -74,8 +75,10 @@ __all__ = [
     "Variant",
     "__version__",
     "download",
+    "finetune",
     "hookimpl",
     "load",
+    "load_adapter",
     "variant",
     "variants",
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from llamahub import cli_client, cli_mirror, plugins
+from llamahub.cli_finetune import finetune_cmd
 from llamahub.cli_options import load_options, parse_options
 from llamahub.cli_serve import serve
 from llamahub.errors import LlamahubError, RegistryError
@@ -132,10 +134,12 @@ def _plan_json(row: Any) -> dict[str, Any]:
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.9, show_default=True)
 @click.option("--seed", type=int)
 @click.option("--chat", "as_chat", is_flag=True, help="send PROMPT as a user message in the chat format")
+@click.option("--save", type=click.Path(dir_okay=False), help="append the exchange to this JSONL file, "
+              "with the model as its source_model (training data keeps its provenance)")
 def run(model: str, prompt: str, variant: str | None, backend: str | None, dtype: str | None,
         device: str | None, context_length: int | None, backend_options: tuple[str, ...],
         threads: int | None, max_new_tokens: int, temperature: float, top_p: float,
-        seed: int | None, as_chat: bool) -> None:
+        seed: int | None, as_chat: bool, save: str | None) -> None:
     """Generate from MODEL (a name, or a folder written as a path: ./folder), streaming to stdout."""
     from llamahub.api import load
 
@@ -152,15 +156,28 @@ def run(model: str, prompt: str, variant: str | None, backend: str | None, dtype
             pieces = m.generate(prompt, **kw)
             click.echo(prompt, nl=False)
             printed = True
+        said = []
         for piece in pieces:
+            said.append(piece)
             click.echo(piece, nl=False)
             printed = True
         click.echo()
         printed = False
+        if save:
+            _save(save, prompt, "".join(said), as_chat, m.variant.name)
     finally:
         if printed:  # stopped mid-line (Ctrl-C): the line ends before any message
             click.echo()
         m.close()
+
+
+def _save(path: str, prompt: str, output: str, as_chat: bool, source: str) -> None:
+    from llamahub.derivatives import save_output
+
+    answer = {"role": "assistant", "content": output.strip()}
+    question = {"role": "user", "content": prompt}
+    record = {"messages": [question, answer]} if as_chat else {"text": prompt + output}
+    save_output(Path(path), record, source)
 
 
 @cli.command("plugins")
@@ -194,6 +211,9 @@ def plugins_cmd(as_json: bool) -> None:
     click.echo("download sources:")
     for n, src in sorted(sources.items()):
         click.echo(f"  {n:14} {src.description}")
+    click.echo("fine-tuning methods:")
+    for n, method in sorted(plugins.finetuners().items()):
+        click.echo(f"  {n:14} {method.description}")
 
 
 @cli.command()
@@ -213,6 +233,7 @@ def demo(yes: bool, max_new_tokens: int, no_progress: bool) -> None:
 # commands (login, profile, license, download, cache, chat, link).
 cli.add_command(hub_cli.hub)
 cli.add_command(cli_mirror.mirror)
+cli.add_command(finetune_cmd)
 for _command in cli_client.COMMANDS:
     cli.add_command(_command)
 cli.add_command(serve)  # the OpenAI-compatible server (llamahub.serve, loaded when it runs)

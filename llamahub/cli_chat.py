@@ -58,8 +58,10 @@ def _answer(m: Any, dialog: list[dict[str, str]], max_new_tokens: int, **samplin
 @click.option("-n", "--max-new-tokens", type=click.IntRange(1), default=256, show_default=True)
 @click.option("-t", "--temperature", type=click.FloatRange(0), default=0.6, show_default=True)
 @click.option("--seed", type=int)
+@click.option("--save", type=click.Path(dir_okay=False), help="append the dialog to this JSONL file at the "
+              "end, with the model as its source_model (training data keeps its provenance)")
 def chat(model: str, system: str | None, dtype: str | None, max_new_tokens: int, temperature: float,
-         seed: int | None) -> None:
+         seed: int | None, save: str | None) -> None:
     """An interactive chat with MODEL (a name or a folder). Empty line or Ctrl-D ends it.
 
     When the dialog outgrows the context, the oldest exchanges are left out (a note says so).
@@ -82,3 +84,9 @@ def chat(model: str, system: str | None, dtype: str | None, max_new_tokens: int,
             dialog.append({"role": "assistant", "content": reply})
     finally:
         m.close()
+        if save and any(msg["role"] == "assistant" for msg in dialog):
+            from pathlib import Path
+
+            from llamahub.derivatives import save_output
+
+            save_output(Path(save), {"messages": dialog}, m.variant.name)

@@ -238,3 +238,30 @@ class DiskSpaceError(DownloadError):
     """Not enough free disk space for a download."""
 
     code = "insufficient_disk_space"
+
+
+# --- fine-tuning ----------------------------------------------------------------------------
+
+
+class FinetuneError(LlamahubError):
+    """A fine-tuning job cannot run as asked (method, config, output name)."""
+
+    code = "finetune_failed"
+
+
+class TrainingDataError(FinetuneError):
+    """A training data file is unreadable or a record does not fit the method or the context."""
+
+    code = "training_data_invalid"
+
+
+class DerivativeNameError(LicenseError):
+    """A derivative's name breaks its base license's naming rule."""
+
+    code = "derivative_name"
+
+
+class OutputUseError(LicenseError):
+    """Training data came from a model whose license forbids training this base on its outputs."""
+
+    code = "output_use"

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from llamahub.fsutil import atomic_write
 
 if TYPE_CHECKING:
+    import torch
+
+    from llamahub.model.args import ModelArgs
     from llamahub.model.llm import LlamaModel
     from llamahub.registry import Variant
 
@@ -233,12 +236,54 @@ class Source(Protocol):
         """The files of ``variant`` to fetch. ``hub`` reaches the hub; ``location`` is user-given."""
 
 
+@dataclass(frozen=True)
+class FinetuneJob:
+    """What the core hands a fine-tuning method: the base (gated and fetched), the data, the config.
+
+    ``artifacts`` and ``options`` open the base as a backend would (``open_reference``; the
+    options carry ``context_length`` and ``rope_scaling`` when the job extends the context).
+    ``data`` is a JSONL file of ``{"messages": [...]}`` dialogs or ``{"text": ...}`` records.
+    ``output`` is an empty folder for the method's own files (e.g. a PEFT adapter), which end up
+    next to the weights; ``workdir`` persists between runs of the same job (checkpoints to
+    resume from). ``config`` holds the method's settings, already merged from its defaults, a
+    config file and keyword arguments (the method validates them).
+    """
+
+    base: Variant
+    artifacts: Artifacts
+    options: LoadOptions
+    data: Path
+    output: Path
+    workdir: Path
+    config: Mapping[str, Any]
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What a method returns: the full weights (Meta naming, interleaved RoPE rows), the
+    architecture they fit (``ModelArgs``), what it wrote into ``output``, and its measurements
+    (``train_loss``, ``eval_loss``, ``tokens``, ...)."""
+
+    state_dict: Mapping[str, torch.Tensor]
+    args: ModelArgs
+    files: tuple[str, ...] = ()
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Finetuner(Protocol):
-    """A fine-tuning method (LoRA, full, QAT, ...)."""
+    """A fine-tuning method (LoRA, full, QAT, ...). Import heavy code inside ``train``."""
 
     name: str
     description: str
 
     def unsupported_reason(self, variant: Variant) -> str | None:
         """Why this method cannot fine-tune ``variant`` (None when it can)."""
+
+    def check_config(self, config: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The method's full config (its defaults filled in); raise ConfigError when bad. Pure."""
+
+    def train(self, job: FinetuneJob) -> FinetuneResult:
+        """Train on ``job.data`` and return the weights (rank 0 of a data-parallel run)."""

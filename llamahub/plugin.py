@@ -33,7 +33,9 @@ from llamahub.interfaces import (
     Artifacts,
     Backend,
     Capacity,
+    FinetuneJob,
     Finetuner,
+    FinetuneResult,
     HubAccess,
     LoadOptions,
     MemoryPlan,
@@ -49,6 +51,8 @@ from llamahub.registry import Variant
 if TYPE_CHECKING:
     from llamahub.model.args import ModelArgs, RopeScaling
     from llamahub.model.batching import SlotDecoder, TransformerSlots
+    from llamahub.model.chat import chat_stop_ids, encode_dialog
+    from llamahub.model.convert import hf_key_to_meta, hf_rows_to_meta, meta_key_to_hf, meta_rows_to_hf
     from llamahub.model.generation import Decoder, DecoderLoop, Generator, Sampling, generate_ids
     from llamahub.model.llm import LlamaModel
     from llamahub.model.reader import CheckpointReader
@@ -58,6 +62,9 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "ModelArgs": "llamahub.model.args", "RopeScaling": "llamahub.model.args",
+    "chat_stop_ids": "llamahub.model.chat", "encode_dialog": "llamahub.model.chat",
+    "hf_key_to_meta": "llamahub.model.convert", "hf_rows_to_meta": "llamahub.model.convert",
+    "meta_key_to_hf": "llamahub.model.convert", "meta_rows_to_hf": "llamahub.model.convert",
     "Decoder": "llamahub.model.generation", "DecoderLoop": "llamahub.model.generation",
     "Generator": "llamahub.model.generation", "Sampling": "llamahub.model.generation",
     "generate_ids": "llamahub.model.generation",
@@ -91,6 +98,8 @@ __all__ = [
     "Decoder",
     "DecoderLoop",
     "DownloadError",
+    "FinetuneJob",
+    "FinetuneResult",
     "Finetuner",
     "GenerationError",
     "Generator",
@@ -120,9 +129,15 @@ __all__ = [
     "build_meta",
     "build_model",
     "cache_dir",
+    "chat_stop_ids",
     "context_length",
+    "encode_dialog",
     "generate_ids",
+    "hf_key_to_meta",
+    "hf_rows_to_meta",
     "hookimpl",
+    "meta_key_to_hf",
+    "meta_rows_to_hf",
     "model_args",
     "open_reference",
     "parse_checklist",

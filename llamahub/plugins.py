@@ -43,7 +43,7 @@ class _State:
         self.lock = threading.Lock()
         self.pm: pluggy.PluginManager | None = None
         self.records: list[PluginRecord] = []
-        self.catalogue: tuple[frozenset[int], Registry] | None = None
+        self.catalogue: tuple[frozenset[object], Registry] | None = None
 
 
 _state = _State()
@@ -145,16 +145,22 @@ def plugin_variants() -> list[Variant]:
 
 
 def catalogue() -> Registry:
-    """The shipped variants plus every plugin's (validated alike), built once per plugin set."""
+    """The shipped variants, every plugin's (validated alike) and the local derivatives (fine-tunes
+    made here), built once per plugin set and derivative records."""
+    from llamahub import derivatives
     from llamahub.registry import Registry, shipped
 
-    key = frozenset(id(p) for p in manager().get_plugins())  # changes when plugins do
+    # changes when plugins or derivative records do
+    key = frozenset([*(id(p) for p in manager().get_plugins()), derivatives.stamp()])
     cached = _state.catalogue
     if cached is not None and cached[0] == key:
         return cached[1]
     reg = Registry(shipped())
     for v in plugin_variants():
         reg.add(v)
+    for v in derivatives.variants():
+        if v.name not in {x.name for x in reg}:
+            reg.add(v)
     _state.catalogue = (key, reg)
     return reg
 

@@ -13,14 +13,17 @@ plugins in llamahub's own suite.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamahub.errors import ConfigError
 from llamahub.interfaces import (
     Artifacts,
     Backend,
     Capacity,
+    Finetuner,
     LoadOptions,
     MemoryPlan,
     RemoteFile,
@@ -169,3 +172,26 @@ def check_source(source: Source, variant: Variant, hub: Any, location: str | Non
         problems.append(f"schemes must be a tuple of URL schemes such as ('s3',), got {schemes!r}")
     _raise(f"source {source.name!r}", problems)
     return plan
+
+
+def check_finetuner(finetuner: Finetuner, variant: Variant) -> Mapping[str, Any]:
+    """Check ``finetuner``'s static contract (no training) and return its default config."""
+    problems: list[str] = []
+    _check_attributes(finetuner, {"name": str, "description": str}, problems)
+    for method in ("unsupported_reason", "check_config", "train"):
+        if not callable(getattr(finetuner, method, None)):
+            problems.append(f"{method}() is missing")
+    _raise(f"fine-tuning method {getattr(finetuner, 'name', finetuner)!r}", problems)
+    reason = finetuner.unsupported_reason(variant)
+    if reason is not None and not isinstance(reason, str):
+        problems.append(f"unsupported_reason() must return None or a string, got {reason!r}")
+    defaults = finetuner.check_config({})
+    if not isinstance(defaults, Mapping):
+        problems.append(f"check_config({{}}) must return its defaults as a mapping, got {defaults!r}")
+    try:
+        finetuner.check_config({"no_such_setting_ever": 1})
+        problems.append("check_config() accepted an unknown key; refuse it with ConfigError")
+    except ConfigError:
+        pass
+    _raise(f"fine-tuning method {finetuner.name!r}", problems)
+    return defaults

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_sources", "llamahub_mirrors")
+IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_sources", "llamahub_mirrors",
+                   "llamahub_finetune")
 
 
 def _module_name(path: Path) -> str:
@@ -57,7 +58,7 @@ def _violations(owner: str, forbidden: tuple[str, ...]) -> list[str]:
 
 
 FACE = ("llamahub.api", "llamahub.cli", "llamahub.cli_client", "llamahub.cli_mirror", "llamahub.cli_serve",
-        "llamahub.demo", "llamahub.launcher")
+        "llamahub.demo", "llamahub.launcher", "llamahub.finetune", "llamahub.cli_finetune")
 
 RULES = {
     # module (and its submodules) -> what it must never import

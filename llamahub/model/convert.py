@@ -108,6 +108,17 @@ def _unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, 2, out // n_heads // 2, inp).transpose(1, 2).reshape(out, inp)
 
 
+def meta_rows_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a q/k projection (or of anything with its rows, e.g. a LoRA B matrix) from Meta's
+    interleaved RoPE order to Hugging Face's half-split order."""
+    return _permute(w, n_heads)
+
+
+def hf_rows_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of ``meta_rows_to_hf``."""
+    return _unpermute(w, n_heads)
+
+
 def hf_key_to_meta(key: str) -> str:
     if (m := _LAYER_RE.match(key)) and m.group(1):
         if m.group(3) not in _HF_LAYER:

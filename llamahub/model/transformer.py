@@ -201,7 +201,10 @@ class Attention(nn.Module):
         gqa = self.n_kv_heads != self.n_heads
         if not step.use_cache:
             v = v.to(q.dtype)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
+            if step.mask is not None:  # e.g. block-diagonal over packed training examples
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, enable_gqa=gqa)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=seqlen > 1, enable_gqa=gqa)
         else:
             if self.cache is None:
                 raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
@@ -312,17 +315,20 @@ class Transformer(nn.Module):
         self.rope = None
 
     def forward(self, tokens: torch.Tensor, start: int | torch.Tensor = 0, *,
-                use_cache: bool = True, rows: torch.Tensor | None = None) -> torch.Tensor:
+                use_cache: bool = True, rows: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] (float32) for tokens [B, T] at positions start..start+T-1.
 
         ``start`` as a 0-d tensor takes the static-shape path (the cache must be set up, and the
         tokens attend over its whole length under a mask). ``use_cache=False`` ignores the cache:
-        a plain causal forward over ``tokens`` (training, scoring), differentiable. ``rows`` [B]
-        puts row i in cache row ``rows[i]`` from position ``start[i]`` (``start`` a [B] tensor).
+        a plain causal forward over ``tokens`` (training, scoring), differentiable; ``mask``
+        (boolean, [B, 1, T, T], True = attend) replaces its causal mask there, e.g. to keep
+        examples packed in one row from seeing each other. ``rows`` [B] puts row i in cache row
+        ``rows[i]`` from position ``start[i]`` (``start`` a [B] tensor).
         """
         bsz, seqlen = tokens.shape
         if not use_cache:
-            step = Step(self._table(seqlen)[:seqlen], use_cache=False)
+            step = Step(self._table(seqlen)[:seqlen], mask=mask, use_cache=False)
         elif rows is not None:
             step = self._rows_step(rows, torch.as_tensor(start), seqlen)
         elif isinstance(start, torch.Tensor):
