@@ -29,7 +29,15 @@ from llamahub.errors import (
     UnknownVariantError,
 )
 from llamahub.hub import models as m
-from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links, routes_site
+from llamahub.hub import (
+    pages,
+    routes_account,
+    routes_admin,
+    routes_enterprise,
+    routes_hf,
+    routes_links,
+    routes_site,
+)
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
@@ -137,6 +145,7 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.include_router(routes_enterprise.admin)
     app.include_router(pages.router)
     app.include_router(routes_site.router)  # `/` and `/docs`, with Swagger UI served by the hub itself
+    app.include_router(routes_hf.router)  # last: the Hugging Face protocol's `/{repo}/resolve/...`
     return app
 
 
