@@ -23,6 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from llamahub.hub import hf_repos
+from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import MAX_TOKEN, Ctx
@@ -32,7 +33,7 @@ from llamahub.hub.links import MAX_PATH, parse_range
 from llamahub.hub.routes_links import FILE_RESPONSES, _blob_response, _read
 from llamahub.policy import check
 
-router = APIRouter(tags=["huggingface"])
+router = APIRouter(tags=["huggingface"], responses=m.ERRORS)
 
 
 class HfError(HubError):
