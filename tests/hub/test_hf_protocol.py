@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from hubtest import Account, Hub, MakeUser
 
 hf = pytest.importorskip("huggingface_hub")
@@ -236,3 +237,35 @@ def test_resolve_answers_ranges_and_the_headers_the_client_needs(hub: Hub, make_
     top = httpx.get(f"{hub.url}/api/models/{REPO}/tree/main").json()
     assert [e["type"] for e in top if e["path"] == "original"] == ["directory"]
     assert not any("/" in e["path"] for e in top)
+
+
+def test_an_hf_import_serves_meta_layout_under_original(tmp_path_factory: pytest.TempPathFactory,
+                                                       tmp_path: Path) -> None:
+    from hubtest import init_hub, run_cli, serving
+
+    from llamahub.model.writer import generate_checkpoint
+    from llamahub.registry import shipped
+
+    v = shipped().resolve("llama-debug-3.1-instruct")
+    data = tmp_path_factory.mktemp("hf-import-hub")
+    admin = init_hub(data, seed=False)
+    folder = generate_checkpoint(v, tmp_path / "src", fmt="hf")
+    imported = run_cli("hub", "import", str(folder), "--variant", v.name, "--data", str(data))
+    assert imported.returncode == 0, imported.stderr
+    with serving(data, admin) as (h, _):
+        files = set(hf.HfApi(endpoint=h.url).list_repo_files(f"llamahub/{v.name}", token=False))
+        assert {"config.json", "model.safetensors", "original/consolidated.00.pth", "original/params.json",
+                "original/tokenizer.model", "original/checklist.chk"} <= files
+        user = httpx.post(f"{h.url}/api/users", json={"email": "m@example.com", "name": "M",
+                                                      "organisation": "M", "country": "us"}).json()["token"]
+        auth = {"Authorization": f"Bearer {user}"}
+        assert httpx.put(f"{h.url}/api/profile", headers=auth,
+                         json={"mau": 10, "intended_uses": ["chatbot"]}).status_code == 200
+        assert httpx.post(f"{h.url}/api/licenses/llama-debug/accept", headers=auth).status_code == 201
+        snap = Path(hf.snapshot_download(f"llamahub/{v.name}", endpoint=h.url, cache_dir=tmp_path / "c",
+                                         token=user, allow_patterns=["original/*"]))
+    from llamahub.model.checkpoint import open_checkpoint
+
+    meta = open_checkpoint(snap / "original", args=v.arch).state_dict()
+    source = open_checkpoint(folder, args=v.arch).state_dict()
+    assert meta.keys() == source.keys() and all(torch.equal(meta[k], source[k]) for k in source)
