@@ -61,7 +61,7 @@ def test_plugins_lists_in_tree_backend() -> None:
     assert "cpu" in out.stdout and "llamahub_cpu" in out.stdout and "available" in out.stdout
     data = json.loads(run("plugins", "--json").stdout)
     assert data["backends"]["cpu"]["available"] is True
-    assert set(data["sources"]) == {"hub", "meta-url", "local"}  # the in-tree sources, via entry points
+    assert set(data["sources"]) == {"hub", "meta-url", "local", "huggingface"}  # in-tree, via entry points
     only_cpu = json.loads(run("plugins", "--json", env={**os.environ, "LLAMAHUB_PLUGINS": "cpu"}).stdout)
     assert only_cpu["sources"] == {} and "cpu" in only_cpu["backends"]
 
