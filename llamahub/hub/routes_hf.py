@@ -26,7 +26,7 @@ from llamahub.hub import hf_repos
 from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
 from llamahub.hub.context import HubContext
-from llamahub.hub.deps import MAX_TOKEN, Ctx
+from llamahub.hub.deps import MAX_TOKEN, Ctx, User
 from llamahub.hub.errors import HubError
 from llamahub.hub.hf_repos import Repo, RepoFile
 from llamahub.hub.links import MAX_PATH, parse_range
@@ -92,7 +92,15 @@ def _iso(value: str) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
-# --- repo info and tree ----------------------------------------------------------------------
+# --- who, repo info and tree ------------------------------------------------------------------
+
+
+@router.get("/api/whoami-v2", response_model=None)
+def whoami(user: User) -> dict[str, Any]:
+    """The token's user, as ``hf auth whoami`` and ``hf auth login`` ask (our API token is the HF token)."""
+    return {"type": "user", "id": user["id"], "name": user["id"], "fullname": user["name"],
+            "email": user["email"], "emailVerified": False, "isPro": False, "orgs": [],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "llamahub", "role": "read"}}}
 
 
 @router.get("/api/models/{repo_path:path}", response_model=None,

@@ -90,6 +90,14 @@ def test_gated_failing_our_gates_is_403_with_our_reason(hub: Hub, make_user: Mak
     assert "To get access" in head.headers["X-Error-Message"]
 
 
+def test_whoami_names_the_tokens_user(hub: Hub, make_user: MakeUser) -> None:
+    user = make_user()
+    assert _api(hub).whoami(token=user.token)["name"] == user.id
+    with pytest.raises(hf_errors.HfHubHTTPError) as e:
+        _api(hub).whoami(token="hf_not_a_token_of_this_hub")
+    assert e.value.response.status_code == 401
+
+
 def test_a_bad_token_is_refused(hub: Hub, tmp_path: Path) -> None:
     with pytest.raises(hf_errors.HfHubHTTPError) as e:
         _download(hub, tmp_path, "hf_not_a_token_of_this_hub")
