@@ -27,7 +27,6 @@ from llamahub.registry import Variant
 
 MAIN = "main"
 _REPO_PART = re.compile(r"^[A-Za-z0-9._-]{1,96}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 LFS_SPEC = "version https://git-lfs.github.com/spec/v1\n"
 
 
@@ -142,12 +141,13 @@ def segments(raw: str) -> list[str] | None:
 def split_repo(parts: list[str], keywords: tuple[str, ...]) -> tuple[str, str | None, list[str]] | None:
     """``(repo id, keyword, rest)``: the repo id is one or two segments, the keyword (if any) follows it."""
     for n in (2, 1):
-        if len(parts) > n and parts[n] in keywords and all(_REPO_PART.match(p) for p in parts[:n]):
+        if len(parts) > n and parts[n] in keywords and all(_repo_part(p) for p in parts[:n]):
             return "/".join(parts[:n]), parts[n], parts[n + 1:]
-    if len(parts) in (1, 2) and all(_REPO_PART.match(p) for p in parts):
+    if len(parts) in (1, 2) and all(_repo_part(p) for p in parts):
         return "/".join(parts), None, []
     return None
 
 
-def is_commit(revision: str) -> bool:
-    return bool(_COMMIT.match(revision))
+def _repo_part(part: str) -> bool:
+    """A namespace or name as the Hugging Face Hub allows them (no ``..`` or ``--`` inside)."""
+    return bool(_REPO_PART.match(part)) and ".." not in part and "--" not in part
