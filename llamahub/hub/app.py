@@ -1,7 +1,8 @@
 """The hub's FastAPI application: ``create_app(data_dir)``.
 
 Routes live in ``routes_account`` (users, profile, licenses), ``routes_links`` (signed links, the
-manifest and ``/dl/`` file serving) and ``routes_admin`` (grants, keys, audit). Every error is
+manifest and ``/dl/`` file serving), ``routes_admin`` (grants, keys, audit) and ``routes_hf``
+(the Hugging Face Hub download protocol). Every error is
 answered as ``{"error": {"code", "message", "hint"}}`` with a status that fits it. OpenAPI is
 served at ``/openapi.json`` (and ``/docs``) and is the contract.
 """

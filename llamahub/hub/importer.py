@@ -7,7 +7,9 @@ the registry's shapes. Files are streamed into the blob store once, hashing on t
 then fails, the blobs this import added are removed again and the database is not touched.
 
 Served paths follow Meta's layout (``LICENSE``, ``tokenizer.model``, ``<meta_folder>/...``). An HF
-folder's files are served under ``<variant>/``.
+folder's files are served under ``<variant>/``. The other layout (HF from Meta, Meta from HF) is
+converted once, compared with the source and recorded beside (:mod:`llamahub.hub.layouts`); the
+Hugging Face protocol (:mod:`llamahub.hub.routes_hf`) serves both.
 """
 
 from __future__ import annotations
