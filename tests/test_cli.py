@@ -61,7 +61,7 @@ def test_plugins_lists_in_tree_backend() -> None:
     assert "cpu" in out.stdout and "llamahub_cpu" in out.stdout and "available" in out.stdout
     data = json.loads(run("plugins", "--json").stdout)
     assert data["backends"]["cpu"]["available"] is True
-    assert set(data["sources"]) == {"hub", "meta-url", "local", "s3", "azure-blob"}  # in-tree, entry points
+    assert set(data["sources"]) == {"hub", "meta-url", "local", "huggingface", "s3", "azure-blob"}
     only_cpu = json.loads(run("plugins", "--json", env={**os.environ, "LLAMAHUB_PLUGINS": "cpu"}).stdout)
     assert only_cpu["sources"] == {} and "cpu" in only_cpu["backends"]
 

@@ -1,7 +1,8 @@
 """The hub's FastAPI application: ``create_app(data_dir)``.
 
 Routes live in ``routes_account`` (users, profile, licenses), ``routes_links`` (signed links, the
-manifest and ``/dl/`` file serving) and ``routes_admin`` (grants, keys, audit). Every error is
+manifest and ``/dl/`` file serving), ``routes_admin`` (grants, keys, audit) and ``routes_hf``
+(the Hugging Face Hub download protocol). Every error is
 answered as ``{"error": {"code", "message", "hint"}}`` with a status that fits it. OpenAPI is
 served at ``/openapi.json`` (and ``/docs``) and is the contract.
 """
@@ -29,7 +30,15 @@ from llamahub.errors import (
     UnknownVariantError,
 )
 from llamahub.hub import models as m
-from llamahub.hub import pages, routes_account, routes_admin, routes_enterprise, routes_links, routes_site
+from llamahub.hub import (
+    pages,
+    routes_account,
+    routes_admin,
+    routes_enterprise,
+    routes_hf,
+    routes_links,
+    routes_site,
+)
 from llamahub.hub.context import open_context
 from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
@@ -137,6 +146,7 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.include_router(routes_enterprise.admin)
     app.include_router(pages.router)
     app.include_router(routes_site.router)  # `/` and `/docs`, with Swagger UI served by the hub itself
+    app.include_router(routes_hf.router)  # last: the Hugging Face protocol's `/{repo}/resolve/...`
     return app
 
 

@@ -105,18 +105,23 @@ def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int,
 @hub.command("import")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--variant", "variant_name", required=True, help="registry name, e.g. llama-2-13b-chat")
+@click.option("--no-convert", is_flag=True, help="serve only the folder's own layout (Meta or HF), "
+              "not the other one converted from it")
 @data_option
 @db_option
-def import_cmd(folder: Path, variant_name: str, data: Path | None, database_url: str | None) -> None:
-    """Import a Meta download (root or model folder) or an HF folder, after checking it."""
+def import_cmd(folder: Path, variant_name: str, no_convert: bool, data: Path | None,
+               database_url: str | None) -> None:
+    """Import a Meta download (root or model folder) or an HF folder, after checking it; the other
+    layout is converted from it and served too (unless --no-convert)."""
     from llamahub.hub.importer import import_folder
     from llamahub.plugins import resolve  # shipped and plugin variants alike
 
     variant = resolve(variant_name)
     with _opened(data, database_url) as (store, blobs):
-        report = import_folder(store, blobs, folder, variant)
+        report = import_folder(store, blobs, folder, variant, convert=not no_convert)
     click.echo(f"imported {report.variant} ({report.format}): {len(report.files)} files, "
-               f"{report.bytes:,} bytes ({report.new_blobs} new blobs)")
+               f"{report.bytes:,} bytes ({report.new_blobs} new blobs); "
+               f"{len(report.converted)} files converted to the other layout")
 
 
 @hub.command("seed-demo")

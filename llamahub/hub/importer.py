@@ -7,16 +7,20 @@ the registry's shapes. Files are streamed into the blob store once, hashing on t
 then fails, the blobs this import added are removed again and the database is not touched.
 
 Served paths follow Meta's layout (``LICENSE``, ``tokenizer.model``, ``<meta_folder>/...``). An HF
-folder's files are served under ``<variant>/``.
+folder's files are served under ``<variant>/``. The other layout (HF from Meta, Meta from HF) is
+converted once, compared with the source and recorded beside (:mod:`llamahub.hub.layouts`); the
+Hugging Face protocol (:mod:`llamahub.hub.routes_hf`) serves both.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamahub.errors import CheckpointError, NotACheckpointError
+from llamahub.hub import layouts
 from llamahub.hub.blobs import BlobInfo, BlobStore
 from llamahub.hub.errors import ImportRefusedError
 from llamahub.hub.store import FileRecord, Store
@@ -33,6 +37,7 @@ class ImportReport:
     format: str
     files: tuple[FileRecord, ...]
     new_blobs: int
+    converted: tuple[FileRecord, ...] = ()
 
     @property
     def bytes(self) -> int:
@@ -48,24 +53,48 @@ class _Plan:
 
 
 def import_folder(store: Store, blobs: BlobStore, folder: Path, variant: Variant, *,
-                  actor: str = "operator") -> ImportReport:
-    """Verify ``folder`` as ``variant`` and record every file of it; see the module docstring."""
+                  actor: str = "operator", convert: bool = True) -> ImportReport:
+    """Verify ``folder`` as ``variant`` and record every file of it, and (``convert``) the other
+    layout converted from it (:mod:`llamahub.hub.layouts`); see the module docstring."""
     folder = Path(folder).expanduser().resolve()
     plan = _plan(folder, variant)
     _check_shapes(plan.model_dir, variant)
     infos: dict[str, BlobInfo] = {}
+    extra: dict[str, BlobInfo] = {}
     try:
         for path, source in plan.sources.items():
-            infos[path] = blobs.add_bytes(source) if isinstance(source, bytes) else blobs.add_file(source)
+            infos[path] = _add(blobs, source)
         _verify_checklists(plan, infos)
+        if convert:
+            blobs.ensure()
+            with tempfile.TemporaryDirectory(dir=blobs.tmp) as work:
+                extra = {path: _add(blobs, source)
+                         for path, source in _converted(plan, variant, Path(work)).items()}
         records = tuple(FileRecord(p, i.sha256, i.md5, i.size) for p, i in sorted(infos.items()))
-        store.record_variant(variant.name, variant.family, variant.license, plan.format, records, actor)
+        converted = tuple(FileRecord(p, i.sha256, i.md5, i.size) for p, i in sorted(extra.items()))
+        store.record_variant(variant.name, variant.family, variant.license, plan.format, records, actor,
+                             converted=converted)
     except BaseException:
-        for info in infos.values():
+        for info in [*infos.values(), *extra.values()]:
             if info.created and not store.blob_referenced(info.sha256):
                 blobs.remove(info.sha256)
         raise
-    return ImportReport(variant.name, plan.format, records, sum(i.created for i in infos.values()))
+    created = sum(i.created for i in [*infos.values(), *extra.values()])
+    return ImportReport(variant.name, plan.format, records, created, converted)
+
+
+def _add(blobs: BlobStore, source: Path | bytes) -> BlobInfo:
+    return blobs.add_bytes(source) if isinstance(source, bytes) else blobs.add_file(source)
+
+
+def _converted(plan: _Plan, variant: Variant, work: Path) -> dict[str, Path | bytes]:
+    if plan.format == "hf":
+        return layouts.to_meta(plan.model_dir, variant, work)
+    tokenizer = (plan.sources.get("tokenizer.model")
+                 or plan.sources.get(f"{variant.meta_folder}/tokenizer.model"))
+    texts = {name: plan.sources[name] for name in TOP_TEXTS if name in plan.sources}
+    return layouts.to_hf(plan.model_dir, variant, tokenizer if isinstance(tokenizer, Path) else None,
+                         texts, work)
 
 
 def _plan(folder: Path, variant: Variant) -> _Plan:

@@ -127,6 +127,19 @@ files = Table(
     Index("ix_files_path", "path"),
 )
 
+# The other layout of each imported variant (Meta → HF, HF → Meta), converted once at import; paths
+# follow the same rules as ``files`` of that layout (HF files under ``<variant>/``)
+layout_files = Table(
+    "layout_files", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("variant", String(100), ForeignKey("variants.name", ondelete="CASCADE"), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("md5", String(32), nullable=False),
+    Column("size", Integer, nullable=False),
+    UniqueConstraint("variant", "path", name="uq_layout_variant_path"),
+)
+
 links = Table(
     "links", metadata,
     Column("id", String(32), primary_key=True),

@@ -330,20 +330,27 @@ class Store:
     # --- imported variants and their files -------------------------------------------------------
 
     def record_variant(self, name: str, family: str, license_id: str, fmt: str,
-                       records: Sequence[FileRecord], actor: str = "operator") -> None:
-        """Record (or replace) an imported variant and its files, refusing conflicting shared files."""
+                       records: Sequence[FileRecord], actor: str = "operator",
+                       converted: Sequence[FileRecord] = ()) -> None:
+        """Record (or replace) an imported variant, its files and their ``converted`` other layout,
+        refusing conflicting shared files."""
         with self.write() as conn:
             self._check_shared_files(conn, name, family, records)
             existed = conn.execute(select(t.variants.c.name).where(t.variants.c.name == name)).first()
             if existed:
                 conn.execute(t.files.delete().where(t.files.c.variant == name))
+                conn.execute(t.layout_files.delete().where(t.layout_files.c.variant == name))
                 conn.execute(t.variants.delete().where(t.variants.c.name == name))
             conn.execute(insert(t.variants).values(name=name, family=family, license_id=license_id,
                                                    format=fmt, imported_at=utcnow()))
             conn.execute(insert(t.files), [{"variant": name, "path": r.path, "sha256": r.sha256,
                                             "md5": r.md5, "size": r.size} for r in records])
+            if converted:
+                conn.execute(insert(t.layout_files), [{"variant": name, "path": r.path, "sha256": r.sha256,
+                                                       "md5": r.md5, "size": r.size} for r in converted])
             self.audit(conn, actor, "variant.import", name, family=family, format=fmt,
-                       files=len(records), bytes=sum(r.size for r in records), replaced=bool(existed))
+                       files=len(records), bytes=sum(r.size for r in records), replaced=bool(existed),
+                       converted=len(converted))
 
     @staticmethod
     def _check_shared_files(conn: Connection, name: str, family: str, records: Sequence[FileRecord]) -> None:
@@ -396,8 +403,9 @@ class Store:
 
     def blob_referenced(self, sha256: str) -> bool:
         with self.read() as conn:
-            return conn.execute(select(func.count()).select_from(t.files)
-                                .where(t.files.c.sha256 == sha256)).scalar_one() > 0
+            return any(conn.execute(select(func.count()).select_from(table)
+                                    .where(table.c.sha256 == sha256)).scalar_one()
+                       for table in (t.files, t.layout_files))
 
     # --- links and download counters -------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The in-tree download sources: ``hub`` (default), ``meta-url`` and ``local``.
+"""The in-tree download sources: ``hub`` (default), ``meta-url``, ``local`` and ``huggingface``.
 
 Registered through the ``llamahub`` entry-point group exactly as a third party's sources would be.
 Each turns a variant into the list of files to fetch, with whatever sizes and digests it knows;
@@ -23,6 +23,7 @@ from llamahub.plugin import (
     hookimpl,
     parse_checklist,
 )
+from llamahub_sources.huggingface import HuggingFaceSource
 
 if TYPE_CHECKING:
     from llamahub.plugin import HubAccess, Variant
@@ -157,3 +158,4 @@ def register_sources(register: Callable[[Any], None]) -> None:
     register(HubSource())
     register(MetaUrlSource())
     register(LocalSource())
+    register(HuggingFaceSource())
