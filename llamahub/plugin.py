@@ -50,7 +50,14 @@ if TYPE_CHECKING:
     from llamahub.model.llm import LlamaModel
     from llamahub.model.reader import CheckpointReader
     from llamahub.model.tokenizer import Tokenizer
-    from llamahub.model.transformer import Transformer, assign_weights, build_meta, build_model
+    from llamahub.model.transformer import (
+        Transformer,
+        assign_weights,
+        build_meta,
+        build_model,
+        rope_frequencies,
+    )
+    from llamahub.policy.terms import load_licenses
     from llamahub.reference import Reference, context_length, model_args, open_reference
 
 _LAZY = {
@@ -63,6 +70,7 @@ _LAZY = {
     "Tokenizer": "llamahub.model.tokenizer",
     "Transformer": "llamahub.model.transformer", "assign_weights": "llamahub.model.transformer",
     "build_meta": "llamahub.model.transformer", "build_model": "llamahub.model.transformer",
+    "rope_frequencies": "llamahub.model.transformer", "load_licenses": "llamahub.policy.terms",
     "Reference": "llamahub.reference", "context_length": "llamahub.reference",
     "model_args": "llamahub.reference", "open_reference": "llamahub.reference",
 }
@@ -115,7 +123,9 @@ __all__ = [
     "context_length",
     "generate_ids",
     "hookimpl",
+    "load_licenses",
     "model_args",
     "open_reference",
     "parse_checklist",
+    "rope_frequencies",
 ]
