@@ -188,3 +188,27 @@ def quantize(src: Path, out: Path, quant: str, threads: int | None = None) -> Pa
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def write_vocab_gguf(tokenizer: Any, out: Path, chat_format: str | None = None) -> Path:
+    """A GGUF holding only ``tokenizer``'s vocabulary (and the numbers of a stand-in one-layer
+    model that llama.cpp reads with it), for llama.cpp's ``vocab_only`` loading: its own
+    tokenization of our tokenizers, without weights."""
+    import gguf
+
+    from llamahub.plugin import ModelArgs
+    from llamahub_llamacpp.metadata import add_metadata
+
+    class _Ref:
+        args = ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=tokenizer.n_words)
+
+    _Ref.tokenizer = tokenizer  # type: ignore[attr-defined]
+    writer = gguf.GGUFWriter(out, "llama")
+    add_metadata(writer, _Ref(), FILE_TYPES["f32"],
+                 Provenance(variant="vocab", family="vocab", size="0", license="none",
+                            chat_format=chat_format))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    return out

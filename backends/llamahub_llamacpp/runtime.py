@@ -139,6 +139,27 @@ class Runtime:
             self.close()
 
 
+class VocabFile:
+    """A GGUF opened for its vocabulary only (``vocab_only``: no weights, no context)."""
+
+    def __init__(self, path: Path) -> None:
+        lc = _lib()
+        self.lc = lc
+        mparams = lc.llama_model_default_params()
+        mparams.vocab_only = True
+        self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            raise BackendError(f"llama.cpp could not read the vocabulary of {path}",
+                               hint="make the file again")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+
+    def close(self) -> None:
+        if self.model:
+            self.lc.llama_model_free(self.model)
+            self.model = None
+
+
 class RuntimeGenerator:
     """llamahub's ``Generator`` over a ``Runtime``: one prompt streams step by step; a batch runs
     its rows one after another (llama.cpp's context holds one sequence here) and then yields."""
@@ -158,7 +179,7 @@ class RuntimeGenerator:
 class VocabTokenizer:
     """The GGUF's own vocabulary as a llamahub ``Tokenizer`` (llama.cpp tokenizes and decodes)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime | VocabFile) -> None:
         lc = runtime.lc
         self._lc, self._vocab = lc, runtime.vocab
         spm = lc.llama_vocab_type(self._vocab) == lc.LLAMA_VOCAB_TYPE_SPM
