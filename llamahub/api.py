@@ -113,8 +113,11 @@ def export(name: str | Path, *, fmt: str = "gguf", quant: str | None = None, out
         v = _resolve(str(name))
         snap, _ = _fetch(v, source, location, progress)
         artifacts = snapshot_artifacts(snap, v, _cache_root())
+    target = Path(out).expanduser()
+    if str(out).endswith(("/", os.sep)):  # a folder, even one that does not exist yet
+        target.mkdir(parents=True, exist_ok=True)
     exporter = max(exporters, key=lambda b: b.priority)
-    return exporter.export(artifacts, v, fmt, quant, Path(out))  # type: ignore[attr-defined]
+    return exporter.export(artifacts, v, fmt, quant, target)  # type: ignore[attr-defined]
 
 
 def download(name: str, *, source: str | None = None, location: str | None = None,

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
     from llamahub.plugin import Artifacts, Backend, LlamaModel, Variant
 
-QUANTS = ("q8_0", "f16", "f32", "q4_0", "q4_k_m")  # the first is the default
+QUANTS = ("q8_0", "f16", "f32", "q4_0", "q4_k_m")  # GGUF's names; the first is the default
+DTYPES = ("q8_0", "fp16", "fp32", "q4_0", "q4_k_m")  # as dtype= (llamahub's spelling of f16, f32)
+ALIASES = {"fp16": "f16", "fp32": "f32"}
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_k_m": 0.61}
 OPTIONS = ("quant", "kv_cache")
 KV_TYPES = {"f16": 2, "f32": 4}
@@ -34,14 +36,16 @@ INSTALL = "pip install 'llamahub[llamacpp]'"
 
 
 def quant_of(options: LoadOptions) -> str:
-    return str(options.extra.get("quant") or options.dtype or QUANTS[0]).lower()
+    """The GGUF type asked for (``quant=``, else ``dtype=``; fp16/fp32 mean f16/f32)."""
+    asked = str(options.extra.get("quant") or options.dtype or QUANTS[0]).lower()
+    return ALIASES.get(asked, asked)
 
 
 class LlamaCppBackend:
     name = "llamacpp"
     priority = 6  # below cpu: used when asked for, never by accident
     description = "llama.cpp on GGUF files (f32, f16, q8_0, q4_0, q4_k_m), via llama-cpp-python"
-    dtypes = QUANTS
+    dtypes = DTYPES
     devices = ("cpu",)
     formats = ("gguf",)  # it reads GGUF files: a user's own loads through llamahub.load(path)
     export_formats = ("gguf",)
@@ -60,12 +64,13 @@ class LlamaCppBackend:
         unknown = sorted(set(options.extra) - set(OPTIONS))
         if unknown:
             return f"no option {', '.join(unknown)} (it takes {', '.join(OPTIONS)})"
-        if options.dtype is not None and options.dtype.lower() not in QUANTS:
-            return f"dtype {options.dtype!r} not supported (use a GGUF type: {', '.join(QUANTS)})"
+        dtype = ALIASES.get((options.dtype or "").lower(), (options.dtype or "").lower())
+        if options.dtype is not None and dtype not in QUANTS:
+            return f"dtype {options.dtype!r} not supported (use a GGUF type: {', '.join(DTYPES)})"
         quant = quant_of(options)
         if quant not in QUANTS:
             return f"quant {quant!r} not supported (use {', '.join(QUANTS)})"
-        if options.dtype and "quant" in options.extra and options.dtype.lower() != quant:
+        if options.dtype and "quant" in options.extra and dtype != quant:
             return f"dtype {options.dtype!r} and quant {quant!r} disagree: give one"
         if str(options.extra.get("kv_cache", "f16")) not in KV_TYPES:
             return f"kv_cache must be one of {', '.join(KV_TYPES)}"
@@ -74,7 +79,7 @@ class LlamaCppBackend:
         if options.rope_scaling:
             return "no rope_scaling: llama.cpp runs the variant's own RoPE (ask for at most its context)"
         asked = (options.backend == self.name or "quant" in options.extra
-                 or (options.dtype or "").lower() in QUANTS)
+                 or dtype in ("q8_0", "q4_0", "q4_k_m", "f16"))  # types the cpu backend has not
         if not asked:
             return "used only when asked: backend='llamacpp' or quant=... (CLI: -o quant=q4_0)"
         return None

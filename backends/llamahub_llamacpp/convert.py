@@ -52,7 +52,7 @@ def gguf_name(key: str) -> str:
 
 
 def check_quant(quant: str) -> str:
-    q = quant.lower()
+    q = {"fp16": "f16", "fp32": "f32"}.get(quant.lower(), quant.lower())
     if q not in QUANTS:
         raise ConfigError(f"unknown GGUF quantization {quant!r}", hint=f"use one of {', '.join(QUANTS)}")
     return q
