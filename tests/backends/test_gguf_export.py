@@ -13,6 +13,7 @@ import gguf
 import jinja2
 import llamahub_llamacpp
 import numpy as np
+import pluggy
 import pytest
 import torch
 from llamahub_llamacpp.convert import gguf_name, rope_factors
@@ -20,7 +21,8 @@ from llamahub_llamacpp.derive import derived_gguf
 from llamahub_llamacpp.templates import TEMPLATES
 from llamahub_llamacpp.vocab import merge_of, read_ranks, tiktoken_vocab
 
-from llamahub.errors import CorruptCheckpointError, NotACheckpointError
+import llamahub
+from llamahub.errors import CorruptCheckpointError, NoBackendError, NotACheckpointError
 from llamahub.interfaces import LoadOptions
 from llamahub.model.chat import format_prompt
 from llamahub.model.tokenizer import load_tokenizer, write_tiktoken_ranks
@@ -218,3 +220,18 @@ def test_backend_contract_without_llama_cpp_says_how_to_install() -> None:
     why = b.unavailable_reason()
     if why is not None:
         assert "pip install 'llamahub[llamacpp]'" in why
+
+
+def test_loading_a_gguf_path_needs_a_backend_that_reads_gguf(folders: dict[str, Path], tmp_path: Path,
+                                                             plugin_manager: pluggy.PluginManager) -> None:
+    plugin_manager.register(llamahub_llamacpp, name="llamacpp")
+    v = shipped().resolve(VARIANTS[0])
+    path = derived_gguf(folder_artifacts(folders[v.name], tmp_path), v, "f16")
+    with pytest.raises(NoBackendError, match="cannot read gguf"):
+        llamahub.load(path, backend="cpu")
+    (tmp_path / "notes.gguf").write_text("not a model")
+    with pytest.raises(NotACheckpointError, match="not a GGUF file"):
+        llamahub.load(tmp_path / "notes.gguf")
+    if llamahub_llamacpp.LlamaCppBackend().unavailable_reason() is not None:
+        with pytest.raises(NoBackendError, match=r"pip install 'llamahub\[llamacpp\]'"):
+            llamahub.load(path)

@@ -25,7 +25,7 @@ from llamahub_llamacpp.derive import derived_gguf  # noqa: E402
 from llamahub_llamacpp.runtime import Runtime, VocabFile, VocabTokenizer  # noqa: E402
 
 import llamahub  # noqa: E402
-from llamahub.errors import ContextLengthError, GenerationError, NoBackendError  # noqa: E402
+from llamahub.errors import ContextLengthError, GenerationError  # noqa: E402
 from llamahub.interfaces import LoadOptions  # noqa: E402
 from llamahub.model.generation import Sampling, generate_ids  # noqa: E402
 from llamahub.model.llm import LlamaModel  # noqa: E402
@@ -182,10 +182,3 @@ def test_llama_cpp_quantizes_and_keeps_our_metadata(quant: str, file_type: int, 
     m.close()
     derived = Path(m.info["gguf"]).parents[1]
     assert (derived / "gguf-f16.json").is_file()  # quantized from the f16 file, which stays cached
-
-
-def test_a_gguf_path_loads_only_on_a_backend_that_reads_gguf(tmp_path: Path) -> None:
-    arts, v = tiny_artifacts(tmp_path, "llama-debug-2-chat")
-    path = derived_gguf(arts, v, "f16")
-    with pytest.raises(NoBackendError, match="cannot read gguf"):
-        llamahub.load(path, backend="cpu")
