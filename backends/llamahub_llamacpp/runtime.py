@@ -100,13 +100,13 @@ class Runtime:
         try:
             self.feed(prompt)
             for _ in range(max_new_tokens):
-                if self.epoch != epoch:
-                    raise GenerationError("another generation started on this model while this one "
-                                          "was paused", hint="finish one stream before starting another")
                 tok = int(self.lc.llama_sampler_sample(chain, self.ctx, -1))
                 yield tok
                 if tok in stop_ids:
                     return
+                if self.epoch != epoch:  # the context now holds another generation's tokens
+                    raise GenerationError("another generation started on this model while this one "
+                                          "was paused", hint="finish one stream before starting another")
                 self.feed([tok])
         finally:
             self.lc.llama_sampler_free(chain)
