@@ -99,15 +99,18 @@ class Runtime:
         chain = self._sampler(sampling)
         try:
             self.feed(prompt)
-            for _ in range(max_new_tokens):
+            tok = -1
+            for i in range(max_new_tokens):
+                if i:  # the previous token goes in only when another one is wanted: a full
+                    # context (prompt + max_new_tokens == n_ctx) never overflows
+                    if self.epoch != epoch:  # the context holds another generation's tokens now
+                        raise GenerationError("another generation started on this model while this one "
+                                              "was paused", hint="finish one stream before starting another")
+                    self.feed([tok])
                 tok = int(self.lc.llama_sampler_sample(chain, self.ctx, -1))
                 yield tok
                 if tok in stop_ids:
                     return
-                if self.epoch != epoch:  # the context now holds another generation's tokens
-                    raise GenerationError("another generation started on this model while this one "
-                                          "was paused", hint="finish one stream before starting another")
-                self.feed([tok])
         finally:
             self.lc.llama_sampler_free(chain)
 
