@@ -159,6 +159,8 @@ def test_streams_batches_stops_and_chat(model: LlamaModel) -> None:
     assert isinstance(answer, str)
     with pytest.raises(ContextLengthError):
         model.generate("x" * 10, max_new_tokens=model.context_length)
+    room = model.context_length - len(model.tokenizer.encode("Once", bos=True))
+    assert isinstance(model.generate("Once", max_new_tokens=room, temperature=0), str)  # fills the context
 
 
 def test_paused_stream_is_refused_after_another_generation(model: LlamaModel) -> None:
