@@ -25,7 +25,7 @@ QUANTS = (*WRITTEN, *QUANTIZED)
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
 # bytes per weight, for memory plans before a file exists (q4_k_m: a mix of q4_K and q6_K)
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_k_m": 0.61}
-CONVERTER = "llamahub-gguf/1"  # bump when what is written changes: derived files are made again
+CONVERTER = "llamahub-gguf/2"  # bump when what is written changes: derived files are made again
 
 _LAYER_NAMES = {
     "attention_norm.weight": "attn_norm.weight",

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 # keys llamahub reads back (a user's GGUF names its variant with the first)
 VARIANT_KEY = "llamahub.variant"
 SNAPSHOT_KEY = "llamahub.snapshot"
+# llama.cpp needs tokenizer.ggml.merges even for a vocabulary of single bytes (the tiny debug
+# models), and the gguf package writes no empty array: this merge joins two strings that never
+# occur as symbols (BPE starts from single characters and has no other merge), so it never applies.
+INERT_MERGE = "llamahub:no-merge llamahub:no-merge"
 
 
 def add_metadata(writer: Any, ref: Any, file_type: int, prov: Provenance) -> None:
@@ -42,8 +46,8 @@ def add_vocab(writer: Any, vocab: Vocab, chat_format: str | None) -> None:
     writer.add_token_types(vocab.types)
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
-    if vocab.merges:
-        writer.add_token_merges(vocab.merges)
+    if vocab.merges is not None:
+        writer.add_token_merges(vocab.merges or [INERT_MERGE])
     writer.add_bos_token_id(vocab.bos_id)
     writer.add_eos_token_id(vocab.eos_id)
     if vocab.unk_id is not None:

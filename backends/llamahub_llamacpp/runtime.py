@@ -33,14 +33,27 @@ def _lib() -> Any:
     return llama_cpp
 
 
+def has_amx() -> bool:
+    """Whether the CPU has AMX. llama-cpp-python 0.3.36's AMX weight buffers (llama.cpp's "extra
+    buffer types") crash the process on the first quantized matmul on such a Xeon (checked with
+    llama.cpp's own q8_0 and q4_0 files), so they are left off there; elsewhere they stay on (the
+    AVX2 repacking of q4_0 weights is one of them)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 class Runtime:
     """One GGUF model and a context of ``n_ctx`` tokens (KV cache f16, or f32 with ``kv_f32``)."""
+
 
     def __init__(self, path: Path, *, n_ctx: int, threads: int, kv_f32: bool = False) -> None:
         lc = _lib()
         self.lc = lc
         self.path = path
         mparams = lc.llama_model_default_params()
+        mparams.use_extra_bufts = not has_amx()
         self.model = lc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             raise BackendError(f"llama.cpp could not load {path}",
@@ -50,8 +63,9 @@ class Runtime:
         cparams.n_batch = cparams.n_ubatch = min(n_ctx, 512)
         cparams.n_seq_max = 1
         cparams.n_threads = cparams.n_threads_batch = threads
-        if kv_f32:
+        if kv_f32:  # the exact mode: an f32 cache, and attention without flash attention's f16 steps
             cparams.type_k = cparams.type_v = lc.GGML_TYPE_F32
+            cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
