@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,14 +21,28 @@ from llamahub.errors import BackendError, GenerationError, TokenizerError
 
 _init_lock = threading.Lock()
 _initialised = False
+_callback: Any = None
+
+
+_log = logging.getLogger("llamahub.llamacpp")
+_ERROR = 4  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
+
+
+def _to_logging(level: int, text: bytes, _: Any) -> None:
+    """llama.cpp's log lines go to Python logging: errors as errors, the rest at debug level
+    (llama-cpp-python would print every line of a model load to stderr)."""
+    _log.log(logging.ERROR if level == _ERROR else logging.DEBUG,
+             (text or b"").decode("utf-8", "replace").rstrip())
 
 
 def _lib() -> Any:
-    global _initialised
+    global _initialised, _callback
     import llama_cpp
 
     with _init_lock:
         if not _initialised:
+            _callback = llama_cpp.llama_log_callback(_to_logging)  # kept alive: C holds the pointer
+            llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
             llama_cpp.llama_backend_init()
             _initialised = True
     return llama_cpp
