@@ -170,8 +170,9 @@ def quantize(src: Path, out: Path, quant: str, threads: int | None = None) -> Pa
     is carried over. Atomic: ``out`` appears only when complete."""
     import ctypes
 
-    import llama_cpp
+    from llamahub_llamacpp.runtime import llama_lib
 
+    llama_cpp = llama_lib()  # its log lines go to Python logging
     if quant not in QUANTIZED:
         raise ConfigError(f"llama.cpp's quantizer is used for {', '.join(QUANTIZED)}, not {quant}",
                           hint="write f32, f16 and q8_0 with write_gguf()")

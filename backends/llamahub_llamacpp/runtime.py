@@ -35,7 +35,8 @@ def _to_logging(level: int, text: bytes, _: Any) -> None:
              (text or b"").decode("utf-8", "replace").rstrip())
 
 
-def _lib() -> Any:
+def llama_lib() -> Any:
+    """The llama_cpp module, initialised once, its log lines routed to Python logging."""
     global _initialised, _callback
     import llama_cpp
 
@@ -64,7 +65,7 @@ class Runtime:
 
 
     def __init__(self, path: Path, *, n_ctx: int, threads: int, kv_f32: bool = False) -> None:
-        lc = _lib()
+        lc = llama_lib()
         self.lc = lc
         self.path = path
         mparams = lc.llama_model_default_params()
@@ -175,7 +176,7 @@ class VocabFile:
     """A GGUF opened for its vocabulary only (``vocab_only``: no weights, no context)."""
 
     def __init__(self, path: Path) -> None:
-        lc = _lib()
+        lc = llama_lib()
         self.lc = lc
         mparams = lc.llama_model_default_params()
         mparams.vocab_only = True
