@@ -8,7 +8,8 @@ own process on the same GGUF file:
 - ``llamahub``: ``LlamaCppBackend().load()`` and the model's own generator (our sampler chain
   over llama-cpp-python's C API), as ``llamahub.load(..., backend="llamacpp")`` runs it;
 - ``llama.cpp``: ``llama_cpp.Llama(model_path=...)`` and its ``generate()`` with top_k=1 (what a
-  llama-cpp-python user writes).
+  llama-cpp-python user writes). On a CPU with AMX both run without llama.cpp's "extra" (AMX)
+  weight buffers, which crash llama-cpp-python 0.3.36 there (``llamahub_llamacpp.runtime.has_amx``).
 
 The export step is timed too (our converter for f16/q8_0, llama.cpp's quantizer for q4_0 from
 the f16 file): seconds per GB written.
@@ -98,7 +99,17 @@ def run_llamahub(path: Path, work: Path, config: str, prompt: list[int], threads
 
 def run_direct(path: Path, prompt: list[int], threads: int) -> Any:
     import llama_cpp
+    from llamahub_llamacpp.runtime import has_amx
 
+    if has_amx():  # llama.cpp's AMX weight buffers crash on this CPU: off here too, as in the backend
+        low = llama_cpp.llama_cpp  # the module Llama reads its defaults from
+        default = low.llama_model_default_params
+
+        def no_extra_buffers() -> Any:
+            params = default()
+            params.use_extra_bufts = False
+            return params
+        low.llama_model_default_params = no_extra_buffers
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONFIGS_CTX, n_threads=threads,
                           n_threads_batch=threads, verbose=False)
 
