@@ -33,8 +33,9 @@ from llamahub.model.tokenizer import load_tokenizer, train_sentencepiece, write_
 from llamahub.reference import open_reference  # noqa: E402
 from llamahub.testing import check_backend, tiny_artifacts  # noqa: E402
 
-# fp32 on both sides; llama.cpp sums in another order (and its f32 matmuls may block differently)
-LOGIT_TOL = 1e-4
+# fp32 on both sides, KV cache f32, no flash attention: llama.cpp only sums in another order
+# (2.4e-7 measured on logits of magnitude ~0.6; its default f16 cache + flash attention: 2.4e-4)
+LOGIT_TOL = 1e-5
 VARIANTS = ("llama-debug-2-chat", "llama-debug-3.1-instruct")
 PROMPT = [5, 17, 99, 42, 7, 300, 12, 64, 128, 3, 250, 11]
 
