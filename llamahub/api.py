@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llamahub import plugins, selection
-from llamahub.errors import UnknownVariantError
+from llamahub.errors import ConfigError, NoBackendError, NotACheckpointError, UnknownVariantError
 from llamahub.interfaces import Artifacts, Backend, LoadOptions
 from llamahub.registry import Variant
 
@@ -56,6 +57,8 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
         from llamahub.reference import folder_artifacts, identify_folder
 
         folder = Path(name).expanduser().resolve()
+        if folder.is_file():
+            return _load_file(folder, variant, options)
         v = identify_folder(folder, variant, plugins.catalogue())
         chosen = _plan(v, options)
         return chosen.load(folder_artifacts(folder, _cache_root()), v, options)
@@ -63,6 +66,60 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
     snap, chosen = _fetch(v, source, location, progress, options=options, trust_unverified=trust_unverified)
     assert chosen is not None
     return chosen.load(snapshot_artifacts(snap, v, _cache_root()), v, options)
+
+
+def _load_file(path: Path, variant: str | None, options: LoadOptions) -> LlamaModel:
+    """A GGUF file of the user's own: the variant its metadata names (or ``variant``), that
+    variant's license gates, and a backend that reads GGUF files."""
+    from llamahub.model.gguf_file import is_gguf
+    from llamahub.reference import file_artifacts, identify_gguf
+
+    if not is_gguf(path):
+        raise NotACheckpointError(f"{path} is a file but not a GGUF file",
+                                  hint="pass a model folder (Meta or Hugging Face) or a .gguf file")
+    v = identify_gguf(path, variant, plugins.catalogue())
+    chosen = _plan(v, replace(options, backend=_reader_of("gguf", options.backend)))
+    with _session(False) as session:
+        session.gate(v).raise_if_denied()
+    return chosen.load(file_artifacts(path, _cache_root()), v, options)
+
+
+def _reader_of(fmt: str, asked: str | None) -> str:
+    """The backend to read ``fmt`` files: ``asked`` if it can, else the best that declares it."""
+    readers = sorted((b for b in plugins.backends().values() if fmt in getattr(b, "formats", ())),
+                     key=lambda b: -b.priority)
+    names = [b.name for b in readers]
+    if (asked and asked not in names) or not names:
+        raise NoBackendError(f"a {fmt} file", {asked or "installed backends": f"cannot read {fmt} files"},
+                             instead=f"backends that read {fmt}: {', '.join(names) or 'none installed'}")
+    return asked or names[0]
+
+
+def export(name: str | Path, *, fmt: str = "gguf", quant: str | None = None, out: str | Path = ".",
+           variant: str | None = None, source: str | None = None, location: str | None = None,
+           progress: bool | None = None) -> Path:
+    """Write a variant (by name: gated and fetched as for ``load``; or a folder written as a path)
+    in another format, e.g. ``export("llama-2-7b", quant="q4_0")`` → a GGUF file; ``out`` is a
+    file or a folder. The plugin that declares ``fmt`` in its ``export_formats`` writes it."""
+    exporters = [b for b in plugins.backends().values() if fmt in getattr(b, "export_formats", ())]
+    if not exporters:
+        raise ConfigError(f"no installed plugin exports {fmt!r}",
+                          hint="see `llamahub plugins`; the llamacpp backend exports gguf")
+    if looks_like_path(name):
+        from llamahub.reference import folder_artifacts, identify_folder
+
+        folder = Path(name).expanduser().resolve()
+        v = identify_folder(folder, variant, plugins.catalogue())
+        artifacts = folder_artifacts(folder, _cache_root())
+    else:
+        v = _resolve(str(name))
+        snap, _ = _fetch(v, source, location, progress)
+        artifacts = snapshot_artifacts(snap, v, _cache_root())
+    target = Path(out).expanduser()
+    if str(out).endswith(("/", os.sep)):  # a folder, even one that does not exist yet
+        target.mkdir(parents=True, exist_ok=True)
+    exporter = max(exporters, key=lambda b: b.priority)
+    return exporter.export(artifacts, v, fmt, quant, target)  # type: ignore[attr-defined]
 
 
 def download(name: str, *, source: str | None = None, location: str | None = None,

@@ -180,6 +180,25 @@ def _save(path: str, prompt: str, output: str, as_chat: bool, source: str) -> No
     save_output(Path(path), record, source)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("--format", "fmt", default="gguf", show_default=True, help="the file format to write")
+@click.option("--quant", help="gguf: f32, f16 (default), q8_0, q4_0 or q4_k_m")
+@click.option("--out", default=".", show_default=True, help="the file to write, or a folder for it")
+@click.option("--variant", help="registry name of a local folder that is not recognised")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def export(name: str, fmt: str, quant: str | None, out: str, variant: str | None, no_progress: bool) -> None:
+    """Write NAME (gated and fetched like `download`, or a folder as ./PATH) as a GGUF file."""
+    import time
+
+    from llamahub.api import export as export_model
+
+    started = time.perf_counter()
+    path = export_model(name, fmt=fmt, quant=quant, out=out, variant=variant,
+                        progress=False if no_progress else None)
+    click.echo(f"wrote {path} ({_bytes(path.stat().st_size)}, {time.perf_counter() - started:.1f} s)")
+
+
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def plugins_cmd(as_json: bool) -> None:

@@ -57,7 +57,14 @@ if TYPE_CHECKING:
     from llamahub.model.llm import LlamaModel
     from llamahub.model.reader import CheckpointReader
     from llamahub.model.tokenizer import Tokenizer
-    from llamahub.model.transformer import Transformer, assign_weights, build_meta, build_model
+    from llamahub.model.transformer import (
+        Transformer,
+        assign_weights,
+        build_meta,
+        build_model,
+        rope_frequencies,
+    )
+    from llamahub.policy.terms import load_licenses
     from llamahub.reference import Reference, context_length, model_args, open_reference
 
 _LAZY = {
@@ -74,6 +81,7 @@ _LAZY = {
     "Tokenizer": "llamahub.model.tokenizer",
     "Transformer": "llamahub.model.transformer", "assign_weights": "llamahub.model.transformer",
     "build_meta": "llamahub.model.transformer", "build_model": "llamahub.model.transformer",
+    "rope_frequencies": "llamahub.model.transformer", "load_licenses": "llamahub.policy.terms",
     "Reference": "llamahub.reference", "context_length": "llamahub.reference",
     "model_args": "llamahub.reference", "open_reference": "llamahub.reference",
 }
@@ -136,9 +144,11 @@ __all__ = [
     "hf_key_to_meta",
     "hf_rows_to_meta",
     "hookimpl",
+    "load_licenses",
     "meta_key_to_hf",
     "meta_rows_to_hf",
     "model_args",
     "open_reference",
     "parse_checklist",
+    "rope_frequencies",
 ]

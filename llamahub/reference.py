@@ -174,3 +174,48 @@ def folder_artifacts(folder: Path, cache_root: Path) -> Artifacts:
     root = folder.parent if find_tokenizer(folder) == folder.parent / "tokenizer.model" else folder
     return Artifacts(folder=folder, root=root, formats=detect_formats(folder), snapshot_id=snap,
                      derived_root=Path(cache_root) / "derived" / snap)
+
+
+# --- a GGUF file of the user's own ----------------------------------------------------------
+
+_GGUF_ARCH = {"embedding_length": "dim", "block_count": "n_layers", "attention.head_count": "n_heads",
+              "attention.head_count_kv": "kv_heads", "feed_forward_length": "hidden_dim",
+              "vocab_size": "vocab_size"}
+
+
+def identify_gguf(path: Path, name: str | None, registry: Registry) -> Variant:
+    """The registry variant a GGUF file holds: ``name``, else the first variant its metadata
+    names (``llamahub.variant``, a Hugging Face repo URL, ``general.name``); its shapes must
+    agree with that variant's, so the variant's license gates are the right ones."""
+    from llamahub.errors import UnknownVariantError
+    from llamahub.model import gguf_file
+
+    meta = gguf_file.read_metadata(path)
+    found = registry.resolve(name) if name else None
+    for candidate in [] if found else gguf_file.names(meta):
+        try:
+            found = registry.resolve(candidate)
+            break
+        except UnknownVariantError:
+            continue
+    if found is None:
+        said = meta.get("general.name") or "no name"
+        raise NotACheckpointError(
+            f"{path.name} does not name a variant llamahub knows (its metadata says {said!r})",
+            hint="name it: llamahub.load(path, variant='llama-2-7b-chat') (CLI: --variant); "
+                 "that variant's license gates then apply")
+    diffs = [f"{_GGUF_ARCH[k]} {v} != {getattr(found.arch, _GGUF_ARCH[k])}"
+             for k, v in gguf_file.shapes(meta).items() if v != getattr(found.arch, _GGUF_ARCH[k])]
+    if diffs:
+        raise CorruptCheckpointError(f"{path.name} does not hold {found.name}: {', '.join(diffs)}",
+                                     hint="name the right variant (variant=...)")
+    return found
+
+
+def file_artifacts(path: Path, cache_root: Path) -> Artifacts:
+    """Artifacts of one file outside the cache (a GGUF): ``folder`` is the file itself."""
+    path = path.expanduser().resolve()
+    st = path.stat()
+    snap = "local-" + hashlib.sha256(f"{path} {st.st_size} {st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return Artifacts(folder=path, root=path.parent, formats=frozenset({"gguf"}), snapshot_id=snap,
+                     derived_root=Path(cache_root) / "derived" / snap)

@@ -90,7 +90,8 @@ def test_info_shows_what_fits_on_this_machine() -> None:
 def test_dtype_choices_come_from_the_installed_backends() -> None:
     out = run("run", "llama-debug-2", "hi", "--dtype", "int9")
     assert out.returncode == 2 and "bf16, fp32" in out.stderr
-    assert "[bf16|fp32|fp16]" in run("run", "--help").stdout  # cpu's, then cuda's (priority order)
+    # cpu's, then llamacpp's, then cuda's (priority order)
+    assert "[bf16|fp32|q8_0|fp16|q4_0|q4_k_m]" in run("run", "--help").stdout
     bad = run("run", "llama-debug-2", "hi", "-o", "tp")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
 

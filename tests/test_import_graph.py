@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_sources", "llamahub_mirrors",
-                   "llamahub_finetune")
+IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_llamacpp", "llamahub_sources",
+                   "llamahub_mirrors", "llamahub_finetune")
 
 
 def _module_name(path: Path) -> str:
