@@ -174,6 +174,21 @@ def rss_mib(field: str = "VmRSS") -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def timed_decode(run: Callable[[], tuple[float, list[float], list[int]]], warmup: int, runs: int,
+                 engine: str) -> dict[str, Any]:
+    """Decode tok/s and prefill seconds over ``runs`` calls of ``run`` after ``warmup`` ones; ``run``
+    returns (start time, a time stamp per new token, the tokens)."""
+    decode, prefill, tokens = [], [], []
+    for i in range(warmup + runs):
+        start, stamps, tokens = run()
+        if len(stamps) != NEW_TOKENS:
+            raise RuntimeError(f"{engine} produced {len(stamps)} tokens, expected {NEW_TOKENS}")
+        if i >= warmup:
+            decode.append((NEW_TOKENS - 1) / (stamps[-1] - stamps[0]))
+            prefill.append(stamps[0] - start)
+    return {"decode_tok_s": stats(decode), "prefill_s": stats(prefill), "tokens": tokens}
+
+
 def child(opts: argparse.Namespace) -> dict[str, Any]:
     """One process: import, warm the page cache, load, then (unless load-only) decode."""
     loader = (llamahub_loader if opts.engine == "llamahub" else transformers_loader)()
@@ -189,15 +204,7 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"impl": impl, "load_s": load_s, "first_forward_s": first_s,
                            "rss_after_imports_mib": rss_imports, "threads_used": torch.get_num_threads()}
     if opts.child == "measure":
-        decode, prefill, tokens = [], [], []
-        for i in range(opts.warmup + opts.runs):
-            start, stamps, tokens = run()
-            if len(stamps) != NEW_TOKENS:
-                raise RuntimeError(f"{opts.engine} produced {len(stamps)} tokens, expected {NEW_TOKENS}")
-            if i >= opts.warmup:
-                decode.append((NEW_TOKENS - 1) / (stamps[-1] - stamps[0]))
-                prefill.append(stamps[0] - start)
-        out |= {"decode_tok_s": stats(decode), "prefill_s": stats(prefill), "tokens": tokens}
+        out |= timed_decode(run, opts.warmup, opts.runs, opts.engine)
     # VmHWM, not ru_maxrss: after fork+exec ru_maxrss still carries the parent's peak.
     out["peak_rss_mib"] = rss_mib("VmHWM")
     return out

@@ -43,16 +43,17 @@ HERE = Path(__file__).resolve().parent
 VARIANT = "llama-debug-big-1g"
 
 
-def prepare_hub(work: Path, variant: str) -> Path:
-    """A hub data dir with ``variant`` imported (generated and imported once, then reused)."""
+def prepare_hub(work: Path, variant: str, prefix: str = "dl") -> Path:
+    """A hub data dir with ``variant`` imported (generated and imported once, then reused, under
+    ``work/<prefix>-hub-<variant>``)."""
     from llamahub.model.writer import generate_checkpoint
     from llamahub.registry import resolve
 
-    data = work / f"dl-hub-{variant}"
+    data = work / f"{prefix}-hub-{variant}"
     if (data / "ready").is_file():
         return data
     shutil.rmtree(data, ignore_errors=True)
-    source = work / f"dl-src-{variant}"
+    source = work / f"{prefix}-src-{variant}"
     shutil.rmtree(source, ignore_errors=True)
     log(f"generating {variant} in {source}")
     generate_checkpoint(resolve(variant), source)

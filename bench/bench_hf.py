@@ -23,38 +23,16 @@ import json
 import os
 import resource
 import shlex
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_download import HERE, Meter, new_account, via_llamahub
-from bench_hub import MB, Server, cli, log, machine_info, summary
+from bench_download import HERE, Meter, new_account, prepare_hub, via_llamahub
+from bench_hub import MB, Server, log, machine_info, summary
 
 VARIANT = "llama-debug-big-1g"
 TARGET = 0.9  # the HF path should not be slower than 0.9x the link route
-
-
-def prepare_hub(work: Path, variant: str) -> Path:
-    """A hub data dir with ``variant`` imported in Meta's layout and converted (once, then reused)."""
-    from llamahub.model.writer import generate_checkpoint
-    from llamahub.registry import resolve
-
-    data = work / f"hf-hub-{variant}"
-    if (data / "ready").is_file():
-        return data
-    shutil.rmtree(data, ignore_errors=True)
-    source = work / f"hf-src-{variant}"
-    shutil.rmtree(source, ignore_errors=True)
-    log(f"generating {variant} in {source}")
-    generate_checkpoint(resolve(variant), source)
-    cli("hub", "init", "--data", str(data))
-    log("importing it into the hub (digests, and the HF layout converted and verified)")
-    cli("hub", "import", str(source), "--variant", variant, "--data", str(data))
-    shutil.rmtree(source)
-    (data / "ready").write_text("ok")
-    return data
 
 
 def via_hf(server: Server, token: str, variant: str, work: Path, *, original: bool) -> dict[str, Any]:
@@ -110,7 +88,7 @@ def main() -> None:
     (HERE / "work").mkdir(exist_ok=True)  # the link client's home (bench_download.via_llamahub)
     os.environ |= {"LLAMAHUB_PROGRESS": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                    "HF_HUB_DISABLE_TELEMETRY": "1"}
-    data = prepare_hub(opts.work, opts.variant)
+    data = prepare_hub(opts.work, opts.variant, prefix="hf")  # imported with the HF layout converted
     server = Server(data)
     res: dict[str, list[dict[str, Any]]] = {"link": [], "hf_original": [], "hf": []}
     try:

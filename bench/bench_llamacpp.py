@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -34,15 +33,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_cpu import CONFIGS, MARK, NEW_TOKENS, ensure_weights, prompt_ids, rss_mib  # noqa: E402
+from bench_cpu import CONFIGS, MARK, NEW_TOKENS, ensure_weights, prompt_ids, rss_mib, timed_decode  # noqa: E402
 
 QUANTS = ("f16", "q8_0", "q4_0")
 ENGINES = ("llamahub", "llama.cpp")
 CONFIGS_CTX = 256  # the context both engines get: prompt + new tokens fit
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
 def artifacts(work: Path, config: str) -> tuple[Any, Any]:
@@ -136,18 +131,10 @@ def child(opts: argparse.Namespace) -> dict[str, Any]:
     else:
         run = run_direct(path, prompt, opts.threads)
     load_s = time.perf_counter() - t
-    decode, prefill, tokens = [], [], []
-    for i in range(opts.warmup + opts.runs):
-        start, stamps, tokens = run()
-        if len(stamps) != NEW_TOKENS:
-            raise RuntimeError(f"{opts.engine} produced {len(stamps)} tokens, expected {NEW_TOKENS}")
-        if i >= opts.warmup:
-            decode.append((NEW_TOKENS - 1) / (stamps[-1] - stamps[0]))
-            prefill.append(stamps[0] - start)
+    timed = timed_decode(run, opts.warmup, opts.runs, opts.engine)
     return {"kind": "decode", "config": opts.config, "quant": path.stem.rsplit("-", 1)[-1],
-            "engine": opts.engine, "threads": opts.threads, "load_s": load_s, "decode_tok_s": stats(decode),
-            "prefill_s": stats(prefill), "tokens": tokens, "peak_rss_mib": rss_mib("VmHWM"),
-            "loadavg_1m": os.getloadavg()[0]}
+            "engine": opts.engine, "threads": opts.threads, "load_s": load_s, **timed,
+            "peak_rss_mib": rss_mib("VmHWM"), "loadavg_1m": os.getloadavg()[0]}
 
 
 def spawn(opts: argparse.Namespace, gguf: str, engine: str) -> dict[str, Any]:

@@ -59,18 +59,32 @@ class Hub:
             c.close()
 
 
-def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, *, path: str = "/api/health",
+               what: str = "hub server", timeout: float = STARTUP_TIMEOUT) -> None:
+    """Return once ``url + path`` answers 200; fail the test with the log if ``proc`` exits or
+    ``timeout`` passes first (the process is then killed)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"hub server exited with {proc.returncode}:\n{log.read_text()}")
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    pytest.fail(f"hub server did not start within {STARTUP_TIMEOUT} s:\n{log.read_text()}")
+    proc.kill()
+    pytest.fail(f"{what} did not start within {timeout} s:\n{log.read_text()}")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def init_hub(data: Path, *, seed: bool = True) -> str:
@@ -99,12 +113,7 @@ def serving(data: Path, admin_token: str, *args: str, port: int | None = None,
         yield hub, proc
         hub.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @dataclass

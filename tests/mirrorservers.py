@@ -18,17 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hubtest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's documented development account key (public; it only opens the local emulator)
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(port: int, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:

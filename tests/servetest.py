@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-import pytest
-from hubtest import CLI, free_port
+from hubtest import CLI, free_port, stop, wait_ready
 
 
 def start_server(args: list[str], env: dict[str, str], log: Path, timeout: float = 120) -> tuple[
@@ -18,24 +15,9 @@ def start_server(args: list[str], env: dict[str, str], log: Path, timeout: float
     with log.open("w") as out:
         proc = subprocess.Popen([*CLI, "serve", *args, "--port", str(port)], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llamahub serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail(f"llamahub serve did not start within {timeout} s:\n{log.read_text()}")
+    wait_ready(url, proc, log, path="/health", what="llamahub serve", timeout=timeout)
+    return proc, url
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop(proc, timeout=20)

@@ -56,7 +56,8 @@ def source_for(location: str) -> Source | None:
     return claiming[0] if len(claiming) == 1 else None
 
 
-def _source(name: str | None, location: str | None) -> Source:
+def pick_source(name: str | None, location: str | None) -> Source:
+    """The source named, else the one for ``location``'s scheme, else the default."""
     if name is None:
         by_scheme = source_for(location) if location else None
         return by_scheme or default_source()
@@ -85,7 +86,7 @@ def ensure(variant: Variant, session: Session, *, source: str | None = None, loc
     t = time.perf_counter()
     decision = session.gate(variant)
     report.timed("license gates", t)
-    chosen = _source(source, location)
+    chosen = pick_source(source, location)
     if not decision.allowed:
         # Only a source that may carry a grant (the hub) can allow this: ask it, even for a
         # cached copy. Its link request refuses before any byte moves; cached blobs are reused.

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import Any
 
 from llamahub import plugins
-from llamahub.client.fetch import ensure, source_for
+from llamahub.client.fetch import ensure, pick_source
 from llamahub.client.session import Session
 from llamahub.errors import ChecksumError, ConfigError
 from llamahub.interfaces import MirrorFile
@@ -40,21 +41,13 @@ def push(variant: Variant, session: Session, location: str, *, source: str | Non
     return target.push(files, location, echo)
 
 
-def _pusher(location: str, name: str | None):
-    if name is not None:
-        found = plugins.sources()
-        if name not in found:
-            raise ConfigError(f"no download source named {name!r}",
-                              hint=f"installed sources: {', '.join(sorted(found))}")
-        chosen = found[name]
-    else:
-        chosen = source_for(location)
-        if chosen is None:
-            able = sorted(f"{s.name} ({', '.join(f'{x}://' for x in getattr(s, 'schemes', ()))})"
-                          for s in plugins.sources().values() if callable(getattr(s, "push", None)))
-            raise ConfigError(f"no installed source answers the location {location.partition('?')[0]}",
-                              hint=f"mirrors you can push to: {', '.join(able) or 'none'}; or name one "
-                                   "with --source")
+def _pusher(location: str, name: str | None) -> Any:
+    """The source to push to: one with a ``push`` method (an optional capability of ``Source``)."""
+    chosen = pick_source(name, location)
     if not callable(getattr(chosen, "push", None)):
-        raise ConfigError(f"the {chosen.name} source cannot fill a mirror", hint="use s3://... or az://...")
+        able = sorted(f"{s.name} ({', '.join(f'{x}://' for x in getattr(s, 'schemes', ()))})"
+                      for s in plugins.sources().values() if callable(getattr(s, "push", None)))
+        raise ConfigError(f"the {chosen.name} source cannot fill a mirror at {location.partition('?')[0]}",
+                          hint=f"mirrors you can push to: {', '.join(able) or 'none'}; or name one "
+                               "with --source")
     return chosen

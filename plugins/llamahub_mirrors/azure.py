@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from llamahub.errors import AuthenticationError
 from llamahub.plugin import ConfigError, DownloadError, SourcePlan
-from llamahub_mirrors.common import URL_LIFETIME, Listed, checklists_for, plan, wanted
+from llamahub_mirrors.common import URL_LIFETIME, Listed, plan, push_all, wanted
 
 if TYPE_CHECKING:
     from llamahub.plugin import HubAccess, MirrorFile, Variant
@@ -188,7 +188,19 @@ class AzureBlobSource:
 
         where = open_location(location)
         shown = location.partition("?")[0]
-        sent = 0
+
+        def upload(f: MirrorFile) -> None:
+            with f.local.open("rb") as data:
+                where.container.upload_blob(where.blob(f.path), data, length=f.size, overwrite=True,
+                                            max_concurrency=4)
+            size = where.container.get_blob_client(where.blob(f.path)).get_blob_properties().size
+            if size != f.size:
+                raise DownloadError(f"{shown}/{f.path} holds {size} bytes after the upload, not {f.size}",
+                                    hint="push again")
+
+        def write(path: str, data: bytes) -> None:
+            where.container.upload_blob(where.blob(path), data, overwrite=True)
+
         try:
             try:
                 where.container.create_container()
@@ -197,19 +209,6 @@ class AzureBlobSource:
             except HttpResponseError as e:
                 if e.status_code != 403:  # a SAS token that may write blobs but not make containers
                     raise
-            for f in files:
-                with f.local.open("rb") as data:
-                    where.container.upload_blob(where.blob(f.path), data, length=f.size, overwrite=True,
-                                                max_concurrency=4)
-                size = where.container.get_blob_client(where.blob(f.path)).get_blob_properties().size
-                if size != f.size:
-                    raise DownloadError(f"{shown}/{f.path} holds {size} bytes after the upload, not {f.size}",
-                                        hint="push again")
-                sent += f.size
-                echo(f"pushed {f.path} ({f.size:,} bytes)")
-            for path, text in checklists_for(files).items():
-                where.container.upload_blob(where.blob(path), text.encode(), overwrite=True)
-                echo(f"wrote {path}")
+            return push_all(files, upload, write, echo)
         except AzureError as e:
             raise _failure(e, "pushing", shown) from e
-        return sent

@@ -125,3 +125,18 @@ def checklists_for(files: list[MirrorFile]) -> dict[str, str]:
         if chk not in present:
             out.setdefault(chk, []).append(f"{f.md5}  {name}\n")
     return {path: "".join(sorted(lines, key=lambda line: line.split()[1])) for path, lines in out.items()}
+
+
+def push_all(files: list[MirrorFile], upload: Callable[[MirrorFile], None],
+             write: Callable[[str, bytes], None], echo: Callable[[str], None]) -> int:
+    """Upload each file (``upload`` checks what landed), then the checklists the cache lacks;
+    returns the bytes sent."""
+    sent = 0
+    for f in files:
+        upload(f)
+        sent += f.size
+        echo(f"pushed {f.path} ({f.size:,} bytes)")
+    for path, text in checklists_for(files).items():
+        write(path, text.encode())
+        echo(f"wrote {path}")
+    return sent

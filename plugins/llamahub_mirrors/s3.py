@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from llamahub.errors import AuthenticationError
 from llamahub.plugin import ConfigError, DownloadError, SourcePlan
-from llamahub_mirrors.common import URL_LIFETIME, Listed, checklists_for, plan, wanted
+from llamahub_mirrors.common import URL_LIFETIME, Listed, plan, push_all, wanted
 
 if TYPE_CHECKING:
     from llamahub.plugin import HubAccess, MirrorFile, Variant
@@ -124,20 +124,19 @@ class S3Source:
         client = _client()
         config = TransferConfig(multipart_threshold=MULTIPART_ABOVE, multipart_chunksize=MULTIPART_ABOVE,
                                 max_concurrency=4)
-        sent = 0
+
+        def upload(f: MirrorFile) -> None:
+            client.upload_file(str(f.local), bucket, _key(prefix, f.path), Config=config)
+            head = client.head_object(Bucket=bucket, Key=_key(prefix, f.path))
+            etag = head.get("ETag", "").strip('"')  # a single-part upload's ETag is its md5
+            if head["ContentLength"] != f.size or ("-" not in etag and etag and etag != f.md5):
+                raise DownloadError(f"s3://{bucket}/{_key(prefix, f.path)} does not hold what was sent "
+                                    f"({head['ContentLength']} bytes, ETag {etag})", hint="push again")
+
+        def write(path: str, data: bytes) -> None:
+            client.put_object(Bucket=bucket, Key=_key(prefix, path), Body=data)
+
         try:
-            for f in files:
-                client.upload_file(str(f.local), bucket, _key(prefix, f.path), Config=config)
-                head = client.head_object(Bucket=bucket, Key=_key(prefix, f.path))
-                etag = head.get("ETag", "").strip('"')  # a single-part upload's ETag is its md5
-                if head["ContentLength"] != f.size or ("-" not in etag and etag and etag != f.md5):
-                    raise DownloadError(f"s3://{bucket}/{_key(prefix, f.path)} does not hold what was sent "
-                                        f"({head['ContentLength']} bytes, ETag {etag})", hint="push again")
-                sent += f.size
-                echo(f"pushed {f.path} ({f.size:,} bytes)")
-            for path, text in checklists_for(files).items():
-                client.put_object(Bucket=bucket, Key=_key(prefix, path), Body=text.encode())
-                echo(f"wrote {path}")
+            return push_all(files, upload, write, echo)
         except (BotoCoreError, ClientError) as e:
             raise _failure(e, "pushing", location) from e
-        return sent

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from hubtest import CLI, NO_RATE_LIMITS, file_url, free_port, run_cli, wait_ready
+from hubtest import CLI, NO_RATE_LIMITS, file_url, free_port, run_cli, stop, wait_ready
 
 from llamahub.model.writer import generate_checkpoint
 from llamahub.registry import _builtin
@@ -93,12 +93,7 @@ class Server:
             return
         proc, self.proc = self.proc, None
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @dataclass(frozen=True)

@@ -211,3 +211,13 @@ def test_azure_wrong_key_and_container(azurite: AzureServer, debug_root: Path,
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong)
     with pytest.raises(AuthenticationError):
         AzureBlobSource().plan(resolve(VARIANT), hub, f"az://devstoreaccount1/{container.container_name}/llama")
+
+
+def test_push_to_a_location_no_mirror_answers_names_the_ones_that_do() -> None:
+    from llamahub.client.mirror import push
+    from llamahub.client.session import Session
+    from llamahub.errors import ConfigError
+
+    with Session() as session, pytest.raises(ConfigError, match="cannot fill a mirror at gs://") as e:
+        push(resolve(VARIANT), session, "gs://bucket/llama")
+    assert "s3 (s3://)" in (e.value.hint or "") and "azure-blob (az://)" in (e.value.hint or "")
