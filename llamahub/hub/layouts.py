@@ -42,8 +42,11 @@ def to_hf(model_dir: Path, variant: Variant, tokenizer: Path | None, texts: dict
     served["generation_config.json"] = _json({"bos_token_id": bos, "eos_token_id": eos,
                                               "do_sample": False})
     if tokenizer is not None:
+        from llamahub.model.hf_tokenizer import tokenizer_files
+
         served["tokenizer.model"] = tokenizer
-        served.update(_tokenizer_configs(variant))
+        served.update(tokenizer_files(tokenizer, chat_format=variant.chat_format,
+                                      context_length=variant.context_length))
     for name in HF_TEXTS:
         if name in texts:
             served[name] = texts[name]
@@ -128,24 +131,15 @@ def _same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], variant: 
                                  hint="report this as a bug; import with --no-convert meanwhile")
 
 
-def _special_ids(tokenizer: Path | None) -> tuple[int, int]:
+def _special_ids(tokenizer: Path | None) -> tuple[int, int | list[int]]:
+    """BOS and the id(s) generation stops at (Llama 3.x: end of text, of turn and of message)."""
     if tokenizer is None:
         return 1, 2
     from llamahub.model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
-    return tok.bos_id, tok.eos_id
-
-
-def _tokenizer_configs(variant: Variant) -> dict[str, bytes]:
-    """What ``AutoTokenizer`` reads beside ``tokenizer.model`` (SentencePiece families)."""
-    if variant.tokenizer != "sentencepiece":
-        return {}
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    config = {"tokenizer_class": "LlamaTokenizer", **special, "add_bos_token": True, "add_eos_token": False,
-              "legacy": False, "model_max_length": variant.context_length,
-              "clean_up_tokenization_spaces": False}
-    return {"tokenizer_config.json": _json(config), "special_tokens_map.json": _json(special)}
+    stops = sorted(tok.stop_ids)
+    return tok.bos_id, stops[0] if len(stops) == 1 else stops
 
 
 def _json(data: Any) -> bytes:

@@ -23,6 +23,7 @@ from llamahub_cpu.engine import build_decoder  # noqa: E402
 from llamahub_llamacpp.convert import write_vocab_gguf  # noqa: E402
 from llamahub_llamacpp.derive import derived_gguf  # noqa: E402
 from llamahub_llamacpp.runtime import Runtime, VocabFile, VocabTokenizer  # noqa: E402
+from tokentexts import STRINGS  # noqa: E402
 
 import llamahub  # noqa: E402
 from llamahub.errors import ContextLengthError, GenerationError  # noqa: E402
@@ -68,16 +69,6 @@ def test_f32_gguf_matches_our_cpu_backend(name: str, tmp_path: Path) -> None:
     rt.close()
 
 
-STRINGS = [
-    "Hello world", " Hello world", "hello  world", "Hello\nworld", "\n\n\nthree newlines", "tab\tseparated",
-    "  leading spaces", "trailing spaces   ", "", " ", "a", "The quick brown fox jumps over the lazy dog.",
-    "12345678901234567890", "3.14159 and 2.71828", "Ünïcödé façade naïve café", "日本語のテキストです",
-    "中文字符和English混合", "Привет, мир!", "emoji 🦙🦙 and 👩‍👩‍👧", "don't won't it's we're they'll I'd",
-    "CAPS LOCK IS ON", "snake_case_identifier = some_function(arg1, arg2)",
-    "def f(x):\n    return x ** 2\n", "<s> [INST] not special [/INST] </s>", "<|eot_id|> typed by a user",
-    "https://example.com/path?query=1&b=2", "a\r\nwindows\r\nline", "!!!???...,,,;;;",
-    "mixed   \n  whitespace \t\n", "The lighthouse keeper wrote in her logbook every evening.",
-]
 
 
 def _tokenizer_pairs(tmp_path: Path, kind: str, real_llama2: Path | None) -> list[tuple[object, VocabFile]]:

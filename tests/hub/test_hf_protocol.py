@@ -41,7 +41,7 @@ def test_repo_info_and_file_list_are_public(hub: Hub) -> None:
     assert info.id == REPO and len(info.sha) == 40 and info.gated == "manual"
     names = {s.rfilename for s in info.siblings}
     # HF layout converted from the Meta import, and Meta's own files under original/
-    assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
+    assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
             "original/consolidated.00.pth", "original/consolidated.01.pth", "original/params.json",
             "original/checklist.chk", "LICENSE"} <= names
     assert sorted(api.list_repo_files(REPO, token=False)) == sorted(names)

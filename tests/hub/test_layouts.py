@@ -64,7 +64,8 @@ def test_a_meta_import_is_also_kept_in_hf_layout(hub: tuple[Store, BlobStore], t
     report = import_folder(store, blobs, tmp_path / "src", v)
     got = rows(store, name)
     assert {p.removeprefix(f"{name}/") for p in got} >= {"model.safetensors", "config.json",
-                                                         "generation_config.json", "tokenizer.model"}
+                                                         "generation_config.json", "tokenizer.model",
+                                                         "tokenizer.json", "tokenizer_config.json"}
     assert {r.path for r in report.converted} == set(got)
     for row in got.values():  # digests recorded like any blob's
         assert blob_sha(blobs, row["sha256"]) == row["sha256"]
