@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llamahub.errors import TokenizerError
-from llamahub.model.bpe import read_ranks, spell, spelled_merges
+from llamahub.plugin import read_ranks, spell, spelled_merges
 
 # llama.cpp's token types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

@@ -32,4 +32,4 @@ LLAMA3 = (
     "{%- endif -%}"
 )
 
-TEMPLATES = {"llama2": LLAMA2, "llama3": LLAMA3}
+CHAT_TEMPLATES = {"llama2": LLAMA2, "llama3": LLAMA3}

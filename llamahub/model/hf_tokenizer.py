@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from llamahub.model import bpe
-from llamahub.model.chat_templates import TEMPLATES
+from llamahub.model.chat_templates import CHAT_TEMPLATES as TEMPLATES
 from llamahub.model.tokenizer import LLAMA3_PATTERN, load_tokenizer
 
 BOS3, EOS3, EOT3 = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"

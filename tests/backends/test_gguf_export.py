@@ -23,9 +23,9 @@ import llamahub
 from llamahub.errors import CorruptCheckpointError, NoBackendError, NotACheckpointError
 from llamahub.interfaces import LoadOptions
 from llamahub.model.bpe import read_ranks
-from llamahub.model.chat_templates import TEMPLATES
 from llamahub.model.tokenizer import load_tokenizer, write_tiktoken_ranks
 from llamahub.model.transformer import rope_frequencies
+from llamahub.plugin import CHAT_TEMPLATES as TEMPLATES
 from llamahub.reference import folder_artifacts, identify_gguf, open_reference
 from llamahub.registry import shipped
 from llamahub.testing import check_backend

@@ -7,7 +7,7 @@ import jinja2
 import pytest
 
 from llamahub.model.chat import format_prompt
-from llamahub.model.chat_templates import TEMPLATES
+from llamahub.model.chat_templates import CHAT_TEMPLATES as TEMPLATES
 
 DIALOGS = [
     [{"role": "user", "content": "Hi there"}],
