@@ -25,12 +25,12 @@ from fastapi.responses import JSONResponse, Response
 from llamahub.hub import hf_repos
 from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
+from llamahub.hub.blobserve import FILE_RESPONSES, blob_response, read_blob
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import MAX_TOKEN, Ctx, User
 from llamahub.hub.errors import HubError
 from llamahub.hub.hf_repos import Repo, RepoFile
 from llamahub.hub.links import MAX_PATH, parse_range
-from llamahub.hub.routes_links import FILE_RESPONSES, _blob_response, _read
 from llamahub.policy import check
 
 router = APIRouter(tags=["huggingface"], responses=m.ERRORS)
@@ -249,12 +249,12 @@ def _serve(request: Request, ctx: HubContext, repo: Repo, f: RepoFile, commit: s
         span = None
     row = {"size": f.size, "sha256": f.sha256, "md5": f.md5}
     if request.method == "HEAD":
-        response = _blob_response(row, span, etag, None)
+        response = blob_response(row, span, etag, None)
     else:
         start, length = (span[0], span[1] - span[0] + 1) if span else (0, f.size)
         if start == 0:
             ctx.store.record(f"user:{user['id']}", "hf.download", repo.id, path=f.path, commit=commit,
                              variant=repo.variant.name, bytes=length)
-        response = _blob_response(row, span, etag, _read(ctx.blobs.path(f.sha256), start, length))
+        response = blob_response(row, span, etag, read_blob(ctx.blobs.path(f.sha256), start, length))
     response.headers.update({"X-Repo-Commit": commit, "X-Linked-Etag": etag, "X-Linked-Size": str(f.size)})
     return response
