@@ -11,6 +11,7 @@ Meta shards peaks near the size of the weights, not twice that. ``state_dict()``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -109,10 +110,22 @@ class CheckpointReader:
             return self._meta_shard(rank, world, dtype)
         return self._hf_shard(rank, world, rope_layout, dtype)
 
+    def tensors(self, *, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """The whole model (shards merged), one tensor at a time in Meta naming and the
+        interleaved RoPE layout: at most one merged tensor is held at once, for converters."""
+        self.check()
+        if self.format == "meta":
+            yield from self._meta_items(0, 1, dtype)
+        else:
+            yield from self._hf_items(0, 1, "interleaved", dtype)
+
     def _meta_shard(self, rank: int, world: int, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        return dict(self._meta_items(rank, world, dtype))
+
+    def _meta_items(self, rank: int, world: int,
+                    dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
         files = self._meta_files()
         emb = self.embedding_split_dim()
-        out: dict[str, torch.Tensor] = {}
         for key in files[0]:
             if key in convert.IGNORED_META_KEYS:
                 continue
@@ -122,16 +135,18 @@ class CheckpointReader:
                                              hint="re-download the checkpoint")
             along = convert.shard_dim(key, emb)
             if along is None:
-                out[key] = _convert(parts[0], dtype)  # type: ignore[arg-type]
+                yield key, _convert(parts[0], dtype)  # type: ignore[arg-type]
             elif world == len(files):
-                out[key] = _convert(parts[rank], dtype)  # type: ignore[arg-type]
+                yield key, _convert(parts[rank], dtype)  # type: ignore[arg-type]
             else:
-                out[key] = self._slice(key, parts, along, rank, world, dtype)  # type: ignore[arg-type]
-        return out
+                yield key, self._slice(key, parts, along, rank, world, dtype)  # type: ignore[arg-type]
 
     def _hf_shard(self, rank: int, world: int, rope_layout: str,
                   dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+        return dict(self._hf_items(rank, world, rope_layout, dtype))
+
+    def _hf_items(self, rank: int, world: int, rope_layout: str,
+                  dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
         for path in self._hf_paths():
             raw = load_safetensors(path)
             meta = convert.hf_to_meta(raw, self.args, permute=rope_layout == "interleaved")
@@ -141,13 +156,12 @@ class CheckpointReader:
                     piece = _convert(t, dtype)
                 else:
                     piece = self._slice(key, [t], along, rank, world, dtype)
-                out[key] = piece
                 if piece.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
                     madvise_dontneed(t)  # a permuted or converted copy: drop the source's pages
+                yield key, piece
             for key, t in raw.items():
                 if key.endswith(("q_proj.weight", "k_proj.weight")) and rope_layout == "interleaved":
                     madvise_dontneed(t)
-        return out
 
     def _slice(self, key: str, parts: list[torch.Tensor], along: int, rank: int, world: int,
                dtype: torch.dtype | None) -> torch.Tensor:

@@ -126,3 +126,31 @@ def test_big_models_are_sharded_with_an_index(tmp_path: Path, monkeypatch: pytes
     keys = {k for s in shards for k in load_file(files[s])}
     assert set(index["weight_map"]) == keys
     assert set(index["weight_map"].values()) == {s.removeprefix(f"{CHAT}/") for s in shards}
+
+
+def test_conversion_holds_about_one_shard_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 70B model must convert in one shard's memory, not the merged model's: count the bytes of
+    merged source tensors still alive each time the reader hands over the next one."""
+    import weakref
+
+    from llamahub.model.reader import CheckpointReader
+
+    v = variant(CHAT)  # two Meta shards: every split tensor is a merged copy
+    generate_checkpoint(v, tmp_path / "src", dtype=torch.float32)
+    monkeypatch.setattr(layouts, "SHARD_BYTES", 100_000)
+    tensors = CheckpointReader.tensors
+    alive: list[tuple[weakref.ref, int]] = []
+    peaks: list[int] = []
+
+    def watched(self: CheckpointReader, **kw: object) -> Iterator[tuple[str, torch.Tensor]]:
+        for key, t in tensors(self, **kw):  # type: ignore[arg-type]
+            peaks.append(sum(n for ref, n in alive if ref() is not None))
+            alive.append((weakref.ref(t), t.numel() * t.element_size()))
+            yield key, t
+
+    monkeypatch.setattr(CheckpointReader, "tensors", watched)
+    files = layouts.to_hf(tmp_path / "src" / v.meta_folder, v, None, {}, tmp_path / "out")
+    total = sum(n for _, n in alive)
+    largest = max(n for _, n in alive)
+    assert len([p for p in files if p.endswith(".safetensors")]) > 3
+    assert total > 6 * 100_000 and max(peaks) <= 100_000 + largest  # one group, not the model
