@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from llamahub.hub import hf_repos
 from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
-from llamahub.hub.blobserve import FILE_RESPONSES, blob_response, read_blob
+from llamahub.hub.blobserve import FILE_RESPONSES, blob_response
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import MAX_TOKEN, Ctx, User
 from llamahub.hub.errors import HubError
@@ -274,6 +274,6 @@ def _serve(request: Request, ctx: HubContext, repo: Repo, f: RepoFile, commit: s
         if start == 0:
             ctx.store.record(f"user:{user['id']}", "hf.download", repo.id, path=f.path, commit=commit,
                              variant=repo.variant.name, bytes=length)
-        response = blob_response(row, span, etag, read_blob(ctx.blobs.path(f.sha256), start, length))
+        response = blob_response(row, span, etag, ctx.blobs.reader(f.sha256, start, length))
     response.headers.update({"X-Repo-Commit": commit, "X-Linked-Etag": etag, "X-Linked-Size": str(f.size)})
     return response

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -28,7 +27,7 @@ from pydantic import Field, model_validator
 from llamahub import crypto
 from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
-from llamahub.hub.blobserve import FILE_RESPONSES, blob_response, read_blob
+from llamahub.hub.blobserve import FILE_RESPONSES, blob_response
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import Ctx, User, client_ip, hub_url
 from llamahub.hub.errors import LinkError, NotFoundError
@@ -190,18 +189,18 @@ def download(request: Request, ctx: Ctx, family: str, path: str, policy: PolicyQ
                              "(?Policy=...&Signature=...&Key-Pair-Id=...) included")
     pol, link = _authorise(ctx, policy, signature, kid, fam)
     row = _file(ctx, pol, fam, rel)
-    blob = ctx.blobs.path(row["sha256"])
     etag = f'"{row["sha256"]}"'
     if_range = request.headers.get("if-range")
     span = parse_range(request.headers.get("range"), row["size"])
     if span is not None and if_range is not None and if_range.strip() != etag:
         span = None
+    start, length = (span[0], span[1] - span[0] + 1) if span else (0, int(row["size"]))
+    blocks = ctx.blobs.reader(row["sha256"], start, length)  # 404 now if the store lacks the blob
     if request.method == "HEAD":
         return blob_response(row, span, etag, None)
-    start, length = (span[0], span[1] - span[0] + 1) if span else (0, int(row["size"]))
     meter = _Meter(ctx, link["id"], rel, int(pol["max_downloads"]) * int(row["size"]))
     meter.reserve_first(length)
-    return blob_response(row, span, etag, meter.stream(blob, start, length))
+    return blob_response(row, span, etag, meter.stream(blocks, length))
 
 
 class _Meter:
@@ -222,10 +221,11 @@ class _Meter:
         self.ctx.store.reserve_bytes(self.link_id, self.path, take, need=take, allowance=self.allowance)
         self.reserved += take
 
-    async def stream(self, blob: Path, start: int, length: int) -> AsyncIterator[bytes | memoryview]:
+    async def stream(self, blob: AsyncIterator[bytes | memoryview],
+                     length: int) -> AsyncIterator[bytes | memoryview]:
         sent = 0
         try:
-            async with aclosing(read_blob(blob, start, length)) as blocks:
+            async with aclosing(blob) as blocks:  # type: ignore[type-var]
                 async for block in blocks:
                     # a block read from the page cache and sent to a client that went away never waits:
                     # let the event loop deliver the disconnect before counting another block as sent
