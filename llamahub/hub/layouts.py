@@ -53,12 +53,22 @@ def to_hf(model_dir: Path, variant: Variant, tokenizer: Path | None, texts: dict
 
 def to_meta(hf_dir: Path, variant: Variant, out: Path) -> dict[str, Path | bytes]:
     """Write ``variant``'s Meta layout from the HF folder ``hf_dir`` into ``out``; returns
-    ``{served path: file}`` with Meta's download-root paths."""
-    from llamahub.model.checkpoint import open_checkpoint
-    from llamahub.model.writer import write_checklist, write_meta
+    ``{served path: file}`` with Meta's download-root paths. One Meta shard is cut, written and
+    read back at a time."""
+    from llamahub.model.checkpoint import load_pth, open_checkpoint
+    from llamahub.model.writer import write_checklist, write_meta_shards
 
     source = open_checkpoint(hf_dir, args=variant.arch)
-    state = source.state_dict()
+    reader = source.reader()
+    reader.check()
+    n, emb = variant.shards, 1 if variant.meta_llama2_vocab else 0
+
+    def shard(rank: int) -> dict[str, torch.Tensor]:
+        part = reader.shard(rank, n, embedding_dim=emb)
+        if variant.arch.tie_embeddings:
+            part.pop("output.weight", None)
+        return part
+
     tok_dir = out if variant.tokenizer_location == "top" else out / variant.meta_folder
     served: dict[str, Path | bytes] = {}
     if source.tokenizer_path is not None:
@@ -66,10 +76,11 @@ def to_meta(hf_dir: Path, variant: Variant, out: Path) -> dict[str, Path | bytes
         (tok_dir / "tokenizer.model").write_bytes(source.tokenizer_path.read_bytes())
         if variant.tokenizer_location == "top":
             write_checklist(out, ["tokenizer.model"], "tokenizer_checklist.chk")
-    folder = write_meta(out / variant.meta_folder, variant.arch, state, shards=variant.shards,
-                        llama2_style=variant.meta_llama2_vocab)
-    written = open_checkpoint(folder, args=variant.arch).state_dict()
-    _same(written, state, variant, "meta")
+    folder = write_meta_shards(out / variant.meta_folder, variant.arch, (shard(r) for r in range(n)),
+                               llama2_style=variant.meta_llama2_vocab)
+    for rank in range(n):
+        _same(load_pth(folder / f"consolidated.{rank:02d}.pth"), shard(rank), variant, "meta")
+    open_checkpoint(folder, args=variant.arch).reader().check()  # the shards add up to the model
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         served[path.relative_to(out).as_posix()] = path
     for name in HF_TEXTS:

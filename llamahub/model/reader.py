@@ -92,12 +92,14 @@ class CheckpointReader:
         return self.shard(0, 1, rope_layout=rope_layout, dtype=dtype)
 
     def shard(self, rank: int, world: int, *, rope_layout: str = "interleaved",
-              dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+              dtype: torch.dtype | None = None, embedding_dim: int = 0) -> dict[str, torch.Tensor]:
         """The tensors tensor-parallel rank ``rank`` of ``world`` holds, checked.
 
         Column-parallel weights (wq, wk, wv, w1, w3, output) are split on dim 0, row-parallel
         ones (wo, w2) on dim 1, the embedding as ``embedding_split_dim()`` says, norms are
-        whole. ``dtype`` converts while copying (no second copy).
+        whole. ``dtype`` converts while copying (no second copy). ``embedding_dim`` is the
+        embedding's split of an HF folder (1 cuts it as Llama 2's Meta shards do); a Meta folder's
+        own split is kept.
         """
         if not 0 <= rank < world:
             raise CheckpointError(f"rank {rank} is not in a world of {world}",
@@ -108,7 +110,7 @@ class CheckpointReader:
                 raise CheckpointError("Meta checkpoints are read in the interleaved RoPE layout",
                                       hint="ask for rope_layout='interleaved'")
             return self._meta_shard(rank, world, dtype)
-        return self._hf_shard(rank, world, rope_layout, dtype)
+        return dict(self._hf_items(rank, world, rope_layout, dtype, embedding_dim))
 
     def tensors(self, *, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """The whole model (shards merged), one tensor at a time in Meta naming and the
@@ -141,17 +143,13 @@ class CheckpointReader:
             else:
                 yield key, self._slice(key, parts, along, rank, world, dtype)  # type: ignore[arg-type]
 
-    def _hf_shard(self, rank: int, world: int, rope_layout: str,
-                  dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-        return dict(self._hf_items(rank, world, rope_layout, dtype))
-
-    def _hf_items(self, rank: int, world: int, rope_layout: str,
-                  dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    def _hf_items(self, rank: int, world: int, rope_layout: str, dtype: torch.dtype | None,
+                  embedding_dim: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
         for path in self._hf_paths():
             raw = load_safetensors(path)
             meta = convert.hf_to_meta(raw, self.args, permute=rope_layout == "interleaved")
             for key, t in meta.items():
-                along = convert.shard_dim(key, 0)
+                along = convert.shard_dim(key, embedding_dim)
                 if along is None or world == 1:
                     piece = _convert(t, dtype)
                 else:

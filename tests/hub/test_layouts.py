@@ -100,6 +100,9 @@ def test_an_hf_import_is_also_kept_in_meta_layout(hub: tuple[Store, BlobStore], 
     shards = open_checkpoint(out, args=v.arch).state_dict()
     source = open_checkpoint(folder, args=v.arch).state_dict()
     assert all(torch.equal(shards[k], source[k]) for k in source)
+    weights = sum(t.numel() * t.element_size() for t in source.values())
+    written = sum(p.stat().st_size for p in out.glob("consolidated.*.pth"))
+    assert weights <= written < 1.1 * weights  # each shard holds its slices, not the whole tensors
 
 
 def test_no_convert_keeps_one_layout_and_reimport_replaces_the_other(hub: tuple[Store, BlobStore],
