@@ -8,8 +8,12 @@ own process on the same GGUF file:
 - ``llamahub``: ``LlamaCppBackend().load()`` and the model's own generator (our sampler chain
   over llama-cpp-python's C API), as ``llamahub.load(..., backend="llamacpp")`` runs it;
 - ``llama.cpp``: ``llama_cpp.Llama(model_path=...)`` and its ``generate()`` with top_k=1 (what a
-  llama-cpp-python user writes). On a CPU with AMX both run without llama.cpp's "extra" (AMX)
-  weight buffers, which crash llama-cpp-python 0.3.36 there (``llamahub_llamacpp.runtime.has_amx``).
+  llama-cpp-python user writes), with ``flash_attn=True``: the backend keeps llama.cpp's default
+  (flash attention "auto", which is on for a CPU), while ``Llama()`` turns it off by default, and
+  the two attentions are different computations (other speed, other rounding: the greedy tokens
+  part). With the same setting both engines compute the same tokens, which the run checks. On a
+  CPU with AMX both run without llama.cpp's "extra" (AMX) weight buffers, which crash
+  llama-cpp-python 0.3.36 there (``llamahub_llamacpp.runtime.has_amx``).
 
 The export step is timed too (our converter for f16/q8_0, llama.cpp's quantizer for q4_0 from
 the f16 file): seconds per GB written.
@@ -106,7 +110,7 @@ def run_direct(path: Path, prompt: list[int], threads: int) -> Any:
             return params
         low.llama_model_default_params = no_extra_buffers
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONFIGS_CTX, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+                          n_threads_batch=threads, flash_attn=True, verbose=False)
 
     def run() -> tuple[float, list[float], list[int]]:
         stamps, tokens = [], []
@@ -155,7 +159,8 @@ def drive(opts: argparse.Namespace) -> None:
         for row in made:
             pair = {e: spawn(opts_c, row["path"], e) for e in ENGINES}
             if pair["llamahub"]["tokens"] != pair["llama.cpp"]["tokens"]:
-                print(f"note: {config} {row['quant']}: the engines' greedy tokens differ", file=sys.stderr)
+                print(f"warning: {config} {row['quant']}: the engines' greedy tokens differ: they do not "
+                      "compute the same thing (settings?)", file=sys.stderr)
             ours, direct = (pair[e]["decode_tok_s"]["median"] for e in ENGINES)
             for e in ENGINES:
                 rows.append(pair[e] | {"wrapper_cost_pct": 100 * (direct - ours) / direct})

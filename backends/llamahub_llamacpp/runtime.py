@@ -61,10 +61,18 @@ def has_amx() -> bool:
 
 
 class Runtime:
-    """One GGUF model and a context of ``n_ctx`` tokens (KV cache f16, or f32 with ``kv_f32``)."""
+    """One GGUF model and a context of ``n_ctx`` tokens (KV cache f16, or f32 with ``kv_f32``).
 
+    ``flash_attn``: llama.cpp's own default is "auto", which turns flash attention on for a CPU;
+    llama-cpp-python's ``Llama`` turns it off unless ``flash_attn=True``. The two compute
+    attention differently (flash attention multiplies Q and K in f16 and accumulates the softmax
+    as it goes), so their logits differ in the third or fourth digit and greedy tokens part at
+    the first near-tie. With the same setting our tokens equal ``Llama.generate``'s exactly.
+    The exact mode (``kv_f32``) defaults to "off".
+    """
 
-    def __init__(self, path: Path, *, n_ctx: int, threads: int, kv_f32: bool = False) -> None:
+    def __init__(self, path: Path, *, n_ctx: int, threads: int, kv_f32: bool = False,
+                 flash_attn: str | None = None) -> None:
         lc = llama_lib()
         self.lc = lc
         self.path = path
@@ -81,7 +89,10 @@ class Runtime:
         cparams.n_threads = cparams.n_threads_batch = threads
         if kv_f32:  # the exact mode: an f32 cache, and attention without flash attention's f16 steps
             cparams.type_k = cparams.type_v = lc.GGML_TYPE_F32
-            cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        fa = flash_attn or ("off" if kv_f32 else "auto")
+        cparams.flash_attn_type = {"auto": lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+                                   "off": lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                                   "on": lc.LLAMA_FLASH_ATTN_TYPE_ENABLED}[fa]
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
@@ -89,6 +100,7 @@ class Runtime:
             raise BackendError(f"llama.cpp could not make a {n_ctx}-token context for {path.name}",
                                hint="ask for a shorter context_length")
         self.n_ctx = n_ctx
+        self.flash_attn = fa
         self.n_batch = min(n_ctx, 512)
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
