@@ -245,3 +245,16 @@ def test_greedy_tokens_equal_llama_generate_when_flash_attention_matches(tmp_pat
     m.close()
     assert "flash_attn must be" in (llamahub_llamacpp.LlamaCppBackend().unsupported_reason(
         v, LoadOptions(backend="llamacpp", extra={"flash_attn": "yes"})) or "")
+
+
+def test_step_loop_edges(model: LlamaModel) -> None:
+    """The per-token loop (one batch made once): no token for max_new_tokens=0, a stop token
+    ends it (and is yielded)."""
+    prompt = model.tokenizer.encode("Once", bos=True)
+    greedy = Sampling(temperature=0)
+    assert list(model.generator([prompt], 0, greedy, frozenset())) == []
+    steps = [s[0] for s in model.generator([prompt], 12, greedy, frozenset())]
+    assert len(steps) == 12
+    stop = steps[5]
+    cut = [s[0] for s in model.generator([prompt], 12, greedy, frozenset({stop}))]
+    assert cut == steps[:steps.index(stop) + 1]
