@@ -79,8 +79,6 @@ class LlamaCppBackend:
             return f"flash_attn must be one of {', '.join(FLASH_ATTN)}"
         if options.device not in (None, "cpu"):
             return f"runs on the CPU here, not on {options.device!r}"
-        if options.rope_scaling:
-            return "no rope_scaling: llama.cpp runs the variant's own RoPE (ask for at most its context)"
         asked = (options.backend == self.name or "quant" in options.extra
                  or dtype in ("q8_0", "q4_0", "q4_k_m", "f16"))  # types the cpu backend has not
         if not asked:

@@ -258,3 +258,49 @@ def test_step_loop_edges(model: LlamaModel) -> None:
     stop = steps[5]
     cut = [s[0] for s in model.generator([prompt], 12, greedy, frozenset({stop}))]
     assert cut == steps[:steps.index(stop) + 1]
+
+
+def test_rope_scaling_extends_the_context_like_our_cpu_backend(tmp_path: Path) -> None:
+    """rope_scaling= (Llama 3.1's per-frequency scaling, the cpu backend's option) on llama.cpp:
+    the GGUF is made for that scaling (its rope_freqs tensor) and context. Past the variant's
+    512 tokens, llama.cpp's f32 logits equal our cpu backend's fp32 ones within LOGIT_TOL, for
+    two factors whose logits differ from each other."""
+    arts, v = tiny_artifacts(tmp_path, "llama-debug-2-chat", seed=3)
+    assert v.context_length == 512
+    prompt = [1, *((PROMPT * 60)[:599])]  # 600 tokens: positions 512..599 need the scaling
+    last = {}
+    for factor in (2.0, 4.0):
+        options = LoadOptions(backend="llamacpp", context_length=640, rope_scaling={"factor": factor},
+                              extra={"quant": "f32", "kv_cache": "f32"})
+        ours = build_decoder(open_reference(arts, v, options).reader, "fp32", kernel=False)
+        with torch.inference_mode():
+            expected = ours(torch.tensor([prompt]), 0)[0, -8:]
+        m = llamahub_llamacpp.LlamaCppBackend().load(arts, v, options)
+        assert m.context_length == 640 and "-rope-" in m.info["gguf"]
+        rt = m.generator.runtime  # type: ignore[attr-defined]
+        rt.reset()
+        rt.feed(prompt[:-8])
+        got = []
+        for tok in prompt[-8:]:
+            rt.feed([tok])
+            got.append(torch.tensor(rt.last_logits()))
+        diff = (torch.stack(got) - expected).abs().max().item()
+        assert diff < LOGIT_TOL, f"factor {factor}: max |logit difference| {diff:.2e}"
+        last[factor] = expected
+        m.close()
+    assert (last[2.0] - last[4.0]).abs().max().item() > 1e-3  # the factor reached the logits
+
+
+def test_rope_scaling_refused_for_a_users_own_gguf(tmp_path: Path) -> None:
+    arts, v = tiny_artifacts(tmp_path, "llama-debug-2-chat")
+    own = tmp_path / "mine.gguf"
+    own.write_bytes(derived_gguf(arts, v, "q8_0").read_bytes())
+    from dataclasses import replace
+
+    mine = replace(arts, folder=own, formats=frozenset({"gguf"}))
+    options = LoadOptions(backend="llamacpp", context_length=1024, rope_scaling={"factor": 2.0})
+    with pytest.raises(llamahub.errors.ConfigError, match="rope_freqs"):
+        llamahub_llamacpp.LlamaCppBackend().load(mine, v, options)
+    m = llamahub_llamacpp.LlamaCppBackend().load(mine, v, LoadOptions(backend="llamacpp"))
+    assert m.info["user_file"]  # the same file loads without the scaling
+    m.close()
