@@ -134,3 +134,19 @@ def test_autocast_bf16_trains_close_to_fp32(llama2_debug_folder: Path, qa_data: 
     assert a != b  # bf16 matmuls did run
     for x, y in zip(a, b, strict=True):
         assert abs(x - y) <= 0.02 * abs(x), (a, b)
+
+
+@pytest.mark.slow
+def test_a_rank_without_examples_still_joins_each_step(llama2_debug_folder: Path, qa_data: Path) -> None:
+    """batch_size 1 on 2 ranks: rank 1's share is always empty, yet DDP's all-reduce needs it
+    in every backward (it runs one weighted 0); the run equals one process's."""
+    run = RUN | {"dropout": 0.0, "max_steps": 3, "batch_size": 1, "threads": 1}
+    one = llamahub.finetune(llama2_debug_folder, method="lora", data=qa_data, output="empty-one",
+                            progress=False, overwrite=True, **run)
+    two = llamahub.finetune(llama2_debug_folder, method="lora", data=qa_data, output="empty-two",
+                            progress=False, overwrite=True, processes=2, **run)
+    a = [loss for _, loss in one.metrics["train_loss"]]
+    b = [loss for _, loss in two.metrics["train_loss"]]
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b, strict=True):
+        assert abs(x - y) <= 1e-5 * abs(x), (a, b)
