@@ -83,13 +83,14 @@ FULL = {k: v for k, v in RUN.items() if k not in ("rank", "alpha", "dropout", "t
 
 
 @pytest.mark.slow
-def test_two_fsdp_ranks_follow_one_rank(llama2_debug_folder: Path, qa_data: Path) -> None:
-    """Full fine-tuning sharded by FSDP2 over 2 gloo ranks: each holds half of every weight and
-    its optimizer state, and the run follows a single process's."""
+@pytest.mark.parametrize("method", ["full", "qat"])
+def test_two_fsdp_ranks_follow_one_rank(llama2_debug_folder: Path, qa_data: Path, method: str) -> None:
+    """Full fine-tuning (and QAT, its fake-quantized form) sharded by FSDP2 over 2 gloo ranks:
+    each holds half of every weight and its optimizer state; the run follows a single process's."""
     run = FULL | {"lr": 3e-3, "max_steps": 6, "threads": 1}
-    one = llamahub.finetune(llama2_debug_folder, method="full", data=qa_data, output="fsdp-one",
+    one = llamahub.finetune(llama2_debug_folder, method=method, data=qa_data, output="fsdp-one",
                             progress=False, overwrite=True, **run)
-    two = llamahub.finetune(llama2_debug_folder, method="full", data=qa_data, output="fsdp-two",
+    two = llamahub.finetune(llama2_debug_folder, method=method, data=qa_data, output="fsdp-two",
                             progress=False, overwrite=True, processes=2, parallel="fsdp", **run)
     assert (two.metrics["processes"], two.metrics["parallel"]) == (2, "fsdp")
     a = [loss for _, loss in one.metrics["train_loss"]]
@@ -99,6 +100,8 @@ def test_two_fsdp_ranks_follow_one_rank(llama2_debug_folder: Path, qa_data: Path
         assert abs(x - y) <= 1e-5 * abs(x), (a, b)
     wa, wb = _weights(one.folder), _weights(two.folder)
     assert wa.keys() == wb.keys()
+    if method == "qat":  # its weights are written rounded: a 1e-6 difference may cross a step
+        return
     # measured 4.9e-6: the reduce-scatter sums in another order, and AdamW's normalised steps
     # (about lr = 3e-3 each) turn those last-bit differences of near-zero gradients into this
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 5e-5
