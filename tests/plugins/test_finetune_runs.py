@@ -153,3 +153,41 @@ def test_a_rank_without_examples_still_joins_each_step(llama2_debug_folder: Path
     assert len(a) == len(b) == 3
     for x, y in zip(a, b, strict=True):
         assert abs(x - y) <= 1e-5 * abs(x), (a, b)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_after_kill_matches_uninterrupted(llama2_debug_folder: Path, qa_data: Path,
+                                                      llamahub_home: Path) -> None:
+    """A sharded run's checkpoint holds full tensors (gathered from both ranks); killed with its
+    ranks, the run resumes on 2 fresh ranks (each takes its shard again) to the same weights."""
+    run = FULL | {"lr": 3e-3, "max_steps": 16, "checkpoint_every": 4, "threads": 1, "processes": 2,
+                  "parallel": "fsdp"}
+    script = textwrap.dedent(f"""
+        import llamahub
+        if __name__ == "__main__":
+            llamahub.finetune({str(llama2_debug_folder)!r}, method="full", data={str(qa_data)!r},
+                              output="fsdp-resumed", progress=False, **{run!r})
+    """)
+    path = llamahub_home / "run_fsdp.py"
+    path.write_text(script)
+    env = {**os.environ, "LLAMAHUB_PLUGINS": "cpu,sources,finetune"}
+    proc = subprocess.Popen([sys.executable, str(path)], env=env, start_new_session=True)
+    checkpoint = llamahub_home / "data" / "finetune-runs" / "fsdp-resumed" / "checkpoint.pt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint.is_file() and torch.load(checkpoint, weights_only=False)["step"] >= 8:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+    proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=False)["step"]
+    assert 8 <= killed_at < run["max_steps"]
+
+    resumed = llamahub.finetune(llama2_debug_folder, method="full", data=qa_data, output="fsdp-resumed",
+                                progress=False, **run)
+    whole = llamahub.finetune(llama2_debug_folder, method="full", data=qa_data, output="fsdp-whole",
+                              progress=False, **run)
+    assert resumed.metrics["resumed_from"] == killed_at and whole.metrics["resumed_from"] == 0
+    assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
+    a, b = _weights(resumed.folder), _weights(whole.folder)
+    assert all(torch.equal(a[k], b[k]) for k in a)
