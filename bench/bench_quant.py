@@ -14,8 +14,9 @@ Per (config, engine), in its own process, after the page cache is warm:
 - bandwidth: bytes read per decoded token (all matrices incl. the head, once; not the embedding
   lookup or the KV cache) x tok/s, as a fraction of the ceiling: the higher of the copy bandwidth
   (bench/bandwidth.py) and the best GB/s llama.cpp reaches in this run;
-- load: llamahub int8/int4 map their cached artifact (made once beforehand, timed as
-  quantize_s): load seconds over the time to read that file once from a warm cache.
+- load: llamahub int8/int4 map their cached artifact (made once beforehand, timed as make_s):
+  load + first 1-token forward (which faults the mapped pages in), over the time to read that
+  file once from a warm cache (load_over_read_once; the issue's bound is 1.3).
 
     python bench/bench_quant.py --config 110m,1b --out bench/results/quant.jsonl     # the lead's run
     python bench/bench_quant.py --config tiny --runs 1 --warmup 0 --out /tmp/quant-tiny.jsonl   # smoke
@@ -87,10 +88,13 @@ def llamahub_child(opts: argparse.Namespace, dtype: str) -> dict[str, Any]:
     from llamahub.model.generation import Sampling, generate_ids
 
     kernel(), qkernel()  # shared libraries are imports: not in the timed load
+    artifacts(opts.work, opts.config)  # the weights exist (made by the driver)
+    prompt = prompt_ids(CONFIGS[opts.config].vocab_size)
     t = time.perf_counter()
     model, info = llamahub_model(opts.work, opts.config, dtype)
+    with torch.inference_mode():  # the first token faults in the mapped pages: part of the load
+        model(torch.tensor([prompt[:1]]), 0)
     load_s = time.perf_counter() - t
-    prompt = prompt_ids(CONFIGS[opts.config].vocab_size)
 
     def run() -> tuple[float, list[float], list[int]]:
         stamps, tokens = [], []

@@ -17,12 +17,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from llamahub.plugin import Artifacts, CheckpointReader
-from llamahub_cpu.quant import head_scheme, quantize
+from llamahub_cpu.quant import head_scheme, quantize_with
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the file's layout changes: older files are then rebuilt
@@ -37,9 +38,11 @@ class CorruptArtifactError(Exception):
     """The cached file cannot be used; the caller rebuilds it."""
 
 
-def quantized_state(reader: CheckpointReader, scheme: str) -> dict[str, torch.Tensor]:
+def quantized_state(reader: CheckpointReader, scheme: str,
+                    ops: ModuleType | None = None) -> dict[str, torch.Tensor]:
     """The model's tensors under the quantized model's names: ``<linear>.q``/``.scales``, the
-    embedding in bfloat16, the rest float32. Reads the checkpoint memory-mapped, one at a time."""
+    embedding in bfloat16, the rest float32. Reads the checkpoint memory-mapped, one at a time;
+    quantizes on the compiled kernel ``ops`` when given."""
     state = reader.state_dict(reader.checkpoint.rope_layout)
     if reader.args.tie_embeddings and "output.weight" not in state:
         state["output.weight"] = state["tok_embeddings.weight"]
@@ -50,7 +53,7 @@ def quantized_state(reader: CheckpointReader, scheme: str) -> dict[str, torch.Te
             out[key] = t.to(torch.bfloat16).contiguous()
         elif key.endswith(".weight") and t.dim() == 2:
             name = key.removesuffix(".weight")
-            q, s = quantize(t, head_scheme(scheme) if name == "output" else scheme)
+            q, s = quantize_with(ops, t, head_scheme(scheme) if name == "output" else scheme)
             out[f"{name}.q"], out[f"{name}.scales"] = q.contiguous(), s.contiguous()
         else:
             out[key] = t.float().contiguous()
@@ -63,11 +66,12 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _write(artifacts: Artifacts, reader: CheckpointReader, scheme: str, path: Path) -> dict[str, Any]:
+def _write(artifacts: Artifacts, reader: CheckpointReader, scheme: str, path: Path,
+           ops: ModuleType | None) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     started = time.perf_counter()
-    tensors = quantized_state(reader, scheme)
+    tensors = quantized_state(reader, scheme, ops)
     tmp = path.with_suffix(".partial")
     save_file(tensors, str(tmp), metadata={"scheme": scheme, "format": str(FORMAT),
                                             "snapshot": artifacts.snapshot_id})
@@ -110,8 +114,8 @@ def _map(path: Path) -> dict[str, torch.Tensor]:
         raise CorruptArtifactError(f"unreadable: {e}") from e
 
 
-def quantized_weights(artifacts: Artifacts, reader: CheckpointReader,
-                      scheme: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def quantized_weights(artifacts: Artifacts, reader: CheckpointReader, scheme: str,
+                      ops: ModuleType | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The memory-mapped quantized tensors, and what happened: ``{"built": bool, "path", ...}``."""
     from filelock import FileLock
 
@@ -126,16 +130,17 @@ def quantized_weights(artifacts: Artifacts, reader: CheckpointReader,
                 problem = str(e)
         if path.exists():
             log.warning("rebuilding the quantized weights at %s: %s", path, problem)
-        record = _write(artifacts, reader, scheme, path)
+        record = _write(artifacts, reader, scheme, path, ops)
         return _map(path), {"built": True, "path": str(path), "rebuilt_because": problem,
                             "build_seconds": record["seconds"]}
 
 
-def rebuild(artifacts: Artifacts, reader: CheckpointReader, scheme: str) -> dict[str, torch.Tensor]:
+def rebuild(artifacts: Artifacts, reader: CheckpointReader, scheme: str,
+            ops: ModuleType | None = None) -> dict[str, torch.Tensor]:
     """Quantize again, replacing the cached file (after it proved unusable)."""
     from filelock import FileLock
 
     folder = artifacts.derived(artifact_key(scheme))
     with FileLock(str(folder / ".lock")):
-        _write(artifacts, reader, scheme, folder / FILE)
+        _write(artifacts, reader, scheme, folder / FILE, ops)
         return _map(folder / FILE)

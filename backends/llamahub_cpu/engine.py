@@ -67,12 +67,12 @@ def build_quant_decoder(artifacts: Artifacts, reader: CheckpointReader,
     model.cache_dtype = torch.float32
     ops, model.kernel = quant_kernel_status(scheme)
     swap_quantized(model, scheme, ops)
-    tensors, cache = quantized_weights(artifacts, reader, scheme)
+    tensors, cache = quantized_weights(artifacts, reader, scheme, ops)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:  # names or shapes that do not fit: a damaged or foreign file
         cache |= {"built": True, "rebuilt_because": f"tensors do not fit the model: {str(e)[:200]}"}
-        model.load_state_dict(rebuild(artifacts, reader, scheme), strict=True, assign=True)
+        model.load_state_dict(rebuild(artifacts, reader, scheme, ops), strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval(), cache
 

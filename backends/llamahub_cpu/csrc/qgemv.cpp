@@ -15,8 +15,12 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -256,6 +260,95 @@ torch::Tensor qgemm(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t b
   return y;
 }
 
+// --- quantizing (the same rules as llamahub_cpu.quant, which documents them) ---------------------
+
+namespace {
+
+inline uint16_t to_half(float v) { return _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
+
+inline float quant_error(const float* v, float scale, float lo, float hi) {
+  const float div = scale == 0.0f ? 1.0f : scale;
+  float err = 0.0f;
+  for (int i = 0; i < BLOCK; ++i) {
+    const float q = std::min(hi, std::max(lo, std::nearbyint(v[i] / div)));
+    const float d = q * scale - v[i];
+    err += d * d;
+  }
+  return err;
+}
+
+// One block: its fp16 scale, and its values written to q (int8, or packed nibbles + 8).
+void quantize_block(const float* v, int bits, uint8_t* q, uint16_t* scale_out) {
+  int peak_at = 0;
+  for (int i = 1; i < BLOCK; ++i)
+    if (std::fabs(v[i]) > std::fabs(v[peak_at])) peak_at = i;
+  const float peak = v[peak_at];
+  uint16_t best;
+  const float lo = bits == 8 ? -127.0f : -8.0f, hi = bits == 8 ? 127.0f : 7.0f;
+  if (bits == 8) {
+    best = to_half(std::fabs(peak) / 127.0f);
+  } else {
+    best = to_half(peak / 7.0f);
+    float best_err = quant_error(v, _cvtsh_ss(best), lo, hi);
+    for (float steps : {7.0f, 7.5f, 8.0f, 8.5f}) {
+      for (float sign : {1.0f, -1.0f}) {
+        const uint16_t c = to_half(sign * peak / steps);
+        const float e = quant_error(v, _cvtsh_ss(c), lo, hi);
+        if (e < best_err) best = c, best_err = e;
+      }
+    }
+    const float bs = _cvtsh_ss(best), div = bs == 0.0f ? 1.0f : bs;
+    float qv = 0.0f, qq = 0.0f;
+    for (int i = 0; i < BLOCK; ++i) {
+      const float qi = std::min(hi, std::max(lo, std::nearbyint(v[i] / div)));
+      qv += qi * v[i];
+      qq += qi * qi;
+    }
+    const uint16_t refit = to_half(qv / std::max(qq, 1.0f));
+    if (quant_error(v, _cvtsh_ss(refit), lo, hi) < best_err) best = refit;
+  }
+  *scale_out = best;
+  const float bs = _cvtsh_ss(best), div = bs == 0.0f ? 1.0f : bs;
+  int8_t vals[BLOCK];
+  for (int i = 0; i < BLOCK; ++i)
+    vals[i] = static_cast<int8_t>(std::min(hi, std::max(lo, std::nearbyint(v[i] / div))));
+  if (bits == 8) {
+    std::memcpy(q, vals, BLOCK);
+  } else {
+    for (int j = 0; j < BLOCK / 2; ++j)
+      q[j] = static_cast<uint8_t>((vals[j] + 8) | ((vals[j + BLOCK / 2] + 8) << 4));
+  }
+}
+
+}  // namespace
+
+// (q, scales) of a float32 weight [N, K]: the layout described at the top of this file.
+std::vector<torch::Tensor> quantize(torch::Tensor w, int64_t bits) {
+  TORCH_CHECK(bits == 8 || bits == 4, "bits must be 8 or 4");
+  TORCH_CHECK(w.dim() == 2, "w must be 2-D");
+  auto wf = w.to(torch::kFloat).contiguous();
+  const int64_t n = wf.size(0), k = wf.size(1), nb = (k + BLOCK - 1) / BLOCK, kp = nb * BLOCK;
+  auto q = torch::empty({n, bits == 8 ? kp : kp / 2}, torch::TensorOptions().dtype(
+      bits == 8 ? torch::kChar : torch::kByte));
+  auto s = torch::empty({n, nb}, torch::TensorOptions().dtype(torch::kHalf));
+  const float* src = wf.data_ptr<float>();
+  auto* qp = static_cast<uint8_t*>(q.data_ptr());
+  auto* sp = reinterpret_cast<uint16_t*>(s.data_ptr<at::Half>());
+  const int64_t stride = bits == 8 ? BLOCK : BLOCK / 2;
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    float block[BLOCK];
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t start = b * BLOCK, count = std::min<int64_t>(BLOCK, k - start);
+        std::memset(block, 0, sizeof block);
+        std::memcpy(block, src + r * k + start, count * sizeof(float));
+        quantize_block(block, static_cast<int>(bits), qp + (r * nb + b) * stride, sp + r * nb + b);
+      }
+    }
+  });
+  return {q, s};
+}
+
 std::string isa() { return (use_avx512 && has_avx512()) ? "avx512" : "avx2"; }
 
 void set_isa(const std::string& name) {
@@ -267,6 +360,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qgemv", &qgemv, "y = x W^T for 1..8 rows of x, W int8/int4 in blocks of 32 (fp16 scales)");
   m.def("qgemm", &qgemm, "y = x W^T for any rows: W widened tile by tile, aten GEMM");
   m.def("dequant", &dequant, "rows r0..r1 of W as float32");
+  m.def("quantize", &quantize, "(q, scales) of a weight, as llamahub_cpu.quant.quantize");
   m.def("isa", &isa, "the instruction set the kernels run on");
   m.def("set_isa", &set_isa, "use avx2 even where avx512 is available (or back)");
 }
