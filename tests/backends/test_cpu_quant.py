@@ -187,3 +187,37 @@ def test_backend_lists_the_quantized_dtypes() -> None:
     v = shipped().resolve("llama-debug-2")
     assert b.unsupported_reason(v, LoadOptions(dtype="int4")) is None
     assert "int2" in (b.unsupported_reason(v, LoadOptions(dtype="int2")) or "")
+
+
+def test_refusal_names_the_quantized_need() -> None:
+    import llamahub
+    from llamahub.errors import NoBackendError
+
+    with pytest.raises(NoBackendError) as info:
+        llamahub.load("llama-3.1-405b", dtype="int4", backend="cpu")
+    v = shipped().resolve("llama-3.1-405b")
+    plan = llamahub_cpu.CpuBackend().plan(v, LoadOptions(dtype="int4"))
+    bf16 = llamahub_cpu.CpuBackend().plan(v, LoadOptions(dtype="bf16"))
+    assert plan.host_bytes < bf16.host_bytes / 2
+    assert f"int4      {plan.host_bytes / 2**30:.1f} GiB" in str(info.value)
+
+
+def test_plain_torch_fallback_is_reported_and_agrees(llama2_debug_folder: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from llamahub_cpu import kernels
+
+    artifacts, ref = _open(llama2_debug_folder, tmp_path)
+    tokens = _tokens(ref.args.vocab_size, 12)
+    fast, _ = build_quant_decoder(artifacts, ref.reader, "int4")
+    saved = dict(kernels._cache)
+    monkeypatch.setenv("LLAMAHUB_CPU_KERNEL", "0")
+    kernels._cache.clear()
+    try:
+        plain, _ = build_quant_decoder(artifacts, ref.reader, "int4")
+    finally:
+        kernels._cache.clear()
+        kernels._cache.update(saved)
+    assert plain.kernel.startswith("plain torch int4") and "LLAMAHUB_CPU_KERNEL=0" in plain.kernel
+    with torch.inference_mode():
+        assert torch.allclose(plain(tokens, 0), fast(tokens, 0), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(plain(tokens[:, :1], 0), fast(tokens[:, :1], 0), rtol=1e-4, atol=1e-4)
