@@ -93,17 +93,29 @@ void rows_avx2(const uint8_t* q, const uint16_t* s, const float* x, float* y, in
 
 // --- AVX-512: 2 vectors of 16 per block ---------------------------------------------------------
 
+alignas(64) constexpr float INT4_LEVELS[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
+
 #define LLAMAHUB_AVX512 __attribute__((target("avx512f,avx512bw")))
 
 // One block of 32 weights into the two accumulators of each of the M rows.
 template <int BITS, int M>
 LLAMAHUB_AVX512 inline void block_avx512(const uint8_t* qr, const uint16_t* sr, const float* x, int64_t b,
                                          int64_t kp, __m512 (&acc)[M][2]) {
-  __m128i lo, hi;
-  block_bytes<BITS>(qr + b * block_stride<BITS>(), lo, hi);
   const __m512 scale = _mm512_set1_ps(half_to_float(sr[b]));
-  const __m512 w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), scale);
-  const __m512 w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), scale);
+  __m512 w0, w1;
+  if constexpr (BITS == 8) {
+    __m128i lo, hi;
+    block_bytes<8>(qr + b * block_stride<8>(), lo, hi);
+    w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), scale);
+    w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), scale);
+  } else {
+    // 16 levels times the scale as a table; each nibble picks its float with a permute (the
+    // permute reads only an index's low 4 bits), sparing a convert and a multiply per vector.
+    const __m512 table = _mm512_mul_ps(_mm512_loadu_ps(INT4_LEVELS), scale);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + b * block_stride<4>()));
+    w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(raw), table);
+    w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(raw, 4)), table);
+  }
   const float* xb = x + b * BLOCK;
   for (int m = 0; m < M; ++m) {
     acc[m][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb + m * kp), acc[m][0]);
