@@ -1,12 +1,12 @@
-"""Client commands: ``login``, ``logout``, ``profile``, ``license``, ``enterprise``, ``download``,
+"""Client commands: ``login``, ``logout``, ``license``, ``enterprise``, ``download``,
 ``cache``, ``chat``.
 
-Only click is imported at module level; everything else loads inside the commands.
+``profile`` and ``license check`` are in :mod:`llamahub.cli_compliance`. Only click is imported
+at module level; everything else loads inside the commands.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from llamahub.cli_chat import chat
+from llamahub.cli_compliance import _license_id, license_check, profile
 from llamahub.errors import ConfigError
 
 
@@ -136,93 +137,7 @@ def logout() -> None:
     click.echo(f"logged out; {path} now points at the embedded hub")
 
 
-# --- profile ---------------------------------------------------------------------------------------
-
-
-@click.group()
-def profile() -> None:
-    """The organisation profile the license gates check (MAU, intended uses)."""
-
-
-@profile.command("show")
-@click.option("--json", "as_json", is_flag=True)
-def profile_show(as_json: bool) -> None:
-    """The profile saved locally: organisation, country, MAU, intended uses."""
-    from dataclasses import asdict
-
-    from llamahub.client.config import load_config
-
-    p = asdict(load_config().profile)
-    if as_json:
-        click.echo(json.dumps(p, indent=2))
-        return
-    for key, value in p.items():
-        click.echo(f"{key:15} {', '.join(value) if isinstance(value, list | tuple) else value}")
-
-
-@profile.command("set")
-@click.option("--mau", type=click.IntRange(0), help="monthly active users of your products and services")
-@click.option("--use", "uses", multiple=True, help="an intended use id (repeat); replaces the list")
-@click.option("--organisation")
-@click.option("--country", help="two-letter ISO code")
-@click.option("--eu/--no-eu", "eu", default=None, help="the organisation is domiciled in the EU")
-def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None, country: str | None,
-                eu: bool | None) -> None:
-    """Declare MAU and intended uses; saved locally and sent to the hub (every change is recorded there)."""
-    from llamahub.client.config import load_config, save_config, with_profile
-    from llamahub.errors import HubUnreachableError
-    from llamahub.policy import validate_uses
-
-    changes: dict[str, Any] = {}
-    if mau is not None:
-        changes["mau"] = mau
-    if uses:
-        changes["intended_uses"] = validate_uses(uses)
-    if organisation:
-        changes["organisation"] = organisation
-    if country:
-        changes["country"] = country.upper()
-    if eu is not None:
-        changes["eu_domiciled"] = eu
-    cfg = with_profile(load_config(), **changes)
-    save_config(cfg)
-    click.echo(f"profile: MAU {cfg.profile.mau:,}; uses {', '.join(cfg.profile.intended_uses) or 'none'}")
-    if cfg.offline:
-        return
-    try:
-        with _session(cfg, echo=False) as session:
-            if not session.embedded:
-                session.require_account()
-                session.hub.set_profile(cfg.profile.hub_body())
-            else:
-                session.hub.profile()  # starting the embedded hub syncs it
-        click.echo(f"sent to the hub ({'embedded' if cfg.hub_url is None else cfg.hub_url})")
-    except HubUnreachableError as e:
-        click.echo(f"warning: saved locally only: {e.message}", err=True)
-
-
 # --- license ---------------------------------------------------------------------------------------
-
-
-def _license_id(name: str) -> str:
-    """A license id from a license id, a family or a variant name."""
-    from llamahub.errors import RegistryError, UnknownVariantError
-    from llamahub.policy import load_licenses
-    from llamahub.registry import default_registry
-
-    licenses = load_licenses()
-    if name in licenses:
-        return name
-    for terms in licenses.values():
-        if terms.covers(name):
-            return terms.id
-    try:
-        return default_registry().resolve(name).license
-    except UnknownVariantError:
-        close = difflib.get_close_matches(name, sorted(licenses), n=3, cutoff=0.5)
-        raise RegistryError(f"no license, family or variant named {name!r}",
-                            hint=(f"did you mean {', '.join(close)}? " if close else "")
-                            + f"licenses: {', '.join(sorted(licenses))}") from None
 
 
 def confirm(question: str, command: str) -> bool:
@@ -241,15 +156,19 @@ def license() -> None:
     """Read, accept and check license versions (each version is accepted separately)."""
 
 
+license.add_command(license_check)
+
+
 @license.command("show")
 @click.argument("name")
 def license_show(name: str) -> None:
     """A summary of the terms in llamahub's words, and where the full text is."""
     from llamahub.policy import license_terms
-    from llamahub.policy.terms import render_terms
+    from llamahub.policy.terms import render_rules, render_terms
 
     terms = license_terms(_license_id(name))
     click.echo(render_terms(terms), nl=False)
+    click.echo(render_rules(terms), nl=False)
     click.echo(f"The exact text an acceptance records is on your hub, at /api/licenses/{terms.id}/text "
                f"(a page to open in a browser). Accept with `llamahub license accept {terms.id}`.")
 

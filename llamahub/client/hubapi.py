@@ -104,6 +104,10 @@ class HubClient:
     def set_profile(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("PUT", "/api/profile", "updating your profile", json=body)
 
+    def update_profile(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change only the fields in ``changes`` (PATCH)."""
+        return self._call("PATCH", "/api/profile", "updating your profile", json=changes)
+
     def accept(self, license_id: str, text_sha256: str | None = None) -> dict[str, Any]:
         return self._call("POST", f"/api/licenses/{license_id}/accept", f"accepting {license_id}",
                           json={"text_sha256": text_sha256})

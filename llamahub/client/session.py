@@ -120,7 +120,7 @@ class Session:
         p = self.cfg.profile
         return Profile(organisation=p.organisation, mau=p.mau, intended_uses=p.intended_uses,
                        accepted=accepted, country=p.country, eu_domiciled=p.eu_domiciled,
-                       certifications=p.certifications)
+                       certifications=p.certifications, mau_at=p.mau_at)
 
     def gate(self, variant: Variant) -> Decision:
         """The local license decision for ``variant``; raises the LicenseError of a refusal.

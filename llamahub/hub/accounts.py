@@ -23,7 +23,7 @@ def gate_profile(ctx: HubContext, user: dict[str, Any]) -> Profile:
     return Profile(organisation=user["organisation"], mau=profile["mau"],
                    intended_uses=tuple(profile["intended_uses"]), accepted=accepted,
                    country=user["country"], eu_domiciled=profile["eu_domiciled"],
-                   certifications=tuple(profile["certifications"]))
+                   certifications=tuple(profile["certifications"]), mau_at=profile["mau_at"])
 
 
 def _when(value: str | None) -> dt.datetime | None:

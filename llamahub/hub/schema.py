@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 
 metadata = MetaData()
@@ -50,6 +51,17 @@ profiles = Table(
     Column("certifications", Text, nullable=False),  # JSON list
     Column("eu_domiciled", Boolean, nullable=False),
     Column("updated_at", String(32), nullable=False),
+    # false while only other fields were set: an undeclared MAU is not 0 (added by migrate.py)
+    Column("mau_declared", Boolean, nullable=False, server_default=true()),
+)
+
+mau_declarations = Table(  # MAU as a license version counts it: the calendar month before its release
+    "mau_declarations", metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("license_id", String(64), primary_key=True),
+    Column("as_of", String(10), nullable=False),  # the release date the figure refers to
+    Column("mau", BigInteger, nullable=False),
+    Column("declared_at", String(32), nullable=False),
 )
 
 profile_history = Table(

@@ -8,8 +8,10 @@ decision naming the enterprise grant it relied on:
    organisations);
 2. the declared intended uses: none declared, an unknown id, or a category the variant's
    acceptable use policy prohibits are all refused (no certification lifts a prohibition);
-3. monthly active users: more than the license threshold needs a current enterprise grant for
-   this organisation and family, whose ``max_mau`` (if any) covers the declared number.
+3. monthly active users, as the license counts them: the figure declared for that license
+   version (the calendar month before its release date), else the current figure; none declared
+   is refused with what to declare. More than the threshold needs a current enterprise grant for
+   this organisation and family, whose ``max_mau`` (if any) covers the figure.
 
 Nothing here reads a clock, a file other than the registry data, or the network: ``now`` is
 always passed in and must be timezone-aware. The hub and the client call the same code.
@@ -39,6 +41,7 @@ _ERRORS: dict[str, type[LicenseError]] = {
     "no_intended_use": AcceptableUseError,
     "unknown_use": AcceptableUseError,
     "prohibited_use": AcceptableUseError,
+    "mau_not_declared": MauLimitError,
     "mau_over_threshold": MauLimitError,
     "grant_mau_exceeded": MauLimitError,
     "grant_expired": MauLimitError,
@@ -78,20 +81,29 @@ class Profile:
     """Who is asking and for what: the local profile or the hub's record of an account."""
 
     organisation: str
-    mau: int
+    mau: int | None
     intended_uses: tuple[str, ...]
     accepted: Mapping[str, str] = field(hash=False)
     country: str | None = None
     eu_domiciled: bool = False
     certifications: tuple[str, ...] = ()
+    mau_at: Mapping[str, int] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.mau, bool) or not isinstance(self.mau, int) or self.mau < 0:
-            raise ConfigError(f"declared MAU must be a whole number of users >= 0, got {self.mau!r}",
-                              hint="run `llamahub profile set --mau N`")
+        for figure in (self.mau, *dict(self.mau_at).values()):
+            if figure is not None and (isinstance(figure, bool) or not isinstance(figure, int) or figure < 0):
+                raise ConfigError(f"declared MAU must be a whole number of users >= 0, got {figure!r}",
+                                  hint="run `llamahub profile set --mau N`")
         object.__setattr__(self, "intended_uses", tuple(self.intended_uses))
         object.__setattr__(self, "certifications", tuple(self.certifications))
         object.__setattr__(self, "accepted", MappingProxyType(dict(self.accepted)))
+        object.__setattr__(self, "mau_at", MappingProxyType(dict(self.mau_at)))
+
+    def mau_for(self, license_id: str) -> tuple[int | None, bool]:
+        """(figure, dated): the MAU declared for that license version's date, else the current one."""
+        if license_id in self.mau_at:
+            return self.mau_at[license_id], True
+        return self.mau, False
 
     def has_accepted(self, license_id: str) -> bool:
         return bool(self.accepted.get(license_id))
@@ -234,37 +246,56 @@ def _request_hint(family: str, mau: int) -> str:
     return f"run `llamahub enterprise request --family {family} --mau {mau}`"
 
 
+def _month_before(terms: LicenseTerms) -> str:
+    return f"the calendar month before {terms.mau_measured_on.isoformat()}"
+
+
+def _undeclared(profile: Profile, terms: LicenseTerms) -> Decision:
+    return _deny("mau_not_declared",
+                 f"{profile.organisation} has declared no monthly active users; the {terms.title} counts "
+                 f"them over {_month_before(terms)} ({terms.id}'s release date)",
+                 f"declare that month's figure: `llamahub profile set --mau-at {terms.id}=N` "
+                 "(or today's figure for every version without a dated one: `--mau N`)")
+
+
 def _mau_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms,
               grants: Iterable[Grant], now: dt.datetime) -> Decision:
-    if profile.mau <= terms.mau_threshold:
+    mau, dated = profile.mau_for(terms.id)
+    if mau is None:
+        return _undeclared(profile, terms)
+    if mau <= terms.mau_threshold:
         return Decision(allowed=True, code=OK, message=f"{variant.name}: every license gate passed")
     matching = [g for g in grants if g.applies_to(profile.organisation, variant.family)]
     for grant in matching:
-        if grant.status(now, profile.mau) == OK:
+        if grant.status(now, mau) == OK:
             return Decision(allowed=True, code=OK, grant_id=grant.id,
                             message=f"{variant.name}: every license gate passed under enterprise grant "
                                     f"{grant.id}")
     if not matching:
+        which = f"for {_month_before(terms)}" if dated else "today (no figure dated for this version)"
+        hint = _request_hint(variant.family, mau)
+        if not dated:
+            hint += (f"; or, if you had fewer users over {_month_before(terms)}, declare that figure: "
+                     f"`llamahub profile set --mau-at {terms.id}=N`")
         return _deny("mau_over_threshold",
-                     f"{profile.organisation} declares {profile.mau:,} monthly active users; above "
-                     f"{terms.mau_threshold:,} (counted over the calendar month before "
-                     f"{terms.mau_measured_on.isoformat()}) the {terms.title} requires a separate license "
-                     f"from {terms.issuer}, and no enterprise grant covers {variant.family}",
-                     _request_hint(variant.family, profile.mau))
-    return _grant_refusal(profile, variant, matching, now)
+                     f"{profile.organisation} declares {mau:,} monthly active users {which}; above "
+                     f"{terms.mau_threshold:,} (counted over {_month_before(terms)}) the {terms.title} "
+                     f"requires a separate license from {terms.issuer}, and no enterprise grant covers "
+                     f"{variant.family}", hint)
+    return _grant_refusal(profile, variant, matching, now, mau)
 
 
 def _grant_refusal(profile: Profile, variant: VariantLike, matching: list[Grant],
-                   now: dt.datetime) -> Decision:
+                   now: dt.datetime, mau: int) -> Decision:
     def rank(g: Grant) -> int:
-        return _GRANT_REASON_RANK.index(g.status(now, profile.mau))
+        return _GRANT_REASON_RANK.index(g.status(now, mau))
 
     grant = min(matching, key=rank)
-    code = grant.status(now, profile.mau)
-    hint = _request_hint(variant.family, profile.mau)
+    code = grant.status(now, mau)
+    hint = _request_hint(variant.family, mau)
     if code == "grant_mau_exceeded":
         message = (f"enterprise grant {grant.id} covers up to {grant.max_mau:,} monthly active users; "
-                   f"{profile.organisation} declares {profile.mau:,}")
+                   f"{profile.organisation} declares {mau:,}")
     elif code == "grant_expired":
         expired = grant.expires.isoformat() if grant.expires else "an unknown time"
         message = f"enterprise grant {grant.id} for {variant.family} expired at {expired}"

@@ -57,6 +57,13 @@ class LicenseTerms:
     text_sha256: str | None = None
     eu_multimodal_restriction: bool = False
     multimodal_variants: tuple[str, ...] = ()
+    clauses: tuple[tuple[str, str], ...] = ()
+    research_only: bool = False
+
+    def clause(self, rule: str) -> str | None:
+        """The license clause a rule comes from (``outputs``, ``naming``, ``attribution``,
+        ``languages``, ``mau``, ...), None when the data does not name one."""
+        return dict(self.clauses).get(rule)
 
     def covers(self, family: str) -> bool:
         """True when variants of ``family`` are under this license."""
@@ -150,6 +157,9 @@ class LicenseTable(DataModel):
     summary: Annotated[Lines, Field(min_length=3, max_length=6)]
     eu_multimodal_restriction: bool = False
     multimodal_variants: Lines = Field(default_factory=list)
+    clauses: dict[Annotated[str, _matching(r"[a-z_]+", "a snake_case rule name")], Line] = Field(
+        default_factory=dict)
+    research_only: bool = False
 
     def problems(self) -> list[Problem]:
         """What is wrong across fields."""
@@ -219,7 +229,8 @@ def parse_license(data: Mapping[str, Any], where: str = "license") -> LicenseTer
         derivative_name_prefix=t.derivative_name_prefix, redistribution=tuple(t.redistribution),
         languages=tuple(t.languages), aup=t.aup, url=t.url, text_sha256=t.text_sha256,
         summary=tuple(t.summary), eu_multimodal_restriction=t.eu_multimodal_restriction,
-        multimodal_variants=tuple(t.multimodal_variants),
+        multimodal_variants=tuple(t.multimodal_variants), clauses=tuple(sorted(t.clauses.items())),
+        research_only=t.research_only,
     )
 
 
@@ -347,3 +358,19 @@ def render_terms(terms: LicenseTerms) -> str:
               f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
               f"{terms.issuer.rstrip('.')}.", f"Acceptable use policy: {terms.aup}."]
     return "\n".join(lines) + "\n"
+
+
+def render_rules(terms: LicenseTerms) -> str:
+    """The output-use, naming, attribution and language rules of a license, with their clauses."""
+    def at(rule: str) -> str:
+        clause = terms.clause(rule)
+        return f" [clause {clause}]" if clause else ""
+
+    outputs = "no, only models under this license"
+    if terms.outputs_may_train_other_models:
+        outputs = f"yes, on a condition: {terms.outputs_training_condition}"
+    lines = ["", f"Outputs may train other models: {outputs}{at('outputs')}",
+             f"Attribution to display: {terms.attribution or 'none'}{at('attribution')}",
+             f"Derivative names must begin with: {terms.derivative_name_prefix or 'no rule'}{at('naming')}",
+             f"Languages the models were tuned for: {', '.join(terms.languages)}{at('languages')}", ""]
+    return "\n".join(lines)

@@ -42,8 +42,8 @@ def variant(name: str) -> Variant:
     return _builtin().resolve(name)
 
 
-def profile(mau: int = 1_000, uses: Sequence[str] = ("chatbot",), accepted: Sequence[str] = ALL_LICENSES,
-            **extra: object) -> Profile:
+def profile(mau: int | None = 1_000, uses: Sequence[str] = ("chatbot",),
+            accepted: Sequence[str] = ALL_LICENSES, **extra: object) -> Profile:
     return Profile(organisation=ORG, mau=mau, intended_uses=tuple(uses),
                    accepted={license_id: ACCEPTED_AT for license_id in accepted}, **extra)
 
@@ -118,7 +118,9 @@ def test_mau_refusal_message_names_the_numbers() -> None:
     decision = check(profile(mau=THRESHOLD + 1), variant("llama-3.1-8b"), [], NOW)
     assert "700,000,001" in decision.message and "700,000,000" in decision.message
     assert "2024-07-23" in decision.message
-    assert decision.hint == "run `llamahub enterprise request --family llama-3.1 --mau 700000001`"
+    assert decision.hint and decision.hint.startswith(
+        "run `llamahub enterprise request --family llama-3.1 --mau 700000001`")
+    assert "--mau-at llama3.1=N" in decision.hint
 
 
 def test_grants_accept_any_iterable() -> None:
@@ -316,7 +318,7 @@ def test_grant_and_profile_validation() -> None:
 
 def test_profile_is_immutable_and_copies_accepted() -> None:
     accepted = {"llama2": ACCEPTED_AT}
-    p = Profile(organisation=ORG, mau=1, intended_uses=["chatbot"],  # type: ignore[arg-type]
+    p = Profile(organisation=ORG, mau=1, intended_uses=["chatbot"],
                 accepted=accepted)
     accepted.clear()
     assert p.has_accepted("llama2")
@@ -325,3 +327,30 @@ def test_profile_is_immutable_and_copies_accepted() -> None:
         p.accepted["llama3"] = ACCEPTED_AT  # type: ignore[index]
     assert hash(p) == hash(Profile(organisation=ORG, mau=1, intended_uses=("chatbot",),
                                    accepted={"llama2": ACCEPTED_AT}))
+
+
+# --- MAU as each license version counts it ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "allowed"), [("llama-2-7b", True), ("llama-3.1-8b", False)])
+def test_dated_mau_500m_then_800m_now(name: str, allowed: bool) -> None:
+    p = profile(mau=800_000_000, mau_at={"llama2": 500_000_000})
+    decision = check(p, variant(name), [], NOW)
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.code == "mau_over_threshold" and "800,000,000" in decision.message
+
+
+def test_a_dated_figure_over_the_threshold_is_refused_even_when_today_is_small() -> None:
+    decision = check(profile(mau=10, mau_at={"llama2": 900_000_000}), variant("llama-2-7b"), [], NOW)
+    assert decision.code == "mau_over_threshold" and "calendar month before 2023-07-18" in decision.message
+    assert "--mau-at" not in (decision.hint or "")  # already dated: nothing more to declare
+
+
+def test_undeclared_mau_is_not_zero() -> None:
+    decision = check(profile(mau=None), variant("llama-3-8b"), [], NOW)
+    assert decision.code == "mau_not_declared" and "2024-04-18" in decision.message
+    assert "--mau-at llama3=N" in (decision.hint or "")
+    with pytest.raises(MauLimitError):
+        decision.raise_if_denied()
+    assert check(profile(mau=None, mau_at={"llama3": 5}), variant("llama-3-8b"), [], NOW).allowed
