@@ -129,6 +129,7 @@ def profile_set(mau: int | None, mau_at: tuple[str, ...], uses: tuple[str, ...],
                 session.require_account()
                 body = {k: list(v) if isinstance(v, tuple) else v for k, v in sent.items()}
                 session.hub.update_profile(body)
+                session.sync_credentials()  # the hub-signed profile the offline gates use
             else:
                 session.hub.profile()  # starting the embedded hub syncs it
         click.echo(f"sent to the hub ({'embedded' if cfg.hub_url is None else cfg.hub_url})")

@@ -87,6 +87,9 @@ class HubClient:
         body = {"email": email, "name": name, "organisation": organisation, "country": country}
         return self._call("POST", "/api/users", "registering", json=body)
 
+    def licenses(self) -> dict[str, Any]:
+        return self._call("GET", "/api/licenses", "reading the hub's licenses")
+
     def license(self, license_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/licenses/{license_id}", f"reading license {license_id}")
 
@@ -111,6 +114,10 @@ class HubClient:
     def accept(self, license_id: str, text_sha256: str | None = None) -> dict[str, Any]:
         return self._call("POST", f"/api/licenses/{license_id}/accept", f"accepting {license_id}",
                           json={"text_sha256": text_sha256})
+
+    def credentials(self) -> dict[str, Any]:
+        """The hub-signed profile, the organisation's grant documents and the revocation list."""
+        return self._call("GET", "/api/credentials", "fetching your signed profile and grants")
 
     def license_status(self) -> dict[str, Any]:
         return self._call("GET", "/api/licenses/status", "reading your license acceptances")

@@ -252,7 +252,10 @@ class ManifestOut(BaseModel):
 class Grant(BaseModel):
     id: str
     organisation: str
+    org_id: str | None = None
     families: list[str]
+    variants: list[str] = []
+    uses: list[str] = []
     max_mau: int | None
     not_before: str
     expires: str | None
@@ -306,6 +309,11 @@ class EnterpriseRequest(BaseModel):
     decided_at: str | None
     decision_note: str | None
     grant_id: str | None
+    org_id: str | None = None
+    uses: list[str] = []
+    variants: list[str] = []
+    info_request: str | None = None
+    info_answer: str | None = None
 
 
 class RequestOut(BaseModel):

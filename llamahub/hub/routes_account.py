@@ -27,6 +27,8 @@ class RegisterBody(Input):
     name: Name
     organisation: Name
     country: Country
+    invitation: str | None = Field(None, max_length=128, description="an invitation from an organisation's "
+                                                                    "admin: joins that organisation at once")
 
     @field_validator("email")
     @classmethod
@@ -78,7 +80,8 @@ def _public_user(user: dict[str, Any]) -> dict[str, Any]:
 def register(body: RegisterBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Register; the API token is returned once and stored only as its sha256."""
     ctx.limiter.check("register", ip=client_ip(request))
-    user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country)
+    user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country,
+                                        invitation=body.invitation)
     return {"user": _public_user(user), "token": token,
             "note": "store this token now: the hub keeps only its hash and cannot show it again"}
 

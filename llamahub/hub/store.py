@@ -147,14 +147,15 @@ class Store(AccountStore, ProfileStore, GrantStore):
     # --- links and download counters -------------------------------------------------------------
 
     def create_link(self, link_id: str, user_id: str, family: str, kid: str, policy: dict,
-                    expires: int, max_downloads: int, **detail: Any) -> None:
+                    expires: int, max_downloads: int, *, grants: Sequence[str] = (), **detail: Any) -> None:
+        """A link and the grants it relied on (a revoked one stops the link at download)."""
         with self.write() as conn:
             conn.execute(insert(t.links).values(
                 id=link_id, user_id=user_id, family=family, key_id=kid,
                 policy=json.dumps(policy, sort_keys=True), issued_at=utcnow(), expires=expires,
-                max_downloads=max_downloads, revoked_at=None))
+                max_downloads=max_downloads, revoked_at=None, grant_ids=json.dumps(list(grants))))
             self.audit(conn, f"user:{user_id}", "link.issue", link_id, family=family, key_id=kid,
-                       expires=expires, max_downloads=max_downloads, **detail)
+                       expires=expires, max_downloads=max_downloads, grants=list(grants), **detail)
 
     def get_link(self, link_id: str) -> dict | None:
         with self.read() as conn:
@@ -223,4 +224,5 @@ class Store(AccountStore, ProfileStore, GrantStore):
 def _link_dict(row: Any) -> dict:
     out = dict(row)
     out["policy"] = json.loads(out["policy"])
+    out["grant_ids"] = json.loads(out.get("grant_ids") or "[]")
     return out

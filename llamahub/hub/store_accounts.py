@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from llamahub.hub import schema as t
 from llamahub.hub.errors import ConflictError, NotFoundError
-from llamahub.hub.store_base import StoreBase, new_id, org_key, token_hash, utcnow
+from llamahub.hub.store_base import new_id, org_key, token_hash, utcnow
+from llamahub.hub.store_orgs import OrgStore
 
 
-class AccountStore(StoreBase):
+class AccountStore(OrgStore):
     """Users, tokens and acceptances."""
 
     # --- users and tokens ------------------------------------------------------------------------
 
-    def create_user(self, email: str, name: str, organisation: str, country: str) -> tuple[dict, str]:
-        """Register a user with a fresh API token; returns (user, token). The token is not stored."""
+    def create_user(self, email: str, name: str, organisation: str, country: str,
+                    invitation: str | None = None) -> tuple[dict, str]:
+        """Register a user with a fresh API token; returns (user, token). The token is not stored.
+
+        The user joins an organisation record as :mod:`store_orgs` describes (``invitation``: at once).
+        """
         user = {"id": new_id("u_"), "email": email.strip().lower(), "name": name.strip(),
                 "organisation": organisation.strip(), "organisation_key": org_key(organisation),
                 "country": country.strip().upper(), "created_at": utcnow()}
@@ -30,28 +35,32 @@ class AccountStore(StoreBase):
                                                      user_id=user["id"], created_at=user["created_at"]))
                 self.audit(conn, f"user:{user['id']}", "user.register", user["id"],
                            email=user["email"], organisation=user["organisation"])
+                joined = self.join_at_registration(conn, user, invitation)
+                if invitation:
+                    org = conn.execute(select(t.organisations.c.name)
+                                       .where(t.organisations.c.id == joined["org_id"])).one()
+                    user |= {"organisation": org.name, "organisation_key": org_key(org.name)}
+                    conn.execute(update(t.users).where(t.users.c.id == user["id"])
+                                 .values(organisation=org.name, organisation_key=org_key(org.name)))
         except IntegrityError as e:
             raise ConflictError(f"a user with email {user['email']} is already registered",
                                 code="email_taken", hint="use that account's API token") from e
         return user, token
 
-    def create_admin_token(self, actor: str = "operator") -> str:
-        token = "lha_" + secrets.token_urlsafe(32)
-        with self.write() as conn:
-            conn.execute(insert(t.tokens).values(token_sha256=token_hash(token), role="admin",
-                                                 user_id=None, created_at=utcnow()))
-            self.audit(conn, actor, "admin_token.create")
-        return token
+    def create_admin_token(self, name: str = "operator") -> str:
+        """An admin token of a new operator account called ``name``."""
+        return self.create_operator(name)[1]
 
     def token_owner(self, token: str) -> tuple[str, dict | None] | None:
-        """("admin", None) or ("user", user) for a live token, None for an unknown or revoked one."""
+        """("admin", operator) or ("user", user) for a live token, None for an unknown or revoked one."""
         with self.read() as conn:
             row = conn.execute(select(t.tokens).where(t.tokens.c.token_sha256 == token_hash(token),
                                                       t.tokens.c.revoked_at.is_(None))).first()
             if row is None:
                 return None
             if row.role == "admin":
-                return "admin", None
+                op = conn.execute(select(t.operators).where(t.operators.c.id == row.operator_id)).first()
+                return "admin", dict(op._mapping) if op else {"id": None, "name": "admin"}
             user = conn.execute(select(t.users).where(t.users.c.id == row.user_id)).first()
         return ("user", dict(user._mapping)) if user else None
 

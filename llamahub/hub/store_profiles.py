@@ -26,9 +26,10 @@ class ProfileStore(StoreBase):
             return self._profile(conn, user_id)
 
     def _profile(self, conn: Connection, user_id: str) -> dict:
+        owner = self.mau_owner(conn, user_id)
         row = conn.execute(select(t.profiles).where(t.profiles.c.user_id == user_id)).first()
         declared = [dict(r._mapping) for r in conn.execute(
-            select(t.mau_declarations).where(t.mau_declarations.c.user_id == user_id)
+            select(t.mau_declarations).where(t.mau_declarations.c.owner_id == owner)
             .order_by(t.mau_declarations.c.license_id))]
         out = dict(EMPTY) if row is None else _profile_dict(row._mapping)
         out["mau_at"] = {d["license_id"]: d["mau"] for d in declared}
@@ -46,7 +47,7 @@ class ProfileStore(StoreBase):
         with self.write() as conn:
             before = self._profile(conn, user_id)
             after = dict(EMPTY) if replace else {k: before[k] for k in FIELDS}
-            after.update({k: v for k, v in changes.items() if k in FIELDS})
+            after.update({k: v for k, v in changes.items() if k in FIELDS and (v is not None or k == "mau")})
             mau_at = dict(after.pop("mau_at") or {})
             if not replace:
                 mau_at = {**before["mau_at"], **mau_at}
@@ -69,17 +70,23 @@ class ProfileStore(StoreBase):
         return profile
 
     @staticmethod
-    def _declare(conn: Connection, user_id: str, mau_at: Mapping[str, int], had: Mapping[str, int],
+    def mau_owner(conn: Connection, user_id: str) -> str:
+        """Whose MAU a user declares: their organisation's id when an active member, else their own."""
+        row = conn.execute(select(t.memberships.c.org_id).where(
+            t.memberships.c.user_id == user_id, t.memberships.c.status == "active")).first()
+        return row.org_id if row else user_id
+
+    def _declare(self, conn: Connection, user_id: str, mau_at: Mapping[str, int], had: Mapping[str, int],
                  as_of: Mapping[str, str], now: str) -> None:
-        table = t.mau_declarations
+        table, owner = t.mau_declarations, self.mau_owner(conn, user_id)
         gone = [lid for lid in had if lid not in mau_at]
         if gone:
-            conn.execute(delete(table).where(table.c.user_id == user_id, table.c.license_id.in_(gone)))
+            conn.execute(delete(table).where(table.c.owner_id == owner, table.c.license_id.in_(gone)))
         for license_id, mau in mau_at.items():
             if had.get(license_id) == mau:
                 continue
-            conn.execute(delete(table).where(table.c.user_id == user_id, table.c.license_id == license_id))
-            conn.execute(insert(table).values(user_id=user_id, license_id=license_id, mau=mau,
+            conn.execute(delete(table).where(table.c.owner_id == owner, table.c.license_id == license_id))
+            conn.execute(insert(table).values(owner_id=owner, license_id=license_id, mau=mau,
                                               as_of=as_of.get(license_id, ""), declared_at=now))
 
     def profile_history(self, user_id: str) -> list[dict]:
