@@ -353,8 +353,8 @@ def _research_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms, 
                      f"the {terms.title} admits only {', '.join(aup.allowed_uses)} (non-commercial); this "
                      f"profile {what}",
                      f"declare only that: `llamahub profile set {_use_flags(aup.allowed_uses)}`")
-    mau = profile.mau_for(terms.id)[0] or 0
-    usable = [g for g in grants if g.applies_to(profile, variant) and g.status(now, mau) == OK]
+    # no MAU clause here: an application's grant is usable whatever MAU it names
+    usable = [g for g in grants if g.applies_to(profile, variant) and g.status(now, 0) == OK]
     if not usable:
         return _deny("application_required",
                      f"the {terms.title} gives access only to researchers whose application was approved, "

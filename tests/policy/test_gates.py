@@ -26,7 +26,7 @@ NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 THRESHOLD = 700_000_000
 ORG = "Acme Corp"
-ALL_LICENSES = ("llama2", "llama3", "llama3.1", "llama3.2", "llama-debug")
+ALL_LICENSES = ("llama2", "llama3", "llama3.1", "llama3.2", "llama-debug", "llama1", "llama3.3")
 ACCEPTED_AT = "2026-11-01T09:00:00+00:00"
 # family -> a real variant of it
 FAMILIES = {
@@ -355,3 +355,39 @@ def test_undeclared_mau_is_not_zero() -> None:
     with pytest.raises(MauLimitError):
         decision.raise_if_denied()
     assert check(profile(mau=None, mau_at={"llama3": 5}), variant("llama-3-8b"), [], NOW).allowed
+
+
+# --- scoped grants: the case-by-case exception; Llama 1's research gate ------------------------------
+
+
+def test_an_exception_grant_lifts_exactly_its_categories() -> None:
+    exception = grant("llama-3", uses=("weapons",), variants=("llama-3-8b",))
+    p = profile(uses=("research", "weapons"))
+    allowed = check(p, variant("llama-3-8b"), [exception], NOW)
+    assert allowed.allowed and allowed.grant_id == "g-1"
+    assert check(p, variant("llama-3-70b"), [exception], NOW).code == "prohibited_use"  # another variant
+    both = profile(uses=("research", "weapons", "spam"))
+    assert check(both, variant("llama-3-8b"), [exception], NOW).code == "prohibited_use"
+    late = NOW + 400 * DAY  # after the grant's expiry
+    assert check(p, variant("llama-3-8b"), [exception], late).code == "prohibited_use"
+    other_org = replace(exception, organisation="Someone else")
+    assert check(p, variant("llama-3-8b"), [other_org], NOW).code == "prohibited_use"
+
+
+def test_a_grant_of_an_organisation_record_matches_only_its_members() -> None:
+    recorded = grant("llama-3", organisation_id="o_1")
+    member = profile(mau=800_000_000, organisation_id="o_1")
+    lookalike = profile(mau=800_000_000)  # same organisation name, no record id: a pending look-alike
+    assert check(member, variant("llama-3-8b"), [recorded], NOW).allowed
+    assert check(lookalike, variant("llama-3-8b"), [recorded], NOW).code == "mau_over_threshold"
+
+
+def test_llama1_research_under_an_application() -> None:
+    application = grant("llama-1")
+    research = profile(uses=("research",))
+    assert check(research, variant("llama-1-7b"), [application], NOW).allowed
+    assert check(research, variant("llama-1-7b"), [], NOW).code == "application_required"
+    capped = grant("llama-1", max_mau=1)  # an application names no real MAU: its cap does not apply
+    assert check(research, variant("llama-1-7b"), [capped], NOW).allowed
+    chatbot = profile(uses=("chatbot",))
+    assert check(chatbot, variant("llama-1-7b"), [application], NOW).code == "research_only"
