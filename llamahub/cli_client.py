@@ -254,15 +254,17 @@ def enterprise() -> None:
               help="a model family, e.g. llama-2 (repeat for more)")
 @click.option("--mau", type=click.IntRange(1), help="monthly active users to cover (default: your profile's)")
 @click.option("--note", default="", help="what the models are for, for the reviewer")
-def enterprise_request(families: tuple[str, ...], mau: int | None, note: str) -> None:
-    """Submit a request; an operator of the hub approves or denies it."""
+@click.option("--use", "uses", multiple=True, help="a prohibited or unclear AUP category to ask an exception "
+              "for (research, public interest; repeat)")
+def enterprise_request(families: tuple[str, ...], mau: int | None, note: str, uses: tuple[str, ...]) -> None:
+    """Submit a request; an operator of the hub approves or denies it (or asks for more information)."""
     with _session(echo=False) as session:
         session.require_account()
         mau = mau or session.cfg.profile.mau
         if not mau:
             raise ConfigError("how many monthly active users should the grant cover?",
                               hint="pass --mau N, or declare it with `llamahub profile set --mau N`")
-        request = session.hub.request_enterprise(list(families), mau, note)["request"]
+        request = session.hub.request_enterprise(list(families), mau, note, list(uses))["request"]
     click.echo(f"submitted {request['id']}: {', '.join(request['families'])} for {request['organisation']}, "
                f"up to {request['mau']:,} monthly active users")
     click.echo("an operator of the hub reviews it; `llamahub enterprise status` shows the decision")
@@ -287,6 +289,20 @@ def enterprise_status(as_json: bool) -> None:
             click.echo(f"    grant {r['grant_id']}: downloads above the threshold work now")
         if r["decision_note"]:
             click.echo(f"    {r['decision_note']}")
+        if r.get("status") == "needs_info":
+            click.echo(f"    the reviewer asks: {r.get('info_request')}  "
+                       f"(`llamahub enterprise answer {r['id']} \"...\"`)")
+
+
+@enterprise.command("answer")
+@click.argument("request_id")
+@click.argument("answer")
+def enterprise_answer(request_id: str, answer: str) -> None:
+    """Answer the reviewer's question on a request (its status is needs_info)."""
+    with _session(echo=False) as session:
+        session.require_account()
+        session.hub.answer_enterprise(request_id, answer)
+    click.echo(f"answered; {request_id} is back with the reviewer")
 
 
 @enterprise.command("withdraw")

@@ -132,12 +132,17 @@ class HubClient:
         query = urlsplit(link_url).query
         return self._call("GET", f"/api/links/manifest?{query}", "reading the link's manifest")
 
-    def request_enterprise(self, families: list[str], mau: int, note: str) -> dict[str, Any]:
-        body = {"families": families, "mau": mau, "note": note}
+    def request_enterprise(self, families: list[str], mau: int, note: str,
+                           uses: list[str] | None = None) -> dict[str, Any]:
+        body = {"families": families, "mau": mau, "note": note, "uses": uses or []}
         return self._call("POST", "/api/enterprise/requests", "submitting an enterprise request", json=body)
 
     def enterprise_requests(self) -> dict[str, Any]:
         return self._call("GET", "/api/enterprise/requests", "reading your enterprise requests")
+
+    def answer_enterprise(self, request_id: str, answer: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/enterprise/requests/{request_id}/answer",
+                          f"answering the reviewer of {request_id}", json={"answer": answer})
 
     def withdraw_enterprise(self, request_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/enterprise/requests/{request_id}/withdraw",

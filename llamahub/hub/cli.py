@@ -146,7 +146,7 @@ def requests_group() -> None:
 
 
 @requests_group.command("list")
-@click.option("--status", type=click.Choice(["pending", "approved", "denied", "withdrawn"]))
+@click.option("--status", type=click.Choice(["pending", "needs_info", "approved", "denied", "withdrawn"]))
 @click.option("--json", "as_json", is_flag=True)
 @data_option
 @db_option
@@ -166,6 +166,10 @@ def requests_list(status: str | None, as_json: bool, data: Path | None, database
                    f"up to {r['mau']:,} MAU  (submitted {r['created_at'][:19]})")
         if r["note"]:
             click.echo(f"    {r['note']}")
+        if r.get("uses"):
+            click.echo(f"    exception asked for: {', '.join(r['uses'])}")
+        if r.get("info_request"):
+            click.echo(f"    asked: {r['info_request']}  answer: {r.get('info_answer') or '(none yet)'}")
 
 
 @requests_group.command("approve")

@@ -43,7 +43,7 @@ def test_revoked_grant_stops_links_and_then_offline_loads(make_client: MakeClien
     assert client.account.link(expect=403, variant=VARIANT)["error"]["code"] == "grant_revoked"
     llamahub.load(VARIANT).close()  # offline, not yet synced: this machine has not heard of it
 
-    synced = client.cli("license", "status")  # any online call brings the signed revocation list
+    synced = client.cli("license", "status", LLAMAHUB_OFFLINE="0")  # an online call: brings the revocations
     assert synced.returncode == 0, synced.stderr
     with pytest.raises(MauLimitError, match="revoked") as e:
         llamahub.load(VARIANT)

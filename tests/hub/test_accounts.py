@@ -105,7 +105,7 @@ def test_license_without_an_imported_text_shows_the_registry_summary(make_user: 
 
 def test_licenses_listing_and_published_keys(hub: Hub) -> None:
     licenses = {lic["id"]: lic for lic in httpx.get(f"{hub.url}/api/licenses").json()["licenses"]}
-    assert set(licenses) == {"llama-debug", "llama2", "llama3", "llama3.1", "llama3.2"}
+    assert set(licenses) == {"llama-debug", "llama1", "llama2", "llama3", "llama3.1", "llama3.2", "llama3.3"}
     assert licenses["llama2"]["mau_threshold"] == 700_000_000
     doc = httpx.get(f"{hub.url}/.well-known/llamahub-keys.json").json()
     for key in doc["keys"]:
