@@ -1,8 +1,10 @@
 """The store's foundation: the engine (SQLite in WAL mode, or PostgreSQL), transactions, the audit log.
 
-The store is split by responsibility: :mod:`store_base` (this), :mod:`store_accounts` (users,
-tokens, profiles, MAU declarations, acceptances), :mod:`store_grants` (enterprise grants), and
-:mod:`store` (keys, imported variants, links; the :class:`~llamahub.hub.store.Store` everyone uses).
+The store is split by responsibility: :mod:`store_base` (this), :mod:`store_orgs` (organisation
+records, memberships, invitations, operators), :mod:`store_accounts` (users, tokens,
+acceptances), :mod:`store_profiles` (profiles, dated MAU declarations), :mod:`store_grants`
+(scoped grants, revocations), and :mod:`store` (keys, imported variants, links; the
+:class:`~llamahub.hub.store.Store` everyone uses). :mod:`migrate` upgrades older databases.
 """
 
 from __future__ import annotations
