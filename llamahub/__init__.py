@@ -6,6 +6,7 @@ Public API only; importing llamahub has no side effects (plugins load on first u
 from __future__ import annotations
 
 from llamahub.api import download, load
+from llamahub.compliance import license_check
 from llamahub.errors import (
     AcceptableUseError,
     AuthenticationError,
@@ -77,6 +78,7 @@ __all__ = [
     "download",
     "finetune",
     "hookimpl",
+    "license_check",
     "load",
     "load_adapter",
     "variant",

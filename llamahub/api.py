@@ -61,6 +61,7 @@ def load(name: str | Path, *, variant: str | None = None, backend: str | None = 
             return _load_file(folder, variant, options)
         v = identify_folder(folder, variant, plugins.catalogue())
         chosen = _plan(v, options)
+        _gate_folder(folder, v)
         return chosen.load(folder_artifacts(folder, _cache_root()), v, options)
     v = _resolve(str(name))
     snap, chosen = _fetch(v, source, location, progress, options=options, trust_unverified=trust_unverified)
@@ -82,6 +83,25 @@ def _load_file(path: Path, variant: str | None, options: LoadOptions) -> LlamaMo
     with _session(False) as session:
         session.gate(v).raise_if_denied()
     return chosen.load(file_artifacts(path, _cache_root()), v, options)
+
+
+def _gate_folder(folder: Path, v: Variant) -> None:
+    """A local folder is gated like a download: a known variant by its license; an unknown one by
+    the license its LICENSE file is (by digest), if any. Receipts work offline."""
+    from llamahub.compliance import as_licensed, identify_license, known_digests
+    from llamahub.policy import load_licenses
+
+    with _session(False) as session:
+        if v.license not in load_licenses():
+            texts = {str(p.get("text_sha256")): lid for lid, p in session.trust.payloads().items()}
+            if not session.cfg.offline and not session.embedded:  # the texts this hub shows, too
+                texts |= {str(lic["text_sha256"]): lic["id"] for lic in session.hub.licenses()["licenses"]}
+            license_id = identify_license(folder, known_digests(texts))
+            if license_id is None:
+                return
+            v = as_licensed(v, license_id)
+        if load_licenses()[v.license].local_folders_gated:
+            session.gate(v).raise_if_denied()
 
 
 def _reader_of(fmt: str, asked: str | None) -> str:

@@ -1,12 +1,12 @@
-"""Client commands: ``login``, ``logout``, ``profile``, ``license``, ``enterprise``, ``download``,
+"""Client commands: ``login``, ``logout``, ``license``, ``enterprise``, ``download``,
 ``cache``, ``chat``.
 
-Only click is imported at module level; everything else loads inside the commands.
+``profile`` and ``license check`` are in :mod:`llamahub.cli_compliance`. Only click is imported
+at module level; everything else loads inside the commands.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from llamahub.cli_chat import chat
+from llamahub.cli_compliance import _license_id, license_check, profile
 from llamahub.errors import ConfigError
 
 
@@ -136,93 +137,7 @@ def logout() -> None:
     click.echo(f"logged out; {path} now points at the embedded hub")
 
 
-# --- profile ---------------------------------------------------------------------------------------
-
-
-@click.group()
-def profile() -> None:
-    """The organisation profile the license gates check (MAU, intended uses)."""
-
-
-@profile.command("show")
-@click.option("--json", "as_json", is_flag=True)
-def profile_show(as_json: bool) -> None:
-    """The profile saved locally: organisation, country, MAU, intended uses."""
-    from dataclasses import asdict
-
-    from llamahub.client.config import load_config
-
-    p = asdict(load_config().profile)
-    if as_json:
-        click.echo(json.dumps(p, indent=2))
-        return
-    for key, value in p.items():
-        click.echo(f"{key:15} {', '.join(value) if isinstance(value, list | tuple) else value}")
-
-
-@profile.command("set")
-@click.option("--mau", type=click.IntRange(0), help="monthly active users of your products and services")
-@click.option("--use", "uses", multiple=True, help="an intended use id (repeat); replaces the list")
-@click.option("--organisation")
-@click.option("--country", help="two-letter ISO code")
-@click.option("--eu/--no-eu", "eu", default=None, help="the organisation is domiciled in the EU")
-def profile_set(mau: int | None, uses: tuple[str, ...], organisation: str | None, country: str | None,
-                eu: bool | None) -> None:
-    """Declare MAU and intended uses; saved locally and sent to the hub (every change is recorded there)."""
-    from llamahub.client.config import load_config, save_config, with_profile
-    from llamahub.errors import HubUnreachableError
-    from llamahub.policy import validate_uses
-
-    changes: dict[str, Any] = {}
-    if mau is not None:
-        changes["mau"] = mau
-    if uses:
-        changes["intended_uses"] = validate_uses(uses)
-    if organisation:
-        changes["organisation"] = organisation
-    if country:
-        changes["country"] = country.upper()
-    if eu is not None:
-        changes["eu_domiciled"] = eu
-    cfg = with_profile(load_config(), **changes)
-    save_config(cfg)
-    click.echo(f"profile: MAU {cfg.profile.mau:,}; uses {', '.join(cfg.profile.intended_uses) or 'none'}")
-    if cfg.offline:
-        return
-    try:
-        with _session(cfg, echo=False) as session:
-            if not session.embedded:
-                session.require_account()
-                session.hub.set_profile(cfg.profile.hub_body())
-            else:
-                session.hub.profile()  # starting the embedded hub syncs it
-        click.echo(f"sent to the hub ({'embedded' if cfg.hub_url is None else cfg.hub_url})")
-    except HubUnreachableError as e:
-        click.echo(f"warning: saved locally only: {e.message}", err=True)
-
-
 # --- license ---------------------------------------------------------------------------------------
-
-
-def _license_id(name: str) -> str:
-    """A license id from a license id, a family or a variant name."""
-    from llamahub.errors import RegistryError, UnknownVariantError
-    from llamahub.policy import load_licenses
-    from llamahub.registry import default_registry
-
-    licenses = load_licenses()
-    if name in licenses:
-        return name
-    for terms in licenses.values():
-        if terms.covers(name):
-            return terms.id
-    try:
-        return default_registry().resolve(name).license
-    except UnknownVariantError:
-        close = difflib.get_close_matches(name, sorted(licenses), n=3, cutoff=0.5)
-        raise RegistryError(f"no license, family or variant named {name!r}",
-                            hint=(f"did you mean {', '.join(close)}? " if close else "")
-                            + f"licenses: {', '.join(sorted(licenses))}") from None
 
 
 def confirm(question: str, command: str) -> bool:
@@ -241,15 +156,19 @@ def license() -> None:
     """Read, accept and check license versions (each version is accepted separately)."""
 
 
+license.add_command(license_check)
+
+
 @license.command("show")
 @click.argument("name")
 def license_show(name: str) -> None:
     """A summary of the terms in llamahub's words, and where the full text is."""
     from llamahub.policy import license_terms
-    from llamahub.policy.terms import render_terms
+    from llamahub.policy.terms import render_rules, render_terms
 
     terms = license_terms(_license_id(name))
     click.echo(render_terms(terms), nl=False)
+    click.echo(render_rules(terms), nl=False)
     click.echo(f"The exact text an acceptance records is on your hub, at /api/licenses/{terms.id}/text "
                f"(a page to open in a browser). Accept with `llamahub license accept {terms.id}`.")
 
@@ -335,15 +254,17 @@ def enterprise() -> None:
               help="a model family, e.g. llama-2 (repeat for more)")
 @click.option("--mau", type=click.IntRange(1), help="monthly active users to cover (default: your profile's)")
 @click.option("--note", default="", help="what the models are for, for the reviewer")
-def enterprise_request(families: tuple[str, ...], mau: int | None, note: str) -> None:
-    """Submit a request; an operator of the hub approves or denies it."""
+@click.option("--use", "uses", multiple=True, help="a prohibited or unclear AUP category to ask an exception "
+              "for (research, public interest; repeat)")
+def enterprise_request(families: tuple[str, ...], mau: int | None, note: str, uses: tuple[str, ...]) -> None:
+    """Submit a request; an operator of the hub approves or denies it (or asks for more information)."""
     with _session(echo=False) as session:
         session.require_account()
         mau = mau or session.cfg.profile.mau
         if not mau:
             raise ConfigError("how many monthly active users should the grant cover?",
                               hint="pass --mau N, or declare it with `llamahub profile set --mau N`")
-        request = session.hub.request_enterprise(list(families), mau, note)["request"]
+        request = session.hub.request_enterprise(list(families), mau, note, list(uses))["request"]
     click.echo(f"submitted {request['id']}: {', '.join(request['families'])} for {request['organisation']}, "
                f"up to {request['mau']:,} monthly active users")
     click.echo("an operator of the hub reviews it; `llamahub enterprise status` shows the decision")
@@ -368,6 +289,20 @@ def enterprise_status(as_json: bool) -> None:
             click.echo(f"    grant {r['grant_id']}: downloads above the threshold work now")
         if r["decision_note"]:
             click.echo(f"    {r['decision_note']}")
+        if r.get("status") == "needs_info":
+            click.echo(f"    the reviewer asks: {r.get('info_request')}  "
+                       f"(`llamahub enterprise answer {r['id']} \"...\"`)")
+
+
+@enterprise.command("answer")
+@click.argument("request_id")
+@click.argument("answer")
+def enterprise_answer(request_id: str, answer: str) -> None:
+    """Answer the reviewer's question on a request (its status is needs_info)."""
+    with _session(echo=False) as session:
+        session.require_account()
+        session.hub.answer_enterprise(request_id, answer)
+    click.echo(f"answered; {request_id} is back with the reviewer")
 
 
 @enterprise.command("withdraw")

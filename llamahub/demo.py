@@ -34,13 +34,14 @@ def run_demo(*, yes: bool, confirm: Callable[[str], bool] | None = None, max_new
     cfg = replace(load_config(), hub_url=None, token=None)  # the demo always runs on the embedded hub
     echo(f"1. variant    {v.name}: {v.family_title} ({v.param_count():,} parameters, random weights)")
     echo("2. license    " + render_terms(terms).strip().replace("\n", "\n             "))
-    if not cfg.profile.intended_uses:
-        cfg = with_profile(cfg, intended_uses=(DEMO_USE,))
+    if not cfg.profile.intended_uses or cfg.profile.mau is None:
+        uses = cfg.profile.intended_uses or (DEMO_USE,)
+        cfg = with_profile(cfg, intended_uses=uses, mau=cfg.profile.mau or 0)
         save_config(replace(load_config(), profile=cfg.profile))
-        echo(f"3. profile    declared intended use {DEMO_USE!r}, {cfg.profile.mau:,} monthly active users "
+        echo(f"3. profile    declared intended use {uses[0]!r}, {cfg.profile.mau:,} monthly active users "
              "(change with `llamahub profile set`)")
     else:
-        echo(f"3. profile    {cfg.profile.organisation}: {cfg.profile.mau:,} MAU, uses "
+        echo(f"3. profile    {cfg.profile.organisation}: {cfg.profile.mau or 0:,} MAU, uses "
              f"{', '.join(cfg.profile.intended_uses)}")
     with Session(cfg, echo=lambda m: echo(f"             {m}"), embedded=embedded_hub) as session:
         t = time.perf_counter()

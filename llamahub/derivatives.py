@@ -6,27 +6,24 @@ date), and its weights sit in the cache as a snapshot in Meta's layout. Its reco
 data folder (``derivatives/NAME.json``), holds the lineage: base variant, method, digest of
 the training data, license, config and measurements.
 
-The naming and output-use rules read the registry's license data (``derivative_name_prefix``,
-``outputs_may_train_other_models``, ``attribution``).
+The naming and output-use rules are pure functions of the license data in
+:mod:`llamahub.policy.rules`, shared with the hub and ``llamahub license check``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from llamahub.errors import DerivativeNameError, FinetuneError, OutputUseError
 from llamahub.fsutil import atomic_write
 from llamahub.model.args import ModelArgs, RopeScaling
 from llamahub.paths import data_dir
-from llamahub.policy.terms import LicenseTerms, license_terms
+from llamahub.policy.terms import license_terms
 from llamahub.registry import Variant
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,99}$")
 RECORD = "lineage.json"
 NOTICE = "NOTICE"
 
@@ -35,52 +32,7 @@ def folder() -> Path:
     return data_dir() / "derivatives"
 
 
-# --- rules over the license data ------------------------------------------------------------
-
-
-def name_prefix(terms: LicenseTerms) -> str | None:
-    """The license's derivative prefix as a variant name begins ("Llama 3" -> "llama-3")."""
-    if not terms.derivative_name_prefix:
-        return None
-    return re.sub(r"\s+", "-", terms.derivative_name_prefix.strip().lower())
-
-
-def check_name(name: str, base: Variant) -> None:
-    """Refuse a derivative name that is malformed or breaks the base license's naming rule."""
-    if not NAME.match(name):
-        raise FinetuneError(f"{name!r} cannot name a variant",
-                            hint="use lower-case letters, digits, '.' and '-', e.g. llama-3-my-helper")
-    terms = license_terms(base.license)
-    prefix = name_prefix(terms)
-    if prefix and not name.startswith(prefix):
-        raise DerivativeNameError(
-            f"{terms.title} asks that a model built from {base.name} carries a name beginning with "
-            f"{terms.derivative_name_prefix!r}; {name!r} does not",
-            hint=f"name it {suggest_name(name, prefix)}")
-
-
-def suggest_name(name: str, prefix: str) -> str:
-    """``name`` with the prefix in front, without repeating the words of it that it starts with."""
-    words, head = name.split("-"), prefix.split("-")
-    while words and head and words[0] == head[0]:
-        words.pop(0)
-        head.pop(0)
-    return "-".join([prefix, *words]) if words else f"{prefix}-fine-tune"
-
-
-def check_source(source: Variant, base: Variant) -> str | None:
-    """May outputs of ``source`` train ``base``? Raises OutputUseError when the source's license
-    forbids it; returns the attribution the derivative must carry (None when none)."""
-    terms = license_terms(source.license)
-    if source.license == base.license:
-        return terms.attribution  # a model's outputs may improve the same model family
-    if not terms.outputs_may_train_other_models:
-        raise OutputUseError(
-            f"training data comes from {source.name}, whose {terms.title} lets its outputs improve "
-            f"only models under the same license, and {base.name} is under {base.license}",
-            hint=f"drop the records whose source_model is {source.name}, or fine-tune a "
-                 f"{source.license} model instead")
-    return terms.attribution
+# --- the NOTICE (the naming and output-use rules are in llamahub.policy.rules) -----------------
 
 
 def notice_text(name: str, base: Variant, method: str, attributions: Iterable[str]) -> str:

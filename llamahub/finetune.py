@@ -24,6 +24,7 @@ from llamahub import derivatives, plugins
 from llamahub.errors import ConfigError, FinetuneError, TrainingDataError, UnknownVariantError
 from llamahub.interfaces import Artifacts, FinetuneJob, Finetuner, FinetuneResult, LoadOptions
 from llamahub.paths import data_dir
+from llamahub.policy import rules
 from llamahub.registry import Variant
 
 
@@ -130,7 +131,7 @@ def _base_variant(base: str | Path) -> tuple[Variant, Path | None]:
 
 
 def _check_output(name: str, base: Variant, overwrite: bool) -> None:
-    derivatives.check_name(name, base)
+    rules.check_derivative_name(name, base)
     try:
         existing = plugins.resolve(name)
     except UnknownVariantError:
@@ -178,7 +179,7 @@ def check_data(path: Path, base: Variant) -> list[str]:
             src = plugins.resolve(name)
         except UnknownVariantError:
             continue  # not a model we know the license of
-        attribution = derivatives.check_source(src, base)
+        attribution = rules.check_output_source(src, base)
         if attribution:
             owed.append(attribution)
     return owed

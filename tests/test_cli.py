@@ -127,7 +127,7 @@ def test_list_takes_the_license_spelling_of_a_family_and_suggests_close_ones() -
     assert typo.returncode == 1 and "did you mean llama-2" in typo.stderr
     nope = run("list", "--family", "nope")
     assert nope.returncode == 1 and "no family named 'nope'" in nope.stderr
-    assert "families: llama-2, llama-3" in nope.stderr and nope.stdout == ""
+    assert "families: code-llama, llama-1, llama-2, llama-3" in nope.stderr and nope.stdout == ""
 
 
 def test_list_columns_line_up_for_every_family() -> None:
@@ -151,4 +151,4 @@ def test_license_words_and_suggestions() -> None:
     assert unknown.returncode == 1
     assert "no license, family or variant named 'llama9'" in unknown.stderr
     assert "did you mean llama3, llama2" in unknown.stderr
-    assert "licenses: llama-debug, llama2" in unknown.stderr
+    assert "licenses: llama-debug, llama1, llama2" in unknown.stderr

@@ -36,13 +36,14 @@ class LocalProfile:
 
     organisation: str = "Local developer"
     country: str = "US"
-    mau: int = 0
+    mau: int | None = None  # today's figure; None: not declared (never taken as 0)
     intended_uses: tuple[str, ...] = ()
     eu_domiciled: bool = False
     certifications: tuple[str, ...] = ()
+    mau_at: dict[str, int] = field(default_factory=dict)  # license id -> MAU as that version counts it
 
     def hub_body(self) -> dict[str, Any]:
-        return {"mau": self.mau, "intended_uses": list(self.intended_uses),
+        return {"mau": self.mau, "mau_at": dict(self.mau_at), "intended_uses": list(self.intended_uses),
                 "certifications": list(self.certifications), "eu_domiciled": self.eu_domiciled}
 
 
@@ -91,6 +92,8 @@ def _profile(data: dict[str, Any]) -> LocalProfile:
     for key in ("intended_uses", "certifications"):
         if key in known:
             known[key] = tuple(known[key])
+    if "mau_at" in known:
+        known["mau_at"] = dict(known["mau_at"] or {})
     return LocalProfile(**known)
 
 

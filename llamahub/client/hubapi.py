@@ -87,6 +87,9 @@ class HubClient:
         body = {"email": email, "name": name, "organisation": organisation, "country": country}
         return self._call("POST", "/api/users", "registering", json=body)
 
+    def licenses(self) -> dict[str, Any]:
+        return self._call("GET", "/api/licenses", "reading the hub's licenses")
+
     def license(self, license_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/licenses/{license_id}", f"reading license {license_id}")
 
@@ -104,9 +107,17 @@ class HubClient:
     def set_profile(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("PUT", "/api/profile", "updating your profile", json=body)
 
+    def update_profile(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change only the fields in ``changes`` (PATCH)."""
+        return self._call("PATCH", "/api/profile", "updating your profile", json=changes)
+
     def accept(self, license_id: str, text_sha256: str | None = None) -> dict[str, Any]:
         return self._call("POST", f"/api/licenses/{license_id}/accept", f"accepting {license_id}",
                           json={"text_sha256": text_sha256})
+
+    def credentials(self) -> dict[str, Any]:
+        """The hub-signed profile, the organisation's grant documents and the revocation list."""
+        return self._call("GET", "/api/credentials", "fetching your signed profile and grants")
 
     def license_status(self) -> dict[str, Any]:
         return self._call("GET", "/api/licenses/status", "reading your license acceptances")
@@ -121,12 +132,17 @@ class HubClient:
         query = urlsplit(link_url).query
         return self._call("GET", f"/api/links/manifest?{query}", "reading the link's manifest")
 
-    def request_enterprise(self, families: list[str], mau: int, note: str) -> dict[str, Any]:
-        body = {"families": families, "mau": mau, "note": note}
+    def request_enterprise(self, families: list[str], mau: int, note: str,
+                           uses: list[str] | None = None) -> dict[str, Any]:
+        body = {"families": families, "mau": mau, "note": note, "uses": uses or []}
         return self._call("POST", "/api/enterprise/requests", "submitting an enterprise request", json=body)
 
     def enterprise_requests(self) -> dict[str, Any]:
         return self._call("GET", "/api/enterprise/requests", "reading your enterprise requests")
+
+    def answer_enterprise(self, request_id: str, answer: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/enterprise/requests/{request_id}/answer",
+                          f"answering the reviewer of {request_id}", json={"answer": answer})
 
     def withdraw_enterprise(self, request_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/enterprise/requests/{request_id}/withdraw",

@@ -1,9 +1,12 @@
 """One client session: the configuration, the hub (configured or embedded), pinned keys, receipts,
 and the local license gates.
 
-The local gates run the same pure policy functions as the hub, on the local profile and the
-licenses whose receipts verify, before any download starts. Only a monthly-active-users refusal
-is left to an online hub to confirm, because enterprise grants live there.
+The local gates run the same pure policy functions as the hub, on the licenses whose receipts
+verify and the organisation's signed grants, before any download starts. Online they take the
+local profile, and a monthly-active-users refusal is left to the hub to confirm. Every online
+session refreshes the hub-signed profile, grants and revocation list
+(:mod:`llamahub.client.credentials`); offline the gates take that signed profile, never the local
+one, so a local edit cannot lift a refusal the hub would give.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from llamahub.client.config import ClientConfig, LocalProfile, load_config
+from llamahub.client.credentials import Credentials
 from llamahub.client.hubapi import HubClient
 from llamahub.client.trust import TrustStore
-from llamahub.errors import AuthenticationError, HubUnreachableError, OfflineError
+from llamahub.errors import AuthenticationError, HubError, HubUnreachableError, OfflineError, ReceiptError
 from llamahub.interfaces import HubAccess
 from llamahub.policy import Decision, Profile, check
 from llamahub.registry import Variant
@@ -73,7 +77,21 @@ class Session:
             self.trust.pin(self._hub.keys())
             if self.embedded:
                 self._sync_embedded_profile()
+            self.sync_credentials()
         return self._hub
+
+    def credentials(self) -> Credentials:
+        return Credentials(self.cfg.hub_state_dir(), self.trust.public_keys())
+
+    def sync_credentials(self) -> None:
+        """Keep the hub-signed profile, grants and revocations (an older hub without them is skipped)."""
+        assert self._hub is not None
+        if not self.embedded and not self.cfg.token:
+            return
+        try:
+            self.credentials().save(self._hub.credentials())
+        except (HubError, ReceiptError) as e:
+            self.echo(f"note: signed profile and grants not refreshed: {e.message}")
 
     def _start_embedded(self) -> tuple[str, str]:
         if self._embedded is None:
@@ -117,10 +135,17 @@ class Session:
         return {"created": answer["created"], "receipt": payload}
 
     def profile(self, accepted: dict[str, str]) -> Profile:
+        """Online: the local profile (the hub checks its own copy). Offline: the hub-signed one."""
+        if self.cfg.offline:
+            signed = self.credentials().profile(accepted)
+            if signed is None:
+                raise ReceiptError("no hub-signed profile is stored on this machine, so the license gates "
+                                   "cannot run offline", hint="go online once (`llamahub license status`)")
+            return signed
         p = self.cfg.profile
         return Profile(organisation=p.organisation, mau=p.mau, intended_uses=p.intended_uses,
                        accepted=accepted, country=p.country, eu_domiciled=p.eu_domiciled,
-                       certifications=p.certifications)
+                       certifications=p.certifications, mau_at=p.mau_at)
 
     def gate(self, variant: Variant) -> Decision:
         """The local license decision for ``variant``; raises the LicenseError of a refusal.
@@ -129,13 +154,13 @@ class Session:
         looked up on the hub. A refusal the hub may overrule (MAU with a grant) is returned, not
         raised, when online, so that the hub decides.
         """
-        now = dt.datetime.now(dt.UTC)
-        decision = check(self.profile(self.trust.accepted()), variant, [], now)
+        now, grants = dt.datetime.now(dt.UTC), self.credentials().grants()
+        decision = check(self.profile(self.trust.accepted()), variant, grants, now)
         if decision.code == "license_not_accepted":
             if self.cfg.offline:
                 self.trust.receipt(variant.license)  # raises ReceiptError saying what is wrong with it
             self.sync_receipts()
-            decision = check(self.profile(self.trust.accepted()), variant, [], now)
+            decision = check(self.profile(self.trust.accepted()), variant, self.credentials().grants(), now)
         if not decision.allowed and not (decision.code in HUB_DECIDES and not self.cfg.offline):
             decision.raise_if_denied()
         return decision

@@ -104,6 +104,17 @@ class TrustStore:
                                hint=f"run `llamahub license accept {license_id}` (online) first")
         return self.verify(json.loads(path.read_text()), license_id)
 
+    def payloads(self) -> dict[str, dict[str, Any]]:
+        """{license id: verified receipt payload} of every stored receipt that verifies."""
+        out = {}
+        folder = self.root / "receipts"
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                out[path.stem] = self.receipt(path.stem)
+            except (ReceiptError, ValueError, OSError):
+                continue
+        return out
+
     def accepted(self) -> dict[str, str]:
         """{license id: accepted_at} for every stored receipt that verifies."""
         out = {}

@@ -17,13 +17,20 @@ from llamahub.policy import Grant, LicenseTerms, Profile
 from llamahub.policy.terms import render_terms
 
 
+def active_org(ctx: HubContext, user: dict[str, Any]) -> str | None:
+    """The id of the organisation record the user is an active member of (None while pending)."""
+    member = ctx.store.membership(user["id"])
+    return member["org_id"] if member and member["status"] == "active" else None
+
+
 def gate_profile(ctx: HubContext, user: dict[str, Any]) -> Profile:
     profile = ctx.store.get_profile(user["id"])
     accepted = {lid: row["accepted_at"] for lid, row in ctx.store.acceptances(user["id"]).items()}
-    return Profile(organisation=user["organisation"], mau=profile["mau"],
+    return Profile(organisation=user["organisation"], organisation_id=active_org(ctx, user),
+                   mau=profile["mau"],
                    intended_uses=tuple(profile["intended_uses"]), accepted=accepted,
                    country=user["country"], eu_domiciled=profile["eu_domiciled"],
-                   certifications=tuple(profile["certifications"]))
+                   certifications=tuple(profile["certifications"]), mau_at=profile["mau_at"])
 
 
 def _when(value: str | None) -> dt.datetime | None:
@@ -35,11 +42,14 @@ def to_grant(row: dict[str, Any]) -> Grant:
     assert not_before is not None
     return Grant(id=row["id"], organisation=row["organisation"], families=tuple(row["families"]),
                  max_mau=row["max_mau"], not_before=not_before, expires=_when(row["expires"]),
-                 revoked=row["revoked_at"] is not None)
+                 revoked=row["revoked_at"] is not None, organisation_id=row["org_id"],
+                 variants=tuple(row["variants"]), uses=tuple(row["uses"]))
 
 
-def gate_grants(ctx: HubContext, organisation: str) -> list[Grant]:
-    return [to_grant(row) for row in ctx.store.grants(organisation)]
+def gate_grants(ctx: HubContext, user: dict[str, Any]) -> list[Grant]:
+    """The grants of the user's organisation record (none while the membership is pending)."""
+    org_id = active_org(ctx, user)
+    return [to_grant(row) for row in ctx.store.grants(org_id)] if org_id else []
 
 
 def license_text(ctx: HubContext, terms: LicenseTerms) -> tuple[bytes, str]:

@@ -34,9 +34,12 @@ from llamahub.hub import (
     pages,
     routes_account,
     routes_admin,
+    routes_credentials,
     routes_enterprise,
     routes_hf,
     routes_links,
+    routes_orgs,
+    routes_rules,
     routes_site,
 )
 from llamahub.hub.context import open_context
@@ -142,6 +145,10 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.add_middleware(Guard, max_body=max_body)
     app.include_router(public_router)
     app.include_router(routes_account.router)
+    app.include_router(routes_rules.router)
+    app.include_router(routes_credentials.router)
+    app.include_router(routes_orgs.router)
+    app.include_router(routes_orgs.admin)
     app.include_router(routes_links.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_enterprise.router)

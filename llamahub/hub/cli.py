@@ -157,7 +157,7 @@ def requests_group() -> None:
 
 
 @requests_group.command("list")
-@click.option("--status", type=click.Choice(["pending", "approved", "denied", "withdrawn"]))
+@click.option("--status", type=click.Choice(["pending", "needs_info", "approved", "denied", "withdrawn"]))
 @click.option("--json", "as_json", is_flag=True)
 @data_option
 @db_option
@@ -177,6 +177,10 @@ def requests_list(status: str | None, as_json: bool, data: Path | None, database
                    f"up to {r['mau']:,} MAU  (submitted {r['created_at'][:19]})")
         if r["note"]:
             click.echo(f"    {r['note']}")
+        if r.get("uses"):
+            click.echo(f"    exception asked for: {', '.join(r['uses'])}")
+        if r.get("info_request"):
+            click.echo(f"    asked: {r['info_request']}  answer: {r.get('info_answer') or '(none yet)'}")
 
 
 @requests_group.command("approve")
@@ -200,7 +204,7 @@ def requests_approve(request_id: str, max_mau: int | None, expires: Any, note: s
         raise click.BadParameter("that day is over", param_hint="--expires")
     with _opened(data, database_url) as (store, _):
         done = enterprise.approve(store, request_id, max_mau=max_mau, not_before=now.isoformat(),
-                                  expires=end.isoformat() if end else None, note=note, actor="operator")
+                                  expires=end.isoformat() if end else None, note=note, actor=_me())
     grant = done["grant"]
     limit = f"up to {grant['max_mau']:,} MAU" if grant["max_mau"] else "no MAU limit"
     click.echo(f"approved {request_id}: grant {grant['id']} for {grant['organisation']} "
@@ -217,8 +221,28 @@ def requests_deny(request_id: str, reason: str, data: Path | None, database_url:
     from llamahub.hub import enterprise
 
     with _opened(data, database_url) as (store, _):
-        enterprise.deny(store, request_id, reason=reason, actor="operator")
+        enterprise.deny(store, request_id, reason=reason, actor=_me())
     click.echo(f"denied {request_id}")
+
+
+def _me() -> str:
+    """The audit log's name for the operator at this terminal (LLAMAHUB_OPERATOR, else the login)."""
+    import getpass
+    import os
+
+    return f"operator:{os.environ.get('LLAMAHUB_OPERATOR') or getpass.getuser()}"
+
+
+@hub.command("operator-add")
+@click.argument("name")
+@click.option("--email")
+@data_option
+@db_option
+def operator_add(name: str, email: str | None, data: Path | None, database_url: str | None) -> None:
+    """A named operator account; prints its admin token once (the audit log names it)."""
+    with _opened(data, database_url) as (store, _):
+        operator, token = store.create_operator(name, email, by=_me())
+    click.echo(f"operator {operator['name']} ({operator['id']}); admin token: {token}")
 
 
 @hub.group("grants")
@@ -234,7 +258,8 @@ def grants_group() -> None:
 def grants_list(organisation: str | None, as_json: bool, data: Path | None, database_url: str | None) -> None:
     """Every enterprise grant: organisation, families, MAU limit, expiry or revocation."""
     with _opened(data, database_url) as (store, _):
-        rows = store.grants(organisation)
+        org = store.org_named(organisation) if organisation else None
+        rows = store.grants(org["id"] if org else organisation)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -253,7 +278,7 @@ def grants_list(organisation: str | None, as_json: bool, data: Path | None, data
 def grants_revoke(grant_id: str, data: Path | None, database_url: str | None) -> None:
     """Revoke a grant: from now on its organisation is held to the license threshold again."""
     with _opened(data, database_url) as (store, _):
-        grant = store.revoke_grant(grant_id, actor="operator")
+        grant = store.revoke_grant(grant_id, actor=_me())
     click.echo(f"revoked {grant['id']} ({grant['organisation']}) at {grant['revoked_at']}")
 
 

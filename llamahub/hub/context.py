@@ -92,7 +92,7 @@ def init_hub(data_dir: Path, database_url: str | None = None,
                                 hint="rotate keys with POST /api/admin/keys/rotate; start the server "
                                      "with `llamahub hub serve`")
         kid = keys.create("operator")
-        token = store.create_admin_token("operator")
+        token = store.create_admin_token("admin")
     finally:
         store.close()
     return kid, token

@@ -74,11 +74,19 @@ def current_user(request: Request, ctx: Ctx) -> dict[str, Any]:
     return user
 
 
-def require_admin(request: Request, ctx: Ctx) -> None:
-    role, _ = _owner(request, ctx, "the admin token printed by `llamahub hub init`")
+def require_admin(request: Request, ctx: Ctx) -> dict[str, Any]:
+    """The operator whose admin token this is (403 for any other token)."""
+    role, operator = _owner(request, ctx, "the admin token printed by `llamahub hub init`")
     if role != "admin":
         raise ForbiddenError("this route is for the hub's administrators", code="admin_required",
                              hint="use the admin token printed by `llamahub hub init`")
+    return operator or {"id": None, "name": "admin"}
+
+
+def operator_actor(operator: Annotated[dict[str, Any], Depends(require_admin)]) -> str:
+    """How the audit log names the operator making this request: ``operator:<name>``."""
+    return f"operator:{operator['name']}"
 
 
 User = Annotated[dict[str, Any], Depends(current_user)]
+Actor = Annotated[str, Depends(operator_actor)]

@@ -26,6 +26,7 @@ from llamahub.hub.blobs import BlobInfo, Blobs
 from llamahub.hub.errors import HubError, ImportRefusedError
 from llamahub.hub.store import FileRecord, Store
 from llamahub.model.checklist import parse_checklist
+from llamahub.policy import rules
 from llamahub.registry import Variant
 
 TOP_TEXTS = ("LICENSE", "USE_POLICY.md")
@@ -57,6 +58,7 @@ def import_folder(store: Store, blobs: Blobs, folder: Path, variant: Variant, *,
                   actor: str = "operator", convert: bool = True) -> ImportReport:
     """Verify ``folder`` as ``variant`` and record every file of it, and (``convert``) the other
     layout converted from it (:mod:`llamahub.hub.layouts`); see the module docstring."""
+    _check_derivative_name(variant)
     folder = Path(folder).expanduser().resolve()
     plan = _plan(folder, variant)
     _check_shapes(plan.model_dir, variant)
@@ -82,6 +84,18 @@ def import_folder(store: Store, blobs: Blobs, folder: Path, variant: Variant, *,
         raise
     created = sum(i.created for i in [*infos.values(), *extra.values()])
     return ImportReport(variant.name, plan.format, records, created, converted)
+
+
+def _check_derivative_name(variant: Variant) -> None:
+    """A fine-tune (a variant recorded as a derivative) is served only under a name its base
+    license allows (:func:`llamahub.policy.rules.name_rule`)."""
+    if not variant.source.startswith("derivative of"):
+        return
+    ruling = rules.name_rule(variant, variant.name)
+    if not ruling.allowed:
+        raise ImportRefusedError(f"{variant.name} is a derivative ({variant.source}) and {ruling.rule} "
+                                 f"(clause {ruling.clause})", code="derivative_name",
+                                 hint=f"fine-tune it again as {ruling.suggestion}, then import that")
 
 
 def _add(blobs: Blobs, source: Path | bytes) -> BlobInfo:

@@ -78,12 +78,21 @@ class RegisteredOut(BaseModel):
     note: str
 
 
-class Profile(BaseModel):
+class MauDeclaration(BaseModel):
+    license_id: str
+    as_of: str
     mau: int
+    declared_at: str
+
+
+class Profile(BaseModel):
+    mau: int | None
     intended_uses: list[str]
     certifications: list[str]
     eu_domiciled: bool
     updated_at: str | None
+    mau_at: dict[str, int] = {}
+    mau_declarations: list[MauDeclaration] = []
 
 
 class MeOut(BaseModel):
@@ -118,6 +127,25 @@ class LicenseOut(BaseModel):
     text_sha256: str
     text_source: str
     text_url: str
+    outputs_may_train_other_models: bool | None = None
+    outputs_training_condition: str | None = None
+    attribution: str | None = None
+    derivative_name_prefix: str | None = None
+    languages: list[str] = []
+    clauses: dict[str, str] = {}
+
+
+class RulingOut(BaseModel):
+    question: str
+    asked: str
+    variant: str
+    license: str
+    allowed: bool
+    rule: str
+    obligations: list[str]
+    note: str | None
+    clause: str | None
+    suggestion: str | None
 
 
 class LicensesOut(BaseModel):
@@ -224,7 +252,10 @@ class ManifestOut(BaseModel):
 class Grant(BaseModel):
     id: str
     organisation: str
+    org_id: str | None = None
     families: list[str]
+    variants: list[str] = []
+    uses: list[str] = []
     max_mau: int | None
     not_before: str
     expires: str | None
@@ -278,6 +309,11 @@ class EnterpriseRequest(BaseModel):
     decided_at: str | None
     decision_note: str | None
     grant_id: str | None
+    org_id: str | None = None
+    uses: list[str] = []
+    variants: list[str] = []
+    info_request: str | None = None
+    info_answer: str | None = None
 
 
 class RequestOut(BaseModel):

@@ -366,20 +366,23 @@ def admin_sign_out(request: Request, form: PostedForm) -> Response:
 @router.post("/admin/enterprise/{kind}/{item_id}/{action}", response_class=HTMLResponse)
 def admin_decide(request: Request, kind: str, item_id: str, action: str, form: PostedForm) -> Response:
     ctx = get_ctx(request)
-    if _signed_in(request, ctx, OPERATORS) is None:
+    operator = _signed_in(request, ctx, OPERATORS)
+    if operator is None:
         return _redirect(OPERATORS.path)
+    actor = f"operator:{operator.get('name') or 'admin'}"
     try:
         if (kind, action) == ("requests", "approve"):
             not_before, until = grant_window(ctx, None, _last_day(form))
             enterprise.approve(ctx.store, item_id, max_mau=_int(form, "max_mau", "the MAU limit"),
-                               not_before=not_before, expires=until, note=_one(form, "note")[:4000])
+                               not_before=not_before, expires=until, note=_one(form, "note")[:4000],
+                               actor=actor)
         elif (kind, action) == ("requests", "deny"):
             if not _one(form, "reason"):
                 raise BadRequestError("a denial needs a reason", code="invalid_request",
                                       hint="the requester sees it; say what would change the answer")
-            enterprise.deny(ctx.store, item_id, reason=_one(form, "reason")[:4000])
+            enterprise.deny(ctx.store, item_id, reason=_one(form, "reason")[:4000], actor=actor)
         elif (kind, action) == ("grants", "revoke"):
-            ctx.store.revoke_grant(item_id)
+            ctx.store.revoke_grant(item_id, actor)
         else:
             return _html("Not found", "<p>No such action.</p>", 404)
     except LlamahubError as e:

@@ -27,6 +27,8 @@ class RegisterBody(Input):
     name: Name
     organisation: Name
     country: Country
+    invitation: str | None = Field(None, max_length=128, description="an invitation from an organisation's "
+                                                                    "admin: joins that organisation at once")
 
     @field_validator("email")
     @classmethod
@@ -44,10 +46,24 @@ class RegisterBody(Input):
 
 
 class ProfileBody(Input):
-    mau: Mau
-    intended_uses: list[Ident] = Field(max_length=64, description="use ids, see GET /api/licenses")
+    mau: Mau | None = Field(None, description="monthly active users today; null: not declared")
+    mau_at: dict[Ident, Mau] = Field(default_factory=dict, max_length=32,
+                                     description="license id -> MAU over the calendar month before that "
+                                                 "version's release date (what its MAU clause counts)")
+    intended_uses: list[Ident] = Field(default_factory=list, max_length=64,
+                                       description="use ids, see GET /api/licenses")
     certifications: list[Name] = Field(default_factory=list, max_length=32)
     eu_domiciled: bool = False
+
+
+class ProfilePatch(Input):
+    """Only the fields present change; ``mau_at`` entries are added to those declared before."""
+
+    mau: Mau | None = None
+    mau_at: dict[Ident, Mau] | None = Field(None, max_length=32)
+    intended_uses: list[Ident] | None = Field(None, max_length=64)
+    certifications: list[Name] | None = Field(None, max_length=32)
+    eu_domiciled: bool | None = None
 
 
 class AcceptBody(Input):
@@ -64,7 +80,8 @@ def _public_user(user: dict[str, Any]) -> dict[str, Any]:
 def register(body: RegisterBody, request: Request, ctx: Ctx) -> dict[str, Any]:
     """Register; the API token is returned once and stored only as its sha256."""
     ctx.limiter.check("register", ip=client_ip(request))
-    user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country)
+    user, token = ctx.store.create_user(body.email, body.name, body.organisation, body.country,
+                                        invitation=body.invitation)
     return {"user": _public_user(user), "token": token,
             "note": "store this token now: the hub keeps only its hash and cannot show it again"}
 
@@ -80,13 +97,30 @@ def get_profile(user: User, ctx: Ctx) -> dict[str, Any]:
             **ctx.store.get_profile(user["id"])}
 
 
+def _as_of(mau_at: dict[str, int]) -> dict[str, str]:
+    """The date each declared figure refers to: its license version's MAU date (unknown ids: 404)."""
+    return {license_id: _terms(license_id).mau_measured_on.isoformat() for license_id in mau_at}
+
+
+def _save_profile(ctx: HubContext, user: dict[str, Any], changes: dict[str, Any], *,
+                  replace: bool) -> dict[str, Any]:
+    if changes.get("intended_uses") is not None:
+        changes["intended_uses"] = list(validate_uses(changes["intended_uses"]))
+    as_of = _as_of(changes.get("mau_at") or {})
+    profile = ctx.store.set_profile(user["id"], changes, replace=replace, as_of=as_of)
+    return {"organisation": user["organisation"], "country": user["country"], **profile}
+
+
 @router.put("/profile", response_model=m.ProfileOut)
 def put_profile(body: ProfileBody, user: User, ctx: Ctx) -> dict[str, Any]:
     """Replace the declared profile; every change is kept in the profile history and the audit log."""
-    uses = validate_uses(body.intended_uses)
-    profile = ctx.store.set_profile(user["id"], mau=body.mau, intended_uses=uses,
-                                    certifications=body.certifications, eu_domiciled=body.eu_domiciled)
-    return {"organisation": user["organisation"], "country": user["country"], **profile}
+    return _save_profile(ctx, user, body.model_dump(), replace=True)
+
+
+@router.patch("/profile", response_model=m.ProfileOut)
+def patch_profile(body: ProfilePatch, user: User, ctx: Ctx) -> dict[str, Any]:
+    """Change only the fields given (``mau: null`` withdraws today's figure); history and audit as PUT."""
+    return _save_profile(ctx, user, body.model_dump(include=body.model_fields_set), replace=False)
 
 
 @router.get("/profile/history", response_model=m.HistoryOut)
@@ -108,7 +142,11 @@ def _license_info(ctx: HubContext, terms: LicenseTerms) -> dict[str, Any]:
             "release_date": terms.release_date.isoformat(), "mau_threshold": terms.mau_threshold,
             "aup": terms.aup, "summary": list(terms.summary), "url": terms.url,
             "official_text_sha256": terms.text_sha256, "text_sha256": text_sha256(text),
-            "text_source": source, "text_url": f"/api/licenses/{terms.id}/text"}
+            "text_source": source, "text_url": f"/api/licenses/{terms.id}/text",
+            "outputs_may_train_other_models": terms.outputs_may_train_other_models,
+            "outputs_training_condition": terms.outputs_training_condition,
+            "attribution": terms.attribution, "derivative_name_prefix": terms.derivative_name_prefix,
+            "languages": list(terms.languages), "clauses": dict(terms.clauses)}
 
 
 @router.get("/licenses", response_model=m.LicensesOut)

@@ -250,7 +250,7 @@ def _gate(request: Request, ctx: HubContext, repo: Repo) -> dict[str, Any]:
     if role != "user" or user is None:
         raise HfError(403, "GatedRepo", f"Access to model {repo.id} is restricted: an admin token does "
                       "not act as a user", code="user_required", hint="use a user's API token")
-    decision = check(gate_profile(ctx, user), v, gate_grants(ctx, user["organisation"]), ctx.now())
+    decision = check(gate_profile(ctx, user), v, gate_grants(ctx, user), ctx.now())
     if not decision.allowed:
         ctx.store.record(f"user:{user['id']}", "hf.refuse", repo.id, code=decision.code)
         hint = decision.hint or "see GET /api/licenses/status"

@@ -74,7 +74,7 @@ def issue_link(body: LinkBody, request: Request, user: User, ctx: Ctx) -> dict[s
     """Run the license gates for every requested variant, then issue a signed link."""
     ctx.limiter.check("link", ip=client_ip(request), token=user["id"])
     family, variants = _requested(ctx, body)
-    profile, grants, now = gate_profile(ctx, user), gate_grants(ctx, user["organisation"]), ctx.now()
+    profile, grants, now = gate_profile(ctx, user), gate_grants(ctx, user), ctx.now()
     decisions = [(v, check(profile, v, grants, now)) for v in variants]
     refused = [(v, d) for v, d in decisions if not d.allowed]
     allowed = [(v, d) for v, d in decisions if d.allowed]
@@ -153,6 +153,13 @@ def _authorise(ctx: HubContext, policy_b64: str, signature: str, kid: str,
     if link["revoked_at"] is not None:
         raise LinkError(f"this link was revoked at {link['revoked_at']}", code="link_revoked",
                         hint=f"request a new link (`llamahub link {link['family']}`)")
+    revoked = ctx.store.revoked_grants(link["grant_ids"]) if link["grant_ids"] else {}
+    if revoked:
+        grant_id, when = next(iter(revoked.items()))
+        raise LinkError(f"this link relied on enterprise grant {grant_id}, revoked at {when}",
+                        code="grant_revoked",
+                        hint="request a new link; without that grant the license gates may refuse it "
+                             "(`llamahub enterprise status`)")
     return policy, link
 
 

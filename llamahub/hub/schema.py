@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 
 metadata = MetaData()
@@ -33,6 +34,47 @@ users = Table(
     Column("created_at", String(32), nullable=False),
 )
 
+organisations = Table(  # an organisation is a record: grants, requests and MAU belong to its id
+    "organisations", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("name_key", String(200), nullable=False, unique=True),  # one record per name (casefolded)
+    Column("status", String(16), nullable=False),  # "unverified" (made by its first user) or "verified"
+    Column("created_by", String(64), nullable=False),  # "user:<id>" or "operator:<name>"
+    Column("created_at", String(32), nullable=False),
+    Column("verified_at", String(32), nullable=True),
+    Column("verified_by", String(64), nullable=True),
+)
+
+memberships = Table(  # a user belongs to at most one organisation; "pending" until approved
+    "memberships", metadata,
+    Column("user_id", String(32), ForeignKey("users.id"), primary_key=True),
+    Column("org_id", String(32), ForeignKey("organisations.id"), nullable=False, index=True),
+    Column("role", String(8), nullable=False),  # "admin" or "member"
+    Column("status", String(8), nullable=False),  # "active" or "pending"
+    Column("created_at", String(32), nullable=False),
+    Column("decided_at", String(32), nullable=True),
+    Column("decided_by", String(64), nullable=True),
+)
+
+invitations = Table(  # issued by an organisation's admin; registering with it joins at once
+    "invitations", metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("org_id", String(32), ForeignKey("organisations.id"), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("used_at", String(32), nullable=True),
+)
+
+operators = Table(  # named operator accounts: admin tokens belong to one, and the audit log names them
+    "operators", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("email", String(320), nullable=True),
+    Column("created_at", String(32), nullable=False),
+)
+
 tokens = Table(
     "tokens", metadata,
     Column("token_sha256", String(64), primary_key=True),
@@ -40,6 +82,7 @@ tokens = Table(
     Column("user_id", String(32), ForeignKey("users.id"), nullable=True),
     Column("created_at", String(32), nullable=False),
     Column("revoked_at", String(32), nullable=True),
+    Column("operator_id", String(32), nullable=True),  # admin tokens: whose (added by migrate.py)
 )
 
 profiles = Table(
@@ -50,6 +93,17 @@ profiles = Table(
     Column("certifications", Text, nullable=False),  # JSON list
     Column("eu_domiciled", Boolean, nullable=False),
     Column("updated_at", String(32), nullable=False),
+    # false while only other fields were set: an undeclared MAU is not 0 (added by migrate.py)
+    Column("mau_declared", Boolean, nullable=False, server_default=true()),
+)
+
+mau_declarations = Table(  # MAU as a license version counts it: the calendar month before its release
+    "mau_declarations", metadata,
+    Column("owner_id", String(32), primary_key=True),  # the organisation's id (a user's, while pending)
+    Column("license_id", String(64), primary_key=True),
+    Column("as_of", String(10), nullable=False),  # the release date the figure refers to
+    Column("mau", BigInteger, nullable=False),
+    Column("declared_at", String(32), nullable=False),
 )
 
 profile_history = Table(
@@ -81,6 +135,9 @@ grants = Table(
     Column("expires", String(32), nullable=True),
     Column("created_at", String(32), nullable=False),
     Column("revoked_at", String(32), nullable=True),
+    Column("org_id", String(32), nullable=True, index=True),  # the organisation record (migrate.py)
+    Column("variants", Text, nullable=True),  # JSON list: only these variants of the families ([]: all)
+    Column("uses", Text, nullable=True),  # JSON list: AUP categories permitted by exception
 )
 
 enterprise_requests = Table(
@@ -96,6 +153,11 @@ enterprise_requests = Table(
     Column("decided_at", String(32), nullable=True),
     Column("decision_note", Text, nullable=True),
     Column("grant_id", String(32), ForeignKey("grants.id"), nullable=True),
+    Column("org_id", String(32), nullable=True, index=True),  # the organisation record (migrate.py)
+    Column("uses", Text, nullable=True),  # JSON list: AUP categories asked for by exception
+    Column("variants", Text, nullable=True),  # JSON list
+    Column("info_request", Text, nullable=True),  # the reviewer's question (status needs_info)
+    Column("info_answer", Text, nullable=True),  # the requester's answer
 )
 
 signing_keys = Table(
@@ -151,6 +213,7 @@ links = Table(
     Column("expires", Integer, nullable=False),  # epoch seconds
     Column("max_downloads", Integer, nullable=False),
     Column("revoked_at", String(32), nullable=True),
+    Column("grant_ids", Text, nullable=True),  # JSON list: grants the link relied on (migrate.py)
 )
 
 served = Table(  # bytes of each file served (or about to be) through each link: the download cap

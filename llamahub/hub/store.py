@@ -8,58 +8,21 @@ Rows come back as plain dicts. API tokens are stored only as their sha256.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
-import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, create_engine, event, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, case, func, insert, select, update
 
 from llamahub.hub import schema as t
-from llamahub.hub.errors import ConflictError, ImportRefusedError, LinkError, NotFoundError
+from llamahub.hub.errors import ImportRefusedError, LinkError, NotFoundError
+from llamahub.hub.store_accounts import AccountStore
+from llamahub.hub.store_base import new_id, org_key, sqlite_url, token_hash, utcnow
+from llamahub.hub.store_grants import GrantStore
+from llamahub.hub.store_profiles import ProfileStore
 
-BUSY_TIMEOUT_MS = 10_000
-
-
-def utcnow() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
-
-
-def new_id(prefix: str = "") -> str:
-    return prefix + secrets.token_hex(8)
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def org_key(organisation: str) -> str:
-    return organisation.strip().casefold()
-
-
-def sqlite_url(data_dir: Path) -> str:
-    return f"sqlite:///{Path(data_dir).resolve() / 'hub.db'}"
-
-
-def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_sqlite_begin)
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.close()
-
-
-def _on_sqlite_begin(conn: Connection) -> None:
-    mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+__all__ = ["FileRecord", "Store", "new_id", "org_key", "sqlite_url", "token_hash", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -72,235 +35,9 @@ class FileRecord:
     size: int
 
 
-class Store:
-    """All reads and writes of the hub's state."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        self.engine: Engine = self._engine(url)
-
-    @classmethod
-    def for_dir(cls, data_dir: Path) -> Store:
-        """The SQLite store ``data_dir/hub.db`` (the folder is created if needed)."""
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        return cls(sqlite_url(data_dir))
-
-    def _engine(self, url: str) -> Engine:
-        if not self.is_sqlite:
-            return create_engine(url, pool_pre_ping=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _on_sqlite_connect)
-        event.listen(engine, "begin", _on_sqlite_begin)
-        return engine
-
-    def create_all(self) -> None:
-        t.metadata.create_all(self.engine)
-        if self.is_sqlite:
-            with self.write() as conn:
-                for ddl in t.sqlite_append_only_triggers():
-                    conn.exec_driver_sql(ddl)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
-
-    # --- audit -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def audit(conn: Connection, actor: str, action: str, target: str | None = None,
-              **detail: Any) -> None:
-        conn.execute(insert(t.audit).values(at=utcnow(), actor=actor, action=action, target=target,
-                                            detail=json.dumps(detail, sort_keys=True)))
-
-    def latest_audit(self, prefixes: Sequence[str], limit: int = 20) -> list[dict]:
-        """The newest audit rows whose action starts with one of ``prefixes``, newest first."""
-        query = (select(t.audit).where(or_(*(t.audit.c.action.startswith(p) for p in prefixes)))
-                 .order_by(t.audit.c.id.desc()).limit(limit))
-        with self.read() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query)]
-        for row in rows:
-            row["detail"] = json.loads(row["detail"])
-        return rows
-
-    def record(self, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
-        """An audit row on its own (refusals, operator actions)."""
-        with self.write() as conn:
-            self.audit(conn, actor, action, target, **detail)
-
-    def audit_log(self, *, after: int = 0, limit: int = 100, action: str | None = None) -> list[dict]:
-        query = select(t.audit).where(t.audit.c.id > after).order_by(t.audit.c.id).limit(limit)
-        if action:  # a prefix: "grant." is every grant action
-            query = query.where(t.audit.c.action.startswith(action))
-        with self.read() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(query)]
-        for row in rows:
-            row["detail"] = json.loads(row["detail"])
-        return rows
-
-    # --- users and tokens ------------------------------------------------------------------------
-
-    def create_user(self, email: str, name: str, organisation: str, country: str) -> tuple[dict, str]:
-        """Register a user with a fresh API token; returns (user, token). The token is not stored."""
-        user = {"id": new_id("u_"), "email": email.strip().lower(), "name": name.strip(),
-                "organisation": organisation.strip(), "organisation_key": org_key(organisation),
-                "country": country.strip().upper(), "created_at": utcnow()}
-        token = "lh_" + secrets.token_urlsafe(32)
-        try:
-            with self.write() as conn:
-                conn.execute(insert(t.users).values(**user))
-                conn.execute(insert(t.tokens).values(token_sha256=token_hash(token), role="user",
-                                                     user_id=user["id"], created_at=user["created_at"]))
-                self.audit(conn, f"user:{user['id']}", "user.register", user["id"],
-                           email=user["email"], organisation=user["organisation"])
-        except IntegrityError as e:
-            raise ConflictError(f"a user with email {user['email']} is already registered",
-                                code="email_taken", hint="use that account's API token") from e
-        return user, token
-
-    def create_admin_token(self, actor: str = "operator") -> str:
-        token = "lha_" + secrets.token_urlsafe(32)
-        with self.write() as conn:
-            conn.execute(insert(t.tokens).values(token_sha256=token_hash(token), role="admin",
-                                                 user_id=None, created_at=utcnow()))
-            self.audit(conn, actor, "admin_token.create")
-        return token
-
-    def token_owner(self, token: str) -> tuple[str, dict | None] | None:
-        """("admin", None) or ("user", user) for a live token, None for an unknown or revoked one."""
-        with self.read() as conn:
-            row = conn.execute(select(t.tokens).where(t.tokens.c.token_sha256 == token_hash(token),
-                                                      t.tokens.c.revoked_at.is_(None))).first()
-            if row is None:
-                return None
-            if row.role == "admin":
-                return "admin", None
-            user = conn.execute(select(t.users).where(t.users.c.id == row.user_id)).first()
-        return ("user", dict(user._mapping)) if user else None
-
-    def get_user(self, user_id: str) -> dict:
-        with self.read() as conn:
-            row = conn.execute(select(t.users).where(t.users.c.id == user_id)).first()
-        if row is None:
-            raise NotFoundError(f"no user {user_id}", code="unknown_user")
-        return dict(row._mapping)
-
-    # --- profiles --------------------------------------------------------------------------------
-
-    def get_profile(self, user_id: str) -> dict:
-        """The declared profile; a user who never set one has MAU 0 and no intended uses."""
-        with self.read() as conn:
-            row = conn.execute(select(t.profiles).where(t.profiles.c.user_id == user_id)).first()
-        if row is None:
-            return {"mau": 0, "intended_uses": [], "certifications": [], "eu_domiciled": False,
-                    "updated_at": None}
-        return _profile_dict(row._mapping)
-
-    def set_profile(self, user_id: str, *, mau: int, intended_uses: Sequence[str],
-                    certifications: Sequence[str], eu_domiciled: bool) -> dict:
-        """Replace the profile, append it to profile_history and audit the change, atomically."""
-        now = utcnow()
-        values = {"mau": mau, "intended_uses": json.dumps(list(intended_uses)),
-                  "certifications": json.dumps(list(certifications)), "eu_domiciled": eu_domiciled,
-                  "updated_at": now}
-        with self.write() as conn:
-            before = conn.execute(select(t.profiles).where(t.profiles.c.user_id == user_id)).first()
-            if before is None:
-                conn.execute(insert(t.profiles).values(user_id=user_id, **values))
-            else:
-                conn.execute(update(t.profiles).where(t.profiles.c.user_id == user_id).values(**values))
-            profile = _profile_dict(values)
-            conn.execute(insert(t.profile_history).values(user_id=user_id, changed_at=now,
-                                                          profile=json.dumps(profile, sort_keys=True)))
-            old = _profile_dict(before._mapping) if before is not None else None
-            self.audit(conn, f"user:{user_id}", "profile.update", user_id, before=old, after=profile)
-        return profile
-
-    def profile_history(self, user_id: str) -> list[dict]:
-        query = (select(t.profile_history).where(t.profile_history.c.user_id == user_id)
-                 .order_by(t.profile_history.c.id))
-        with self.read() as conn:
-            return [{"changed_at": r.changed_at, **json.loads(r.profile)} for r in conn.execute(query)]
-
-    # --- license acceptances ---------------------------------------------------------------------
-
-    def accept_license(self, user_id: str, license_id: str, text_sha256: str) -> tuple[dict, bool]:
-        """Record an acceptance with its audit row in one transaction; (row, created).
-
-        Accepting a version already accepted returns the existing record unchanged.
-        """
-        with self.write() as conn:
-            existing = self._acceptance(conn, user_id, license_id)
-            if existing is not None:
-                return existing, False
-            row = {"id": new_id("a_"), "user_id": user_id, "license_id": license_id,
-                   "text_sha256": text_sha256, "accepted_at": utcnow()}
-            conn.execute(insert(t.acceptances).values(**row))
-            self.audit(conn, f"user:{user_id}", "license.accept", license_id, text_sha256=text_sha256,
-                       acceptance_id=row["id"])
-        return row, True
-
-    @staticmethod
-    def _acceptance(conn: Connection, user_id: str, license_id: str) -> dict | None:
-        row = conn.execute(select(t.acceptances).where(t.acceptances.c.user_id == user_id,
-                                                       t.acceptances.c.license_id == license_id)).first()
-        return dict(row._mapping) if row else None
-
-    def acceptances(self, user_id: str) -> dict[str, dict]:
-        """license id → acceptance row."""
-        with self.read() as conn:
-            rows = conn.execute(select(t.acceptances).where(t.acceptances.c.user_id == user_id))
-            return {r.license_id: dict(r._mapping) for r in rows}
-
-    # --- enterprise grants -----------------------------------------------------------------------
-
-    def create_grant(self, organisation: str, families: Sequence[str], max_mau: int | None,
-                     not_before: str, expires: str | None, actor: str = "admin") -> dict:
-        with self.write() as conn:
-            return self.insert_grant(conn, organisation, families, max_mau, not_before, expires, actor)
-
-    def insert_grant(self, conn: Connection, organisation: str, families: Sequence[str], max_mau: int | None,
-                     not_before: str, expires: str | None, actor: str) -> dict:
-        """A new grant (and its audit row) inside the caller's transaction."""
-        row = {"id": new_id("g_"), "organisation": organisation.strip(),
-               "organisation_key": org_key(organisation), "families": json.dumps(list(families)),
-               "max_mau": max_mau, "not_before": not_before, "expires": expires, "created_at": utcnow(),
-               "revoked_at": None}
-        conn.execute(insert(t.grants).values(**row))
-        self.audit(conn, actor, "grant.create", row["id"], organisation=row["organisation"],
-                   families=list(families), max_mau=max_mau, not_before=not_before, expires=expires)
-        return _grant_dict(row)
-
-    def revoke_grant(self, grant_id: str, actor: str = "admin") -> dict:
-        with self.write() as conn:
-            row = conn.execute(select(t.grants).where(t.grants.c.id == grant_id)).first()
-            if row is None:
-                raise NotFoundError(f"no grant {grant_id}", code="unknown_grant",
-                                    hint="GET /api/admin/grants lists them")
-            if row.revoked_at is None:
-                conn.execute(update(t.grants).where(t.grants.c.id == grant_id).values(revoked_at=utcnow()))
-                self.audit(conn, actor, "grant.revoke", grant_id)
-            row = conn.execute(select(t.grants).where(t.grants.c.id == grant_id)).one()
-        return _grant_dict(row._mapping)
-
-    def grants(self, organisation: str | None = None) -> list[dict]:
-        query = select(t.grants).order_by(t.grants.c.created_at)
-        if organisation is not None:
-            query = query.where(t.grants.c.organisation_key == org_key(organisation))
-        with self.read() as conn:
-            return [_grant_dict(r._mapping) for r in conn.execute(query)]
+class Store(AccountStore, ProfileStore, GrantStore):
+    """All reads and writes of the hub's state (the mixins hold users, profiles and grants)."""
 
     # --- signing keys ----------------------------------------------------------------------------
 
@@ -410,14 +147,15 @@ class Store:
     # --- links and download counters -------------------------------------------------------------
 
     def create_link(self, link_id: str, user_id: str, family: str, kid: str, policy: dict,
-                    expires: int, max_downloads: int, **detail: Any) -> None:
+                    expires: int, max_downloads: int, *, grants: Sequence[str] = (), **detail: Any) -> None:
+        """A link and the grants it relied on (a revoked one stops the link at download)."""
         with self.write() as conn:
             conn.execute(insert(t.links).values(
                 id=link_id, user_id=user_id, family=family, key_id=kid,
                 policy=json.dumps(policy, sort_keys=True), issued_at=utcnow(), expires=expires,
-                max_downloads=max_downloads, revoked_at=None))
+                max_downloads=max_downloads, revoked_at=None, grant_ids=json.dumps(list(grants))))
             self.audit(conn, f"user:{user_id}", "link.issue", link_id, family=family, key_id=kid,
-                       expires=expires, max_downloads=max_downloads, **detail)
+                       expires=expires, max_downloads=max_downloads, grants=list(grants), **detail)
 
     def get_link(self, link_id: str) -> dict | None:
         with self.read() as conn:
@@ -483,20 +221,8 @@ class Store:
             return {r.path: r.bytes for r in rows}
 
 
-def _profile_dict(row: Any) -> dict:
-    return {"mau": row["mau"], "intended_uses": json.loads(row["intended_uses"]),
-            "certifications": json.loads(row["certifications"]), "eu_domiciled": bool(row["eu_domiciled"]),
-            "updated_at": row["updated_at"]}
-
-
-def _grant_dict(row: Any) -> dict:
-    out = {k: row[k] for k in ("id", "organisation", "max_mau", "not_before", "expires", "created_at",
-                               "revoked_at")}
-    out["families"] = json.loads(row["families"])
-    return out
-
-
 def _link_dict(row: Any) -> dict:
     out = dict(row)
     out["policy"] = json.loads(out["policy"])
+    out["grant_ids"] = json.loads(out.get("grant_ids") or "[]")
     return out

@@ -1,6 +1,7 @@
 """License policy: license terms and acceptable use policies as data, and the pure gates over them."""
 
 from llamahub.policy.gates import CODES, Decision, Grant, Profile, VariantLike, check, validate_uses
+from llamahub.policy.rules import QUESTIONS, Ruling
 from llamahub.policy.terms import (
     AUP_GROUPS,
     Aup,
@@ -17,12 +18,14 @@ from llamahub.policy.terms import (
 __all__ = [
     "AUP_GROUPS",
     "CODES",
+    "QUESTIONS",
     "Aup",
     "AupCategory",
     "Decision",
     "Grant",
     "LicenseTerms",
     "Profile",
+    "Ruling",
     "VariantLike",
     "aup_terms",
     "check",

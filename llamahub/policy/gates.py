@@ -7,9 +7,13 @@ decision naming the enterprise grant it relied on:
    then the Llama 3.2 territorial rule (multimodal variants are not licensed to EU-domiciled
    organisations);
 2. the declared intended uses: none declared, an unknown id, or a category the variant's
-   acceptable use policy prohibits are all refused (no certification lifts a prohibition);
-3. monthly active users: more than the license threshold needs a current enterprise grant for
-   this organisation and family, whose ``max_mau`` (if any) covers the declared number.
+   acceptable use policy prohibits are all refused (no certification lifts a prohibition), unless
+   a current grant of the organisation for that variant permits exactly that category (the
+   case-by-case exception Meta's FAQ describes);
+3. monthly active users, as the license counts them: the figure declared for that license
+   version (the calendar month before its release date), else the current figure; none declared
+   is refused with what to declare. More than the threshold needs a current enterprise grant for
+   this organisation and family, whose ``max_mau`` (if any) covers the figure.
 
 Nothing here reads a clock, a file other than the registry data, or the network: ``now`` is
 always passed in and must be timezone-aware. The hub and the client call the same code.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -36,9 +40,12 @@ OK = "ok"
 _ERRORS: dict[str, type[LicenseError]] = {
     "license_not_accepted": LicenseNotAcceptedError,
     "eu_multimodal_restricted": LicenseError,
+    "research_only": AcceptableUseError,
+    "application_required": LicenseError,
     "no_intended_use": AcceptableUseError,
     "unknown_use": AcceptableUseError,
     "prohibited_use": AcceptableUseError,
+    "mau_not_declared": MauLimitError,
     "mau_over_threshold": MauLimitError,
     "grant_mau_exceeded": MauLimitError,
     "grant_expired": MauLimitError,
@@ -78,20 +85,30 @@ class Profile:
     """Who is asking and for what: the local profile or the hub's record of an account."""
 
     organisation: str
-    mau: int
+    mau: int | None
     intended_uses: tuple[str, ...]
     accepted: Mapping[str, str] = field(hash=False)
     country: str | None = None
     eu_domiciled: bool = False
     certifications: tuple[str, ...] = ()
+    mau_at: Mapping[str, int] = field(default_factory=dict, hash=False)
+    organisation_id: str | None = None  # the hub's organisation record, when an active member
 
     def __post_init__(self) -> None:
-        if isinstance(self.mau, bool) or not isinstance(self.mau, int) or self.mau < 0:
-            raise ConfigError(f"declared MAU must be a whole number of users >= 0, got {self.mau!r}",
-                              hint="run `llamahub profile set --mau N`")
+        for figure in (self.mau, *dict(self.mau_at).values()):
+            if figure is not None and (isinstance(figure, bool) or not isinstance(figure, int) or figure < 0):
+                raise ConfigError(f"declared MAU must be a whole number of users >= 0, got {figure!r}",
+                                  hint="run `llamahub profile set --mau N`")
         object.__setattr__(self, "intended_uses", tuple(self.intended_uses))
         object.__setattr__(self, "certifications", tuple(self.certifications))
         object.__setattr__(self, "accepted", MappingProxyType(dict(self.accepted)))
+        object.__setattr__(self, "mau_at", MappingProxyType(dict(self.mau_at)))
+
+    def mau_for(self, license_id: str) -> tuple[int | None, bool]:
+        """(figure, dated): the MAU declared for that license version's date, else the current one."""
+        if license_id in self.mau_at:
+            return self.mau_at[license_id], True
+        return self.mau, False
 
     def has_accepted(self, license_id: str) -> bool:
         return bool(self.accepted.get(license_id))
@@ -108,9 +125,14 @@ class Grant:
     not_before: dt.datetime
     expires: dt.datetime | None
     revoked: bool = False
+    organisation_id: str | None = None
+    variants: tuple[str, ...] = ()  # only these variants of the families (empty: all of them)
+    uses: tuple[str, ...] = ()  # AUP categories permitted by exception (the case-by-case license)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "families", tuple(self.families))
+        object.__setattr__(self, "variants", tuple(self.variants))
+        object.__setattr__(self, "uses", tuple(self.uses))
         _require_aware(self.not_before, f"grant {self.id} not_before")
         if self.expires is not None:
             _require_aware(self.expires, f"grant {self.id} expires")
@@ -119,9 +141,15 @@ class Grant:
         if self.max_mau is not None and (isinstance(self.max_mau, bool) or self.max_mau <= 0):
             raise ValueError(f"grant {self.id} max_mau must be positive or None, got {self.max_mau!r}")
 
-    def applies_to(self, organisation: str, family: str) -> bool:
-        """True when the grant names this organisation (case-insensitive) and family."""
-        return _same_org(self.organisation, organisation) and family in self.families
+    def applies_to(self, profile: Profile, variant: VariantLike) -> bool:
+        """True when the grant is this profile's organisation's and covers the variant. A grant tied
+        to an organisation record matches only a member of that record, never a name."""
+        if self.organisation_id is not None:
+            same = profile.organisation_id == self.organisation_id
+        else:
+            same = profile.organisation_id is None and _same_org(self.organisation, profile.organisation)
+        listed = not self.variants or variant.name in self.variants
+        return same and variant.family in self.families and listed
 
     def status(self, now: dt.datetime, mau: int) -> str:
         """``"ok"`` when usable at ``now`` for ``mau`` users, else the ``grant_*`` code that says why not."""
@@ -195,13 +223,23 @@ def _territory_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms)
 # --- gate 2: intended uses -------------------------------------------------------------------------
 
 
-def _uses_gate(profile: Profile, terms: LicenseTerms) -> Decision | None:
+def _exception(profile: Profile, variant: VariantLike, grants: Iterable[Grant], now: dt.datetime,
+               use: str) -> Grant | None:
+    """A usable grant of this organisation for this variant that permits the category ``use``."""
+    mau = profile.mau_for(variant.license)[0] or 0
+    return next((g for g in grants if use in g.uses and g.applies_to(profile, variant)
+                 and g.status(now, mau) == OK), None)
+
+
+def _uses_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms, grants: Iterable[Grant],
+               now: dt.datetime) -> Decision | None:
     aup = aup_terms(terms.aup)
     uses = profile.intended_uses
     if not uses:
         return _deny("no_intended_use", "this profile declares no intended use",
                      f"run `llamahub profile set --use <id>`; known ids: {', '.join(aup.allowed_uses)}")
-    prohibited = [u for u in uses if u in aup.prohibited]
+    prohibited = [u for u in uses
+                  if u in aup.prohibited and _exception(profile, variant, grants, now, u) is None]
     if prohibited:
         return _prohibited(profile, aup, prohibited[0])
     unknown = [u for u in uses if u not in aup.known_uses]
@@ -224,7 +262,9 @@ def _prohibited(profile: Profile, aup: Aup, use: str) -> Decision:
     return _deny("prohibited_use",
                  f"intended use {use!r} is prohibited by the acceptable use policy {aup.id}: "
                  f"{description}{held}",
-                 f"declare only permitted uses: `llamahub profile set {_use_flags(keep)}`")
+                 f"declare only permitted uses: `llamahub profile set {_use_flags(keep)}`; a research "
+                 "or public-interest case may ask for an exception: `llamahub enterprise request "
+                 f"--use {use} --note WHY`")
 
 
 # --- gate 3: monthly active users ------------------------------------------------------------------
@@ -234,37 +274,58 @@ def _request_hint(family: str, mau: int) -> str:
     return f"run `llamahub enterprise request --family {family} --mau {mau}`"
 
 
+def _month_before(terms: LicenseTerms) -> str:
+    return f"the calendar month before {terms.mau_measured_on.isoformat()}"
+
+
+def _undeclared(profile: Profile, terms: LicenseTerms) -> Decision:
+    return _deny("mau_not_declared",
+                 f"{profile.organisation} has declared no monthly active users; the {terms.title} counts "
+                 f"them over {_month_before(terms)} ({terms.id}'s release date)",
+                 f"declare that month's figure: `llamahub profile set --mau-at {terms.id}=N` "
+                 "(or today's figure for every version without a dated one: `--mau N`)")
+
+
 def _mau_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms,
               grants: Iterable[Grant], now: dt.datetime) -> Decision:
-    if profile.mau <= terms.mau_threshold:
+    if terms.mau_threshold is None:  # no monthly-active-users clause in this license
         return Decision(allowed=True, code=OK, message=f"{variant.name}: every license gate passed")
-    matching = [g for g in grants if g.applies_to(profile.organisation, variant.family)]
+    mau, dated = profile.mau_for(terms.id)
+    if mau is None:
+        return _undeclared(profile, terms)
+    if mau <= terms.mau_threshold:
+        return Decision(allowed=True, code=OK, message=f"{variant.name}: every license gate passed")
+    matching = [g for g in grants if g.applies_to(profile, variant)]
     for grant in matching:
-        if grant.status(now, profile.mau) == OK:
+        if grant.status(now, mau) == OK:
             return Decision(allowed=True, code=OK, grant_id=grant.id,
                             message=f"{variant.name}: every license gate passed under enterprise grant "
                                     f"{grant.id}")
     if not matching:
+        which = f"for {_month_before(terms)}" if dated else "today (no figure dated for this version)"
+        hint = _request_hint(variant.family, mau)
+        if not dated:
+            hint += (f"; or, if you had fewer users over {_month_before(terms)}, declare that figure: "
+                     f"`llamahub profile set --mau-at {terms.id}=N`")
         return _deny("mau_over_threshold",
-                     f"{profile.organisation} declares {profile.mau:,} monthly active users; above "
-                     f"{terms.mau_threshold:,} (counted over the calendar month before "
-                     f"{terms.mau_measured_on.isoformat()}) the {terms.title} requires a separate license "
-                     f"from {terms.issuer}, and no enterprise grant covers {variant.family}",
-                     _request_hint(variant.family, profile.mau))
-    return _grant_refusal(profile, variant, matching, now)
+                     f"{profile.organisation} declares {mau:,} monthly active users {which}; above "
+                     f"{terms.mau_threshold:,} (counted over {_month_before(terms)}) the {terms.title} "
+                     f"requires a separate license from {terms.issuer}, and no enterprise grant covers "
+                     f"{variant.family}", hint)
+    return _grant_refusal(profile, variant, matching, now, mau)
 
 
 def _grant_refusal(profile: Profile, variant: VariantLike, matching: list[Grant],
-                   now: dt.datetime) -> Decision:
+                   now: dt.datetime, mau: int) -> Decision:
     def rank(g: Grant) -> int:
-        return _GRANT_REASON_RANK.index(g.status(now, profile.mau))
+        return _GRANT_REASON_RANK.index(g.status(now, mau))
 
     grant = min(matching, key=rank)
-    code = grant.status(now, profile.mau)
-    hint = _request_hint(variant.family, profile.mau)
+    code = grant.status(now, mau)
+    hint = _request_hint(variant.family, mau)
     if code == "grant_mau_exceeded":
         message = (f"enterprise grant {grant.id} covers up to {grant.max_mau:,} monthly active users; "
-                   f"{profile.organisation} declares {profile.mau:,}")
+                   f"{profile.organisation} declares {mau:,}")
     elif code == "grant_expired":
         expired = grant.expires.isoformat() if grant.expires else "an unknown time"
         message = f"enterprise grant {grant.id} for {variant.family} expired at {expired}"
@@ -277,17 +338,55 @@ def _grant_refusal(profile: Profile, variant: VariantLike, matching: list[Grant]
     return _deny(code, message, hint)
 
 
+# --- research-only licenses (Llama 1) ----------------------------------------------------------------
+
+
+def _research_gate(profile: Profile, variant: VariantLike, terms: LicenseTerms, grants: tuple[Grant, ...],
+                   now: dt.datetime) -> Decision:
+    """Only the uses the license's policy allows (research), and only under an approved application:
+    a current grant of the organisation that covers the variant."""
+    aup = aup_terms(terms.aup)
+    other = [u for u in profile.intended_uses if u not in aup.allowed_uses]
+    if not profile.intended_uses or other:
+        what = f"declares {other[0]!r}" if other else "declares no intended use"
+        return _deny("research_only",
+                     f"the {terms.title} admits only {', '.join(aup.allowed_uses)} (non-commercial); this "
+                     f"profile {what}",
+                     f"declare only that: `llamahub profile set {_use_flags(aup.allowed_uses)}`")
+    # no MAU clause here: an application's grant is usable whatever MAU it names
+    usable = [g for g in grants if g.applies_to(profile, variant) and g.status(now, 0) == OK]
+    if not usable:
+        return _deny("application_required",
+                     f"the {terms.title} gives access only to researchers whose application was approved, "
+                     f"and no current approval of {profile.organisation} covers {variant.name}",
+                     f"apply: `llamahub enterprise request --family {variant.family} --mau 1 --note "
+                     "'institution, research purpose, publications'`; an operator reviews it")
+    return Decision(allowed=True, code=OK, grant_id=usable[0].id,
+                    message=f"{variant.name}: research use under approved application {usable[0].id}")
+
+
 # --- entry points ----------------------------------------------------------------------------------
 
 
 def check(profile: Profile, variant: VariantLike, grants: Iterable[Grant], now: dt.datetime) -> Decision:
     """Run every gate for ``variant`` and return the first refusal, or an allowed Decision."""
     _require_aware(now, "now")
-    terms = license_terms(variant.license)
-    early = (_acceptance_gate(profile, variant, terms)
-             or _territory_gate(profile, variant, terms)
-             or _uses_gate(profile, terms))
-    return early or _mau_gate(profile, variant, terms, tuple(grants), now)
+    terms, grants = license_terms(variant.license), tuple(grants)
+    first = _acceptance_gate(profile, variant, terms) or _territory_gate(profile, variant, terms)
+    if first is None and terms.research_only:
+        return _research_gate(profile, variant, terms, grants, now)
+    early = first or _uses_gate(profile, variant, terms, grants, now)
+    decision = early or _mau_gate(profile, variant, terms, grants, now)
+    if decision.allowed and decision.grant_id is None:
+        prohibited = aup_terms(terms.aup).prohibited
+        excepted = [g for u in profile.intended_uses if u in prohibited
+                    if (g := _exception(profile, variant, grants, now, u)) is not None]
+        if excepted:
+            decision = replace(decision, grant_id=excepted[0].id,
+                               message=f"{variant.name}: every license gate passed; the uses "
+                                       f"{', '.join(sorted(set(profile.intended_uses) & prohibited))} under "
+                                       f"the exception of grant {excepted[0].id}")
+    return decision
 
 
 def validate_uses(uses: Iterable[str]) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PositiveInt
 from llamahub.errors import DataFileError, RegistryError
 from llamahub.schema import DataModel, Line, Lines, Problem, check, read_toml, validate
 
-Group = Literal["unlawful", "harm", "deception", "disclosure"]
+Group = Literal["unlawful", "harm", "deception", "disclosure", "scope"]  # scope: e.g. commercial use
 AUP_GROUPS: tuple[str, ...] = get_args(Group)
 HINT = "fix the file; registry/licenses/llama2.toml and registry/aup/llama2-aup.toml show every key"
 
@@ -43,7 +43,7 @@ class LicenseTerms:
     issuer: str
     families: tuple[str, ...]
     release_date: dt.date
-    mau_threshold: int
+    mau_threshold: int | None  # None: the license has no monthly-active-users clause (Llama 1)
     mau_measured_on: dt.date
     outputs_may_train_other_models: bool
     redistribution: tuple[str, ...]
@@ -57,6 +57,14 @@ class LicenseTerms:
     text_sha256: str | None = None
     eu_multimodal_restriction: bool = False
     multimodal_variants: tuple[str, ...] = ()
+    clauses: tuple[tuple[str, str], ...] = ()
+    research_only: bool = False
+    local_folders_gated: bool = True
+
+    def clause(self, rule: str) -> str | None:
+        """The license clause a rule comes from (``outputs``, ``naming``, ``attribution``,
+        ``languages``, ``mau``, ...), None when the data does not name one."""
+        return dict(self.clauses).get(rule)
 
     def covers(self, family: str) -> bool:
         """True when variants of ``family`` are under this license."""
@@ -136,8 +144,8 @@ class LicenseTable(DataModel):
     issuer: Line
     family: NonEmptyLines
     release_date: dt.date
-    mau_threshold: PositiveInt
-    mau_measured_on: dt.date
+    mau_threshold: PositiveInt | None = None
+    mau_measured_on: dt.date | None = None
     outputs_may_train_other_models: bool
     outputs_training_condition: OptionalLine = None
     attribution: OptionalLine = None
@@ -150,6 +158,10 @@ class LicenseTable(DataModel):
     summary: Annotated[Lines, Field(min_length=3, max_length=6)]
     eu_multimodal_restriction: bool = False
     multimodal_variants: Lines = Field(default_factory=list)
+    clauses: dict[Annotated[str, _matching(r"[a-z_]+", "a snake_case rule name")], Line] = Field(
+        default_factory=dict)
+    research_only: bool = False
+    local_folders_gated: bool = True
 
     def problems(self) -> list[Problem]:
         """What is wrong across fields."""
@@ -160,8 +172,14 @@ class LicenseTable(DataModel):
         if self.eu_multimodal_restriction != bool(self.multimodal_variants):
             out.append(Problem("multimodal_variants",
                                "required exactly when eu_multimodal_restriction is true"))
-        if self.mau_measured_on > self.release_date:
+        if (self.mau_threshold is None) != (self.mau_measured_on is None):
+            out.append(Problem("mau_measured_on",
+                               "give mau_threshold and mau_measured_on together, or neither"))
+        if self.mau_measured_on is not None and self.mau_measured_on > self.release_date:
             out.append(Problem("mau_measured_on", "cannot be after release_date"))
+        if self.research_only and self.outputs_may_train_other_models:
+            out.append(Problem("outputs_may_train_other_models", "a research-only license lets nothing train "
+                                                                 "other models"))
         return out
 
 
@@ -213,13 +231,14 @@ def parse_license(data: Mapping[str, Any], where: str = "license") -> LicenseTer
     check(t.problems(), file=where, entry=entry, hint=HINT)
     return LicenseTerms(
         id=t.id, title=t.title, issuer=t.issuer, families=tuple(t.family), release_date=t.release_date,
-        mau_threshold=t.mau_threshold, mau_measured_on=t.mau_measured_on,
+        mau_threshold=t.mau_threshold, mau_measured_on=t.mau_measured_on or t.release_date,
         outputs_may_train_other_models=t.outputs_may_train_other_models,
         outputs_training_condition=t.outputs_training_condition, attribution=t.attribution,
         derivative_name_prefix=t.derivative_name_prefix, redistribution=tuple(t.redistribution),
         languages=tuple(t.languages), aup=t.aup, url=t.url, text_sha256=t.text_sha256,
         summary=tuple(t.summary), eu_multimodal_restriction=t.eu_multimodal_restriction,
-        multimodal_variants=tuple(t.multimodal_variants),
+        multimodal_variants=tuple(t.multimodal_variants), clauses=tuple(sorted(t.clauses.items())),
+        research_only=t.research_only, local_folders_gated=t.local_folders_gated,
     )
 
 
@@ -343,7 +362,27 @@ def render_terms(terms: LicenseTerms) -> str:
              "This is llamahub's summary of the terms, not the license text itself."]
     if terms.url:
         lines.append(f"The full text: {terms.url}")
-    lines += ["", *(f"- {line}" for line in terms.summary), "",
-              f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
-              f"{terms.issuer.rstrip('.')}.", f"Acceptable use policy: {terms.aup}."]
+    lines += ["", *(f"- {line}" for line in terms.summary), ""]
+    if terms.mau_threshold is not None:
+        lines.append(f"Monthly active users above {terms.mau_threshold:,} need a separate license from "
+                     f"{terms.issuer.rstrip('.')}.")
+    if terms.research_only:
+        lines.append("Non-commercial research only, under an application the issuer approved.")
+    lines.append(f"Acceptable use policy: {terms.aup}.")
     return "\n".join(lines) + "\n"
+
+
+def render_rules(terms: LicenseTerms) -> str:
+    """The output-use, naming, attribution and language rules of a license, with their clauses."""
+    def at(rule: str) -> str:
+        clause = terms.clause(rule)
+        return f" [clause {clause}]" if clause else ""
+
+    outputs = "no, only models under this license"
+    if terms.outputs_may_train_other_models:
+        outputs = f"yes, on a condition: {terms.outputs_training_condition}"
+    lines = ["", f"Outputs may train other models: {outputs}{at('outputs')}",
+             f"Attribution to display: {terms.attribution or 'none'}{at('attribution')}",
+             f"Derivative names must begin with: {terms.derivative_name_prefix or 'no rule'}{at('naming')}",
+             f"Languages the models were tuned for: {', '.join(terms.languages)}{at('languages')}", ""]
+    return "\n".join(lines)

@@ -118,7 +118,7 @@ def test_license_versions_are_accepted_separately(make_user: MakeUser) -> None:
     assert error_code(llama3) == "variant_not_imported"  # llama3 accepted: the gates pass
     status = {s["id"]: s["accepted"] for s in account.http.get("/api/licenses/status").json()["licenses"]}
     assert status == {"llama-debug": False, "llama2": True, "llama3": True, "llama3.1": False,
-                      "llama3.2": False}
+                      "llama3.2": False, "llama1": False, "llama3.3": False}
     assert account.http.post("/api/licenses/llama-debug/accept").status_code == 201
     assert account.http.post("/api/links", json={"family": "llama-debug"}).status_code == 201
 

@@ -10,6 +10,7 @@ import pytest
 import llamahub
 from llamahub import derivatives
 from llamahub.errors import DerivativeNameError, FinetuneError, OutputUseError
+from llamahub.policy import rules
 
 NAMING = [
     ("llama-2-7b-chat", "orca-helper", None),  # Llama 2's license has no naming rule
@@ -27,17 +28,17 @@ NAMING = [
 def test_derivative_names(base: str, name: str, suggested: str | None) -> None:
     v = llamahub.variant(base)
     if suggested is None:
-        derivatives.check_name(name, v)
+        rules.check_derivative_name(name, v)
         return
     with pytest.raises(DerivativeNameError, match="beginning with") as e:
-        derivatives.check_name(name, v)
+        rules.check_derivative_name(name, v)
     assert suggested in (e.value.hint or "")
 
 
 @pytest.mark.parametrize("name", ["Llama-3-X", "-x", "x y", "a" * 101])
 def test_malformed_names(name: str) -> None:
     with pytest.raises(FinetuneError, match="cannot name a variant"):
-        derivatives.check_name(name, llamahub.variant("llama-2-7b"))
+        rules.check_derivative_name(name, llamahub.variant("llama-2-7b"))
 
 
 OUTPUT_USE = [
@@ -57,9 +58,9 @@ def test_output_use(source: str, base: str, allowed: bool, owed: str | None) -> 
     src, dst = llamahub.variant(source), llamahub.variant(base)
     if not allowed:
         with pytest.raises(OutputUseError, match=f"training data comes from {source}"):
-            derivatives.check_source(src, dst)
+            rules.check_output_source(src, dst)
         return
-    assert derivatives.check_source(src, dst) == owed
+    assert rules.check_output_source(src, dst) == owed
 
 
 def test_provenance_in_records_and_sidecar(llama2_debug_folder: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 THRESHOLD = 700_000_000
 ORG = "Acme Corp"
-ALL_LICENSES = ("llama2", "llama3", "llama3.1", "llama3.2", "llama-debug")
+ALL_LICENSES = ("llama2", "llama3", "llama3.1", "llama3.2", "llama-debug", "llama1", "llama3.3")
 ACCEPTED_AT = "2026-11-01T09:00:00+00:00"
 # family -> a real variant of it
 FAMILIES = {
@@ -42,8 +42,8 @@ def variant(name: str) -> Variant:
     return _builtin().resolve(name)
 
 
-def profile(mau: int = 1_000, uses: Sequence[str] = ("chatbot",), accepted: Sequence[str] = ALL_LICENSES,
-            **extra: object) -> Profile:
+def profile(mau: int | None = 1_000, uses: Sequence[str] = ("chatbot",),
+            accepted: Sequence[str] = ALL_LICENSES, **extra: object) -> Profile:
     return Profile(organisation=ORG, mau=mau, intended_uses=tuple(uses),
                    accepted={license_id: ACCEPTED_AT for license_id in accepted}, **extra)
 
@@ -118,7 +118,9 @@ def test_mau_refusal_message_names_the_numbers() -> None:
     decision = check(profile(mau=THRESHOLD + 1), variant("llama-3.1-8b"), [], NOW)
     assert "700,000,001" in decision.message and "700,000,000" in decision.message
     assert "2024-07-23" in decision.message
-    assert decision.hint == "run `llamahub enterprise request --family llama-3.1 --mau 700000001`"
+    assert decision.hint and decision.hint.startswith(
+        "run `llamahub enterprise request --family llama-3.1 --mau 700000001`")
+    assert "--mau-at llama3.1=N" in decision.hint
 
 
 def test_grants_accept_any_iterable() -> None:
@@ -176,7 +178,8 @@ def test_every_prohibited_category_is_refused(family: str, use: str) -> None:
     assert decision.code == "prohibited_use"
     assert not decision.allowed
     assert repr(use) in decision.message
-    assert decision.hint == "declare only permitted uses: `llamahub profile set --use chatbot`"
+    hint = decision.hint or ""
+    assert hint.startswith("declare only permitted uses: `llamahub profile set --use chatbot`")
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -316,7 +319,7 @@ def test_grant_and_profile_validation() -> None:
 
 def test_profile_is_immutable_and_copies_accepted() -> None:
     accepted = {"llama2": ACCEPTED_AT}
-    p = Profile(organisation=ORG, mau=1, intended_uses=["chatbot"],  # type: ignore[arg-type]
+    p = Profile(organisation=ORG, mau=1, intended_uses=["chatbot"],
                 accepted=accepted)
     accepted.clear()
     assert p.has_accepted("llama2")
@@ -325,3 +328,66 @@ def test_profile_is_immutable_and_copies_accepted() -> None:
         p.accepted["llama3"] = ACCEPTED_AT  # type: ignore[index]
     assert hash(p) == hash(Profile(organisation=ORG, mau=1, intended_uses=("chatbot",),
                                    accepted={"llama2": ACCEPTED_AT}))
+
+
+# --- MAU as each license version counts it ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "allowed"), [("llama-2-7b", True), ("llama-3.1-8b", False)])
+def test_dated_mau_500m_then_800m_now(name: str, allowed: bool) -> None:
+    p = profile(mau=800_000_000, mau_at={"llama2": 500_000_000})
+    decision = check(p, variant(name), [], NOW)
+    assert decision.allowed is allowed
+    if not allowed:
+        assert decision.code == "mau_over_threshold" and "800,000,000" in decision.message
+
+
+def test_a_dated_figure_over_the_threshold_is_refused_even_when_today_is_small() -> None:
+    decision = check(profile(mau=10, mau_at={"llama2": 900_000_000}), variant("llama-2-7b"), [], NOW)
+    assert decision.code == "mau_over_threshold" and "calendar month before 2023-07-18" in decision.message
+    assert "--mau-at" not in (decision.hint or "")  # already dated: nothing more to declare
+
+
+def test_undeclared_mau_is_not_zero() -> None:
+    decision = check(profile(mau=None), variant("llama-3-8b"), [], NOW)
+    assert decision.code == "mau_not_declared" and "2024-04-18" in decision.message
+    assert "--mau-at llama3=N" in (decision.hint or "")
+    with pytest.raises(MauLimitError):
+        decision.raise_if_denied()
+    assert check(profile(mau=None, mau_at={"llama3": 5}), variant("llama-3-8b"), [], NOW).allowed
+
+
+# --- scoped grants: the case-by-case exception; Llama 1's research gate ------------------------------
+
+
+def test_an_exception_grant_lifts_exactly_its_categories() -> None:
+    exception = grant("llama-3", uses=("weapons",), variants=("llama-3-8b",))
+    p = profile(uses=("research", "weapons"))
+    allowed = check(p, variant("llama-3-8b"), [exception], NOW)
+    assert allowed.allowed and allowed.grant_id == "g-1"
+    assert check(p, variant("llama-3-70b"), [exception], NOW).code == "prohibited_use"  # another variant
+    both = profile(uses=("research", "weapons", "spam"))
+    assert check(both, variant("llama-3-8b"), [exception], NOW).code == "prohibited_use"
+    late = NOW + 400 * DAY  # after the grant's expiry
+    assert check(p, variant("llama-3-8b"), [exception], late).code == "prohibited_use"
+    other_org = replace(exception, organisation="Someone else")
+    assert check(p, variant("llama-3-8b"), [other_org], NOW).code == "prohibited_use"
+
+
+def test_a_grant_of_an_organisation_record_matches_only_its_members() -> None:
+    recorded = grant("llama-3", organisation_id="o_1")
+    member = profile(mau=800_000_000, organisation_id="o_1")
+    lookalike = profile(mau=800_000_000)  # same organisation name, no record id: a pending look-alike
+    assert check(member, variant("llama-3-8b"), [recorded], NOW).allowed
+    assert check(lookalike, variant("llama-3-8b"), [recorded], NOW).code == "mau_over_threshold"
+
+
+def test_llama1_research_under_an_application() -> None:
+    application = grant("llama-1")
+    research = profile(uses=("research",))
+    assert check(research, variant("llama-1-7b"), [application], NOW).allowed
+    assert check(research, variant("llama-1-7b"), [], NOW).code == "application_required"
+    capped = grant("llama-1", max_mau=1)  # an application names no real MAU: its cap does not apply
+    assert check(research, variant("llama-1-7b"), [capped], NOW).allowed
+    chatbot = profile(uses=("chatbot",))
+    assert check(chatbot, variant("llama-1-7b"), [application], NOW).code == "research_only"

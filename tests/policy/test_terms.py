@@ -40,14 +40,15 @@ def _raw(kind: str, stem: str) -> dict[str, Any]:
 
 
 def test_every_license_and_aup_file_loads() -> None:
-    assert set(load_licenses()) == {*META, "llama-debug"}
-    assert set(load_aups()) == {"llama2-aup", "llama3-aup", "llama3.2-aup", "llama-debug-aup"}
+    assert set(load_licenses()) == {*META, "llama1", "llama3.3", "llama-debug"}
+    assert set(load_aups()) == {"llama1-aup", "llama2-aup", "llama3-aup", "llama3.2-aup", "llama-debug-aup"}
 
 
 def test_licenses_name_existing_aups() -> None:
     aups = load_aups()
     expected = {"llama2": "llama2-aup", "llama3": "llama3-aup", "llama3.1": "llama3-aup",
-                "llama3.2": "llama3.2-aup", "llama-debug": "llama-debug-aup"}
+                "llama3.2": "llama3.2-aup", "llama-debug": "llama-debug-aup", "llama1": "llama1-aup",
+                "llama3.3": "llama3.2-aup"}
     for license_id, terms in load_licenses().items():
         assert terms.aup == expected[license_id]
         assert terms.aup in aups
@@ -60,7 +61,8 @@ def test_every_registry_variant_has_its_license() -> None:
         terms = licenses[variant.license]
         assert terms.covers(variant.family)
         assert license_for_family(variant.family) is terms
-        assert terms.release_date.isoformat() == variant.release_date
+        # Code Llama came after the Llama 2 license it ships under
+        assert terms.release_date.isoformat() <= variant.release_date
 
 
 def test_every_license_is_used_by_some_variant() -> None:
@@ -70,12 +72,17 @@ def test_every_license_is_used_by_some_variant() -> None:
 
 def test_families() -> None:
     families = {t.id: t.families for t in load_licenses().values()}
-    assert families == {"llama2": ("llama-2",), "llama3": ("llama-3",), "llama3.1": ("llama-3.1",),
-                        "llama3.2": ("llama-3.2",), "llama-debug": ("llama-debug", "llama-debug-big")}
+    assert families == {"llama2": ("llama-2", "code-llama"), "llama3": ("llama-3",),
+                        "llama3.1": ("llama-3.1",), "llama3.2": ("llama-3.2",),
+                        "llama-debug": ("llama-debug", "llama-debug-big"),
+                        "llama1": ("llama-1",), "llama3.3": ("llama-3.3",)}
 
 
 def test_thresholds_are_700m_measured_on_release_date() -> None:
     for terms in load_licenses().values():
+        if terms.research_only:  # Llama 1: no commercial use, so no MAU clause
+            assert terms.mau_threshold is None
+            continue
         assert terms.mau_threshold == 700_000_000
         assert terms.mau_measured_on == terms.release_date
 
@@ -164,7 +171,7 @@ def test_aup_categories_v2_v3_and_32() -> None:
 def test_aup_categories_are_well_formed() -> None:
     for aup in load_aups().values():
         groups = {c.group for c in aup.categories}
-        assert groups == set(AUP_GROUPS)
+        assert groups == set(AUP_GROUPS) - {"scope"} or aup.id == "llama1-aup"
         for category in aup.categories:
             assert category.certifiable is False
             assert category.description and "\n" not in category.description
@@ -175,7 +182,7 @@ def test_allowed_uses() -> None:
     expected = {"chatbot", "summarization", "code_assistant", "research", "education", "customer_support",
                 "content_generation", "translation", "search", "data_analysis"}
     for aup in load_aups().values():
-        assert expected <= set(aup.allowed_uses)
+        assert expected <= set(aup.allowed_uses) or aup.allowed_uses == ("research",)  # Llama 1
         assert not set(aup.allowed_uses) & aup.prohibited
     assert expected <= set(known_uses())
     assert list(known_uses()) == sorted(known_uses())
@@ -225,7 +232,13 @@ def test_parse_license_round_trip(license_data: dict[str, Any]) -> None:
     assert parse_license(license_data) == license_terms("llama3.1")
 
 
-@pytest.mark.parametrize("key", ["id", "title", "family", "release_date", "mau_threshold", "aup", "summary"])
+def test_mau_threshold_and_date_come_together(license_data: dict[str, Any]) -> None:
+    del license_data["mau_threshold"]  # a license without an MAU clause drops both (Llama 1)
+    with pytest.raises(DataFileError, match="together"):
+        parse_license(license_data, "licenses/llama3.1.toml")
+
+
+@pytest.mark.parametrize("key", ["id", "title", "family", "release_date", "aup", "summary"])
 def test_missing_license_key(license_data: dict[str, Any], key: str) -> None:
     del license_data[key]
     with pytest.raises(DataFileError) as err:
