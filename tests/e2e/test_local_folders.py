@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import MakeClient
+from clienttest import MakeClient
 
 import llamahub
 from llamahub.errors import LicenseError, LicenseNotAcceptedError

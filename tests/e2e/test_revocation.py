@@ -8,7 +8,7 @@ import json
 
 import httpx
 import pytest
-from conftest import MakeClient
+from clienttest import MakeClient
 from hubtest import error_code, file_url
 
 import llamahub
