@@ -65,6 +65,7 @@ class XlaGenerator:
         self.model.setup_cache(rows, self.context)
         if self._reshard is not None:
             self._reshard()
+        sync()  # materialise the cache: later programs take it as data, the same each time
 
     def close(self) -> None:
         self.model.reset_cache()
@@ -134,16 +135,18 @@ class _Buffers:
 
 
 class _DeviceSampler:
-    """``Sampling`` on the device; its numbers are device tensors, so changing them compiles
-    nothing new (greedy, top-k on or off, and each k are programs of their own)."""
+    """``Sampling`` on the device; temperature and top-p travel as one device tensor, so changing
+    them compiles nothing new (a 0-d tensor of a value torch_xla deems special, such as 0.5,
+    would be folded into the program as a constant). Greedy, top-k on or off, and each k are
+    programs of their own."""
 
     def __init__(self, s: Sampling, device: torch.device) -> None:
         import torch_xla.core.xla_model as xm
 
         self.greedy = s.temperature == 0
         self.top_k = s.top_k
-        self.temperature = torch.tensor(max(s.temperature, 1e-6), device=device)
-        self.top_p = torch.tensor(s.top_p, device=device)
+        params = torch.tensor([max(s.temperature, 1e-6), s.top_p], dtype=torch.float32)
+        self.params = params.to(device)
         seed = s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, ()))
         if not self.greedy:
             xm.set_rng_state(seed, device=device)
@@ -151,13 +154,14 @@ class _DeviceSampler:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self.greedy:
             return logits.argmax(dim=-1)
-        logits = logits / self.temperature
+        temperature, top_p = self.params[0], self.params[1]
+        logits = logits / temperature
         if self.top_k:
             kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
         sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-        beyond = (torch.cumsum(sorted_p, dim=-1) - sorted_p) > self.top_p
+        beyond = (torch.cumsum(sorted_p, dim=-1) - sorted_p) > top_p
         sorted_p = sorted_p.masked_fill(beyond, 0.0)
         uniform = torch.rand(sorted_p.shape, device=sorted_p.device).clamp(1e-20, 1.0)
         gumbel = -torch.log(-torch.log(uniform))
