@@ -128,3 +128,15 @@ def test_the_compilation_cache_is_in_the_derived_artifacts(xla: dict[str, Any]) 
         cache = Path(xla["results"][name]["info"]["compile_cache"])
         assert cache.parent.parent.name == "derived" and cache.name == f"xla-cpu-{xla['devices']}dev"
         assert any(cache.iterdir()), "no compiled program was written to the persistent cache"
+
+
+def test_conforms_to_the_backend_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, on one XLA:CPU device: load, generate (repeatable, streamed), close."""
+    import llamahub_tpu
+
+    from llamahub.testing import check_backend, tiny_artifacts
+
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    monkeypatch.setenv("CPU_NUM_DEVICES", "1")
+    artifacts, variant = tiny_artifacts(tmp_path)
+    check_backend(llamahub_tpu.TpuBackend(), artifacts, variant)
