@@ -35,16 +35,32 @@ BATCHES = [[1, 9], [2, 20]]
 RUNNER = Path(__file__).with_name("xla_runner.py")
 
 
-def run_xla(folders: dict[str, Path], devices: int, tmp: Path, dtype: str = "fp32") -> dict[str, Any]:
-    spec = tmp / f"spec-{devices}-{dtype}.json"
-    out = tmp / f"out-{devices}-{dtype}.pt"
-    spec.write_text(json.dumps({"devices": devices, "dtype": dtype, "batches": BATCHES, "prompts": PROMPTS,
-                                "folders": {k: str(v) for k, v in folders.items()}}))
-    env = os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2", "LLAMAHUB_PLUGINS": "cpu,tpu,sources"}
-    done = subprocess.run([sys.executable, str(RUNNER), str(spec), str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return torch.load(out, weights_only=False)
+class XlaRun:
+    """One runner process (started at once, so that the device counts run side by side)."""
+
+    def __init__(self, folders: dict[str, Path], devices: int, tmp: Path, dtype: str = "fp32") -> None:
+        spec = tmp / f"spec-{devices}-{dtype}.json"
+        self.out = tmp / f"out-{devices}-{dtype}.pt"
+        spec.write_text(json.dumps({"devices": devices, "dtype": dtype, "batches": BATCHES,
+                                    "prompts": PROMPTS, "folders": {k: str(v) for k, v in folders.items()}}))
+        env = os.environ | {"PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2",
+                            "LLAMAHUB_PLUGINS": "cpu,tpu,sources"}
+        self.log = (tmp / "stderr.txt").open("w+")
+        self.proc = subprocess.Popen([sys.executable, str(RUNNER), str(spec), str(self.out)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=self.log)
+
+    def result(self) -> dict[str, Any]:
+        try:
+            code = self.proc.wait(timeout=1200)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.seek(0)
+        errors = self.log.read()[-4000:]
+        self.log.close()
+        assert code == 0, errors
+        return torch.load(self.out, weights_only=False)
 
 
 @pytest.fixture(scope="module")
@@ -52,22 +68,31 @@ def folders(debug_root: Path) -> dict[str, Path]:
     return {name: debug_root / name / name for name in VARIANTS}
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["1dev", "2dev"])
-def xla(request: pytest.FixtureRequest, folders: dict[str, Path],
-        tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return {"devices": request.param,
-            "results": run_xla(folders, request.param, tmp_path_factory.mktemp("xla"))}
+@pytest.fixture(scope="module")
+def runs(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[int, XlaRun]:
+    return {n: XlaRun(folders, n, tmp_path_factory.mktemp(f"xla{n}")) for n in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def results(runs: dict[int, XlaRun]) -> dict[int, dict[str, Any]]:
+    return {n: run.result() for n, run in runs.items()}
+
+
+@pytest.fixture(params=[1, 2], ids=["1dev", "2dev"])
+def xla(request: pytest.FixtureRequest, results: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    return {"devices": request.param, "results": results[request.param]}
 
 
 @pytest.fixture(scope="module")
 def cpu_models(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, LlamaModel]:
     import llamahub_cpu
 
-    os.environ["LLAMAHUB_CPU_KERNEL"] = "0"  # the aten path: no kernel build in this venv
     tmp = tmp_path_factory.mktemp("cpu")
-    return {name: llamahub_cpu.CpuBackend().load(folder_artifacts(folder, tmp), shipped().resolve(name),
-                                                 LoadOptions(dtype="fp32"))
-            for name, folder in folders.items()}
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("LLAMAHUB_CPU_KERNEL", "0")  # the aten path: no kernel build in this venv
+        return {name: llamahub_cpu.CpuBackend().load(folder_artifacts(folder, tmp), shipped().resolve(name),
+                                                     LoadOptions(dtype="fp32"))
+                for name, folder in folders.items()}
 
 
 @pytest.mark.parametrize("name", VARIANTS)
