@@ -148,6 +148,12 @@ def test_weights_and_cache_are_sharded_along_the_tensor_parallel_split(xla: dict
         assert s["norm"] in ("", "{replicated}"), s
 
 
+def test_a_process_cannot_switch_between_sharded_and_one_device(xla: dict[str, Any]) -> None:
+    said = xla["results"]["other_mode"]
+    mode = "on one device" if xla["devices"] == 1 else "sharded across devices (SPMD)"
+    assert f"already runs XLA models {mode}" in said and "in a new process" in said, said
+
+
 def test_the_compilation_cache_is_in_the_derived_artifacts(xla: dict[str, Any]) -> None:
     for name in VARIANTS:
         cache = Path(xla["results"][name]["info"]["compile_cache"])

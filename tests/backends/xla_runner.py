@@ -79,7 +79,19 @@ def main() -> None:
                          "generations": generations(model, spec["prompts"]),
                          "compiles": compiles(model), "shardings": shardings(model)}
         model.close()
+    results["other_mode"] = other_mode(Path(folder), spec["devices"])
     torch.save(results, sys.argv[2])
+
+
+def other_mode(folder: Path, devices: int) -> str:
+    """What loading with the other mode (sharded vs one device) says in this process."""
+    from llamahub.errors import BackendError
+
+    try:
+        llamahub.load(folder, device="xla", dtype="fp32", devices=2 if devices == 1 else 1)
+    except BackendError as e:
+        return str(e)
+    return "loaded"
 
 
 if __name__ == "__main__":
