@@ -51,7 +51,9 @@ from llamahub.registry import Variant
 if TYPE_CHECKING:
     from llamahub.model.args import ModelArgs, RopeScaling
     from llamahub.model.batching import SlotDecoder, TransformerSlots
+    from llamahub.model.bpe import read_ranks, spell, spelled_merges
     from llamahub.model.chat import chat_stop_ids, encode_dialog
+    from llamahub.model.chat_templates import CHAT_TEMPLATES
     from llamahub.model.convert import hf_key_to_meta, hf_rows_to_meta, meta_key_to_hf, meta_rows_to_hf
     from llamahub.model.generation import Decoder, DecoderLoop, Generator, Sampling, generate_ids
     from llamahub.model.llm import LlamaModel
@@ -76,6 +78,8 @@ _LAZY = {
     "Generator": "llamahub.model.generation", "Sampling": "llamahub.model.generation",
     "generate_ids": "llamahub.model.generation",
     "LlamaModel": "llamahub.model.llm",
+    "CHAT_TEMPLATES": "llamahub.model.chat_templates",
+    "read_ranks": "llamahub.model.bpe", "spell": "llamahub.model.bpe", "spelled_merges": "llamahub.model.bpe",
     "SlotDecoder": "llamahub.model.batching", "TransformerSlots": "llamahub.model.batching",
     "CheckpointReader": "llamahub.model.reader",
     "Tokenizer": "llamahub.model.tokenizer",
@@ -94,6 +98,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CHAT_TEMPLATES",
     "Artifacts",
     "AuthenticationError",
     "Backend",
@@ -150,5 +155,8 @@ __all__ = [
     "model_args",
     "open_reference",
     "parse_checklist",
+    "read_ranks",
     "rope_frequencies",
+    "spell",
+    "spelled_merges",
 ]

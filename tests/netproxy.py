@@ -14,10 +14,13 @@ import time
 
 
 class ThrottledProxy:
-    def __init__(self, target_port: int, rate: float) -> None:
-        """Relay to 127.0.0.1:``target_port``, at most ``rate`` bytes/s per connection downstream."""
+    def __init__(self, target_port: int, rate: float, *, cut_after: int | None = None) -> None:
+        """Relay to 127.0.0.1:``target_port``, at most ``rate`` bytes/s per connection downstream;
+        after ``cut_after`` bytes sent upstream, the relay goes away (connections cut, no new ones):
+        a server that becomes unreachable mid-transfer."""
         self.target_port = target_port
         self.rate = rate
+        self.cut_after = cut_after
         self.sent = bytearray()  # everything clients sent upstream, in order
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -54,6 +57,9 @@ class ThrottledProxy:
                 if rate is None:
                     with self._lock:
                         self.sent += data
+                    if self.cut_after is not None and len(self.sent) > self.cut_after:
+                        self.close()
+                        return
                 dst.sendall(data)
                 moved += len(data)
                 if rate is not None:

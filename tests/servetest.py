@@ -1,11 +1,33 @@
-"""Starting and stopping a real ``llamahub serve`` process for tests (tests/serve, tests/e2e)."""
+"""Starting and stopping a real ``llamahub serve`` process for tests (tests/serve, tests/e2e), and
+what the serve tests know of one."""
 
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import openai
 from hubtest import CLI, free_port, stop, wait_ready
+
+API_KEYS = ("key-one", "key-two")
+SLOTS = 4
+
+
+@dataclass
+class Server:
+    url: str
+    log: Path
+    folders: dict[str, Path]  # served model name -> its folder
+
+    def client(self, key: str = API_KEYS[0], **kw: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60, **kw)
+
+    def stats(self, model: str) -> dict:
+        response = httpx.get(f"{self.url}/stats", headers={"Authorization": f"Bearer {API_KEYS[1]}"})
+        assert response.status_code == 200, response.text
+        return response.json()["models"][model]
 
 
 def start_server(args: list[str], env: dict[str, str], log: Path, timeout: float = 120) -> tuple[

@@ -91,7 +91,7 @@ def test_dtype_choices_come_from_the_installed_backends() -> None:
     out = run("run", "llama-debug-2", "hi", "--dtype", "int9")
     assert out.returncode == 2 and "bf16, fp32" in out.stderr
     # cpu's, then llamacpp's, then cuda's (priority order)
-    assert "[bf16|fp32|q8_0|fp16|q4_0|q4_k_m]" in run("run", "--help").stdout
+    assert "[bf16|fp32|int8|int4|q8_0|fp16|q4_0|q4_k_m]" in run("run", "--help").stdout
     bad = run("run", "llama-debug-2", "hi", "-o", "tp")
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
 

@@ -1,4 +1,5 @@
-"""The CPU backend: the reference transformer in fp32 or bf16 on the CPU.
+"""The CPU backend: the reference transformer in fp32 or bf16 on the CPU, or with weight-only int8
+or int4 linears on llamahub's own kernels (``llamahub_cpu.quant``).
 
 Importing this module is cheap; the model code is imported when a model is loaded.
 """
@@ -14,8 +15,10 @@ if TYPE_CHECKING:
 
     from llamahub.plugin import Artifacts, Backend, LlamaModel, Variant
 
-DTYPES = ("bf16", "fp32")  # the first is the default: half the memory of fp32
+DTYPES = ("bf16", "fp32", "int8", "int4")  # the first is the default: half the memory of fp32
 BYTES = {"fp32": 4, "bf16": 2}
+QUANT_BLOCK = 32  # int8/int4: one float16 scale per 32 weights (llamahub_cpu.quant)
+QUANT_BITS = {"int8": 8, "int4": 4}
 # The KV cache stays float32 for bf16 weights too: without AVX512-BF16, bf16 attention matmuls are
 # about 2x slower than fp32 ones here, and float32 keeps attention as exact as with fp32 weights.
 CACHE_BYTES = 4
@@ -23,12 +26,48 @@ CACHE_BYTES = 4
 WORKING_BYTES = 64 * 2**20
 
 
+def quant_isa() -> str | None:
+    """What the int8/int4 kernels would run on here: "AVX-512", "AVX2", or None (plain torch).
+
+    Read from the CPU's flags without importing torch, so ``llamahub plugins`` stays quick.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if not {"avx2", "fma", "f16c"} <= set(flags):
+        return None
+    return "AVX-512" if {"avx512f", "avx512bw"} <= set(flags) else "AVX2"
+
+
+def weight_bytes(variant: Variant, dtype: str) -> int:
+    """Bytes of the weights in ``dtype``; int8/int4 count their scales, a bfloat16 embedding and
+    an int8 output head (as ``llamahub_cpu.quant`` stores them)."""
+    if dtype in BYTES:
+        return variant.param_count() * BYTES[dtype]
+    a = variant.arch
+    d, kv, emb = a.dim, a.kv_heads * a.head_dim, a.vocab_size * a.dim
+    linear = a.n_layers * (2 * d * a.n_heads * a.head_dim + 2 * d * kv + 3 * d * a.hidden_dim)
+    norms = (2 * a.n_layers + 1) * d * 4
+
+    def quant(n: int, bits: int) -> int:
+        return n * bits // 8 + n // QUANT_BLOCK * 2
+
+    return quant(linear, QUANT_BITS[dtype]) + quant(emb, 8) + emb * 2 + norms
+
+
 class CpuBackend:
     name = "cpu"
     priority = 10
-    description = "reference transformer on the CPU (fp32, bf16)"
     dtypes = DTYPES
     devices = ("cpu",)
+
+    @property
+    def description(self) -> str:
+        isa = quant_isa()
+        kernels = f"llamahub's {isa} kernels" if isa else "plain torch (no AVX2/FMA/F16C on this CPU)"
+        return f"reference transformer on the CPU (fp32, bf16; int8, int4 on {kernels})"
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -49,8 +88,7 @@ class CpuBackend:
         dtype = options.dtype or DTYPES[0]
         a = variant.arch
         kv = 2 * a.n_layers * a.kv_heads * a.head_dim * context_length(variant, options) * CACHE_BYTES
-        return MemoryPlan(host_bytes=variant.param_count() * BYTES[dtype] + kv + WORKING_BYTES,
-                          dtype=dtype)
+        return MemoryPlan(host_bytes=weight_bytes(variant, dtype) + kv + WORKING_BYTES, dtype=dtype)
 
     def capacity(self) -> Capacity:
         import psutil

@@ -1,10 +1,12 @@
-"""Loading the reference transformer for the CPU: build on meta, swap in the decode kernel,
-assign the memory-mapped weights."""
+"""Loading the reference transformer for the CPU: build on meta, swap in the decode kernel (or the
+int8/int4 linears), assign the memory-mapped weights."""
 
 from __future__ import annotations
 
 import time
 from functools import partial
+from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -21,7 +23,8 @@ from llamahub.plugin import (
     build_meta,
     open_reference,
 )
-from llamahub_cpu.kernels import use_decode_kernel
+from llamahub_cpu.kernels import qkernel, use_decode_kernel
+from llamahub_cpu.quant import SCHEMES, swap_quantized
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEFAULT_DTYPE = "bf16"  # half the memory of fp32; pass dtype="fp32" for exact fp32 math
@@ -44,14 +47,49 @@ def build_decoder(reader: CheckpointReader, dtype: str = DEFAULT_DTYPE, *,
     return assign_weights(model, reader.state_dict(layout, dtype=TORCH_DTYPES[dtype]))
 
 
+def quant_kernel_status(scheme: str) -> tuple[ModuleType | None, str]:
+    """The int8/int4 kernels (None: plain torch) and what runs, as ``model.kernel`` says it."""
+    ops = qkernel()
+    if isinstance(ops, str):
+        return None, f"plain torch {scheme} (dequantize + aten; {ops})"
+    return ops, f"llamahub {scheme} {ops.isa().upper().replace('AVX512', 'AVX-512')} qgemv/qgemm"
+
+
+def build_quant_decoder(artifacts: Artifacts, reader: CheckpointReader,
+                        scheme: str) -> tuple[Transformer, dict[str, Any]]:
+    """The model with ``QuantLinear``s swapped in on meta, then the cached quantized weights
+    (made on first use) assigned memory-mapped. Returns it and what the cache did."""
+    from llamahub_cpu.artifact import quantized_weights, rebuild
+
+    if scheme not in SCHEMES:
+        raise GenerationError(f"no quantization scheme {scheme!r}", hint=f"use one of {', '.join(SCHEMES)}")
+    model = build_meta(reader.args, reader.checkpoint.rope_layout)
+    model.cache_dtype = torch.float32
+    ops, model.kernel = quant_kernel_status(scheme)
+    swap_quantized(model, scheme, ops)
+    tensors, cache = quantized_weights(artifacts, reader, scheme, ops)
+    try:
+        model.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as e:  # names or shapes that do not fit: a damaged or foreign file
+        cache |= {"built": True, "rebuilt_because": f"tensors do not fit the model: {str(e)[:200]}"}
+        model.load_state_dict(rebuild(artifacts, reader, scheme, ops), strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.eval(), cache
+
+
 def load_cpu_model(artifacts: Artifacts, variant: Variant, options: LoadOptions) -> LlamaModel:
     dtype = options.dtype or DEFAULT_DTYPE
     started = time.perf_counter()
     ref = open_reference(artifacts, variant, options)
-    model = build_decoder(ref.reader, dtype)
+    extra: dict[str, Any] = {}
+    if dtype in SCHEMES:
+        model, cache = build_quant_decoder(artifacts, ref.reader, dtype)
+        extra = {"quantized": cache}
+    else:
+        model = build_decoder(ref.reader, dtype)
     threads = options.threads or torch.get_num_threads()
     info = {"load_seconds": time.perf_counter() - started, "threads": threads, "kernel": model.kernel,
-            "checkpoint": str(ref.checkpoint.path), "format": ref.checkpoint.format}
+            "checkpoint": str(ref.checkpoint.path), "format": ref.checkpoint.format, **extra}
     return LlamaModel(model, ref.tokenizer, variant, backend="cpu", dtype=dtype, info=info,
                       context_length=ref.args.max_seq_len, threads=options.threads,
                       close=model.reset_cache, slot_decoder=partial(TransformerSlots, model))

@@ -29,25 +29,29 @@ from llamahub.plugin import cache_dir
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).parent / "csrc" / "gemv.cpp"
 NAME = "llamahub_gemv"
+# The int8/int4 kernels (csrc/qgemv.cpp); their AVX-512 loops are chosen at run time.
+QSOURCE = Path(__file__).parent / "csrc" / "qgemv.cpp"
+QNAME = "llamahub_qgemv"
 KERNEL_DIR_ENV = "LLAMAHUB_CPU_KERNEL_DIR"
 # -fopenmp: torch's at::parallel_for is OpenMP pragmas in a header; without the flag they are
 # ignored and the kernel runs on one thread (measured: 7.6 → 17.4 GB/s fp32 with 2 threads).
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+QCFLAGS = [*CFLAGS, "-mf16c"]
 LDFLAGS = ["-fopenmp"]
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
 
 
-def _build_dir() -> Path:
+def _build_dir(source: Path = SOURCE, cflags: list[str] = CFLAGS) -> Path:
     """``<cache>/kernels/torch-<version>-<source hash>``: a changed source or torch is rebuilt.
 
     ``<cache>`` is llamahub's cache (``LLAMAHUB_CACHE``, else ``LLAMAHUB_HOME/cache``, else the
     platform's); ``LLAMAHUB_CPU_KERNEL_DIR`` names another folder for the builds (say, one shared
     by several caches).
     """
-    with SOURCE.open("rb") as f:
+    with source.open("rb") as f:
         h = hashlib.file_digest(f, "sha256")
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())  # new flags build anew
+    h.update(" ".join(cflags + LDFLAGS).encode())  # new flags build anew
     digest = h.hexdigest()[:12]
     root = os.environ.get(KERNEL_DIR_ENV)
     base = Path(root).expanduser() if root else cache_dir() / "kernels"
@@ -58,7 +62,7 @@ def _import_built(path: Path) -> ModuleType | None:
     """Import an already built kernel directly (skips the build system's checks at load)."""
     if not path.is_file():
         return None
-    spec = importlib.util.spec_from_file_location(NAME, path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         return None
     module = importlib.util.module_from_spec(spec)
@@ -66,15 +70,15 @@ def _import_built(path: Path) -> ModuleType | None:
     return module
 
 
-def _build() -> ModuleType | str:
+def _build(name: str = NAME, source: Path = SOURCE, cflags: list[str] = CFLAGS) -> ModuleType | str:
     if os.environ.get("LLAMAHUB_CPU_KERNEL", "1") == "0":
         return "turned off by LLAMAHUB_CPU_KERNEL=0"
     capability = torch.backends.cpu.get_cpu_capability()
     if capability not in ("AVX2", "AVX512"):
         return f"this CPU has no AVX2 (torch reports {capability})"
-    build_dir = _build_dir()
+    build_dir = _build_dir(source, cflags)
     try:
-        built = _import_built(build_dir / f"{NAME}.so")
+        built = _import_built(build_dir / f"{name}.so")
     except ImportError:
         built = None
     if built is not None:
@@ -85,35 +89,44 @@ def _build() -> ModuleType | str:
     # only builder, so a torch lock file found then is stale.
     with FileLock(build_dir / "llamahub-build.lock"):
         try:
-            built = _import_built(build_dir / f"{NAME}.so")  # another process may have built it
+            built = _import_built(build_dir / f"{name}.so")  # another process may have built it
         except ImportError:
             built = None
         if built is not None:
             return built
         (build_dir / "lock").unlink(missing_ok=True)
-        return _compile(build_dir)
+        return _compile(build_dir, name, source, cflags)
 
 
-def _compile(build_dir: Path) -> ModuleType | str:
+def _compile(build_dir: Path, name: str, source: Path, cflags: list[str]) -> ModuleType | str:
     from torch.utils.cpp_extension import load
 
-    print(f"llamahub: compiling the CPU decode kernel into {build_dir} (once per cache, about a minute)",
-          file=sys.stderr, flush=True)
+    print(f"llamahub: compiling the CPU decode kernel {source.name} into {build_dir} "
+          "(once per cache, about a minute)", file=sys.stderr, flush=True)
     try:
-        return load(name=NAME, sources=[str(SOURCE)], build_directory=str(build_dir),
-                    extra_cflags=CFLAGS, extra_ldflags=LDFLAGS, verbose=False)
+        return load(name=name, sources=[str(source)], build_directory=str(build_dir),
+                    extra_cflags=cflags, extra_ldflags=LDFLAGS, verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: run on aten instead
-        return f"could not compile {SOURCE.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return f"could not compile {source.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
+def _cached(name: str, source: Path, cflags: list[str]) -> ModuleType | str:
+    with _lock:
+        if name not in _cache:
+            _cache[name] = _build(name, source, cflags)
+            if isinstance(_cache[name], str):
+                log.warning("cpu kernel %s unavailable: %s", source.name, _cache[name])
+        return _cache[name]
 
 
 def kernel() -> ModuleType | str:
     """The compiled module, or the reason it is unavailable (compiled once per process)."""
-    with _lock:
-        if "gemv" not in _cache:
-            _cache["gemv"] = _build()
-            if isinstance(_cache["gemv"], str):
-                log.warning("cpu decode kernel unavailable: %s", _cache["gemv"])
-        return _cache["gemv"]
+    return _cached(NAME, SOURCE, CFLAGS)
+
+
+def qkernel() -> ModuleType | str:
+    """The int8/int4 kernels (``qgemv``, ``qgemm``, ``dequant``, ``isa``), or why not."""
+    return _cached(QNAME, QSOURCE, QCFLAGS)
 
 
 class DecodeLinear(nn.Module):

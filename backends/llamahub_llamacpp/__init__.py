@@ -28,7 +28,8 @@ QUANTS = ("q8_0", "f16", "f32", "q4_0", "q4_k_m")  # GGUF's names; the first is 
 DTYPES = ("q8_0", "fp16", "fp32", "q4_0", "q4_k_m")  # as dtype= (llamahub's spelling of f16, f32)
 ALIASES = {"fp16": "f16", "fp32": "f32"}
 BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_k_m": 0.61}
-OPTIONS = ("quant", "kv_cache")
+OPTIONS = ("quant", "kv_cache", "flash_attn")
+FLASH_ATTN = ("auto", "on", "off")  # llama.cpp's default is auto (on for a CPU); Llama()'s is off
 KV_TYPES = {"f16": 2, "f32": 4}
 # llama.cpp's compute buffers, logits and the loaded library, beyond weights + KV cache
 WORKING_BYTES = 128 * 2**20
@@ -74,10 +75,10 @@ class LlamaCppBackend:
             return f"dtype {options.dtype!r} and quant {quant!r} disagree: give one"
         if str(options.extra.get("kv_cache", "f16")) not in KV_TYPES:
             return f"kv_cache must be one of {', '.join(KV_TYPES)}"
+        if str(options.extra.get("flash_attn", "auto")) not in FLASH_ATTN:
+            return f"flash_attn must be one of {', '.join(FLASH_ATTN)}"
         if options.device not in (None, "cpu"):
             return f"runs on the CPU here, not on {options.device!r}"
-        if options.rope_scaling:
-            return "no rope_scaling: llama.cpp runs the variant's own RoPE (ask for at most its context)"
         asked = (options.backend == self.name or "quant" in options.extra
                  or dtype in ("q8_0", "q4_0", "q4_k_m", "f16"))  # types the cpu backend has not
         if not asked:

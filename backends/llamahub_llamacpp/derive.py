@@ -4,10 +4,18 @@
 converting (f32, f16, q8_0) or quantizing from the f16 file (q4_0, q4_k_m) the first time. A
 sidecar records the converter version and the size; a file lock makes two processes wait for
 one conversion instead of doing it twice.
+
+With ``options`` carrying ``rope_scaling`` (a context beyond the variant's), the file is made
+for that scaling and context: llama.cpp takes Llama 3.1's per-frequency RoPE scaling only as the
+file's ``rope_freqs`` tensor (its context parameters offer linear and YaRN scaling, which are
+other formulas), so each scaling is a file of its own, ``gguf-<quant>-rope-<12 hex>/`` (a whole
+copy of the weights).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,27 +34,37 @@ def provenance(variant: Any, snapshot: str | None) -> Provenance:
         base_repo=variant.hf_repo, snapshot=snapshot, chat_format=variant.chat_format)
 
 
-def make_gguf(artifacts: Any, variant: Any, quant: str, out: Path, *, threads: int | None = None) -> Path:
+def make_gguf(artifacts: Any, variant: Any, quant: str, out: Path, *, threads: int | None = None,
+              options: Any = None) -> Path:
     """Write ``out`` from ``artifacts`` (Meta or HF checkpoint) in ``quant``; q4 via the f16 file."""
     from llamahub.plugin import open_reference
 
     if quant in WRITTEN:
-        ref = open_reference(artifacts, variant)
+        ref = open_reference(artifacts, variant, options)
         return write_gguf(ref, out, quant, provenance(variant, artifacts.snapshot_id))
-    return quantize(derived_gguf(artifacts, variant, "f16"), out, quant, threads)
+    return quantize(derived_gguf(artifacts, variant, "f16", options=options), out, quant, threads)
 
 
-def derived_gguf(artifacts: Any, variant: Any, quant: str, *, threads: int | None = None) -> Path:
+def rope_key(options: Any) -> str:
+    """'' for the variant's own RoPE, else ``-rope-<12 hex>`` of the scaling and context."""
+    if options is None or not options.rope_scaling:
+        return ""
+    what = {"rope_scaling": dict(options.rope_scaling), "context_length": options.context_length}
+    return "-rope-" + hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def derived_gguf(artifacts: Any, variant: Any, quant: str, *, threads: int | None = None,
+                 options: Any = None) -> Path:
     from filelock import FileLock
 
-    key = f"gguf-{quant}"
+    key = f"gguf-{quant}{rope_key(options)}"
     folder = artifacts.derived(key)
     path = folder / f"{variant.name}-{quant}.gguf"
     with FileLock(str(folder / ".lock")):
         if _current(artifacts.sidecar(key), path):
             return path
         started = time.perf_counter()
-        make_gguf(artifacts, variant, quant, path, threads=threads)
+        make_gguf(artifacts, variant, quant, path, threads=threads, options=options)
         artifacts.write_sidecar(key, {"file": path.name, "quant": quant, "size": path.stat().st_size,
                                       "converter": CONVERTER, "variant": variant.name,
                                       "snapshot": artifacts.snapshot_id,

@@ -38,9 +38,17 @@ def load_model(artifacts: Artifacts, variant: Variant, options: LoadOptions) -> 
     threads = options.threads or default_threads()
     n_ctx = context_length(variant, options)
     kv_f32 = str(options.extra.get("kv_cache", "f16")) == "f32"
+    flash_attn = options.extra.get("flash_attn")
     own = gguf_file(artifacts)
-    path = own or derived_gguf(artifacts, variant, check_quant(quant_of(options)), threads=threads)
-    runtime = Runtime(path, n_ctx=n_ctx, threads=threads, kv_f32=kv_f32)
+    if own is not None and options.rope_scaling:
+        raise ConfigError(f"rope_scaling= cannot apply to a GGUF file of your own ({own.name}): llama.cpp "
+                          "reads Llama 3.1-style RoPE scaling from the file's rope_freqs tensor",
+                          hint="load the variant's checkpoint (it is converted with the scaling), or "
+                               "ask for at most the file's context without rope_scaling")
+    path = own or derived_gguf(artifacts, variant, check_quant(quant_of(options)), threads=threads,
+                               options=options if options.rope_scaling else None)
+    runtime = Runtime(path, n_ctx=n_ctx, threads=threads, kv_f32=kv_f32,
+                      flash_attn=str(flash_attn) if flash_attn else None)
     try:
         if own is not None:
             tokenizer: Any = VocabTokenizer(runtime)
@@ -57,7 +65,8 @@ def load_model(artifacts: Artifacts, variant: Variant, options: LoadOptions) -> 
         runtime.close()
         raise
     info = {"load_seconds": time.perf_counter() - started, "threads": threads, "gguf": str(path),
-            "quant": quant, "kv_cache": "f32" if kv_f32 else "f16", "user_file": own is not None}
+            "quant": quant, "kv_cache": "f32" if kv_f32 else "f16", "user_file": own is not None,
+            "flash_attn": runtime.flash_attn}
     return LlamaModel(None, tokenizer, variant, backend="llamacpp", dtype=quant, info=info,
                       generator=RuntimeGenerator(runtime), context_length=n_ctx, close=runtime.close)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llamahub_llamacpp.templates import TEMPLATES
+from llamahub.plugin import CHAT_TEMPLATES as TEMPLATES
 from llamahub_llamacpp.vocab import Vocab, build_vocab
 
 if TYPE_CHECKING:

@@ -116,11 +116,13 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
 
 
 def create_app(data_dir: str | Path, *, public_url: str | None = None, database_url: str | None = None,
+               blobs_url: str | None = None,
                clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
                max_downloads: int = DEFAULT_MAX_DOWNLOADS, max_body: int = MAX_BODY,
                rate_limits: Mapping[str, Rate | None] | None = None) -> FastAPI:
     """The hub for ``data_dir`` (initialised with ``llamahub hub init``)."""
-    ctx = open_context(Path(data_dir), database_url=database_url, public_url=public_url, clock=clock,
+    ctx = open_context(Path(data_dir), database_url=database_url, blobs_url=blobs_url, public_url=public_url,
+                       clock=clock,
                        link_ttl=link_ttl, max_downloads=max_downloads, rate_limits=rate_limits)
 
     @asynccontextmanager

@@ -1,4 +1,8 @@
-"""A content-addressed blob store on disk: ``DIR/blobs/sha256/ab/cdef...``.
+"""Content-addressed blob stores: the local folder ``DIR/blobs/sha256/ab/cdef...`` (the default)
+and, by URL, an S3-compatible bucket (:mod:`llamahub.hub.blobs_s3`). Both keep the ``Blobs``
+protocol below; the hub reads and writes blobs only through it.
+
+The local folder:
 
 Files enter by a streaming copy into a temporary file (hashing sha256 and md5 and counting bytes
 on the way; md5 in a second thread, since hashlib releases the GIL, so the two hashes of a 13 GB
@@ -10,20 +14,23 @@ return a path outside the store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import re
 import secrets
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
-from llamahub.hub.errors import NotFoundError
+from llamahub.hub.errors import BadRequestError, BlobStoreError, NotFoundError
 
 CHUNK = 1 << 20
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)  # the store cannot take more bytes
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,44 @@ class BlobInfo:
     md5: str
     size: int
     created: bool  # False when the store already held these bytes
+
+
+class Blobs(Protocol):
+    """Where a hub keeps file contents, named by their sha256."""
+
+    def ensure(self) -> None:
+        """Make the store usable (folders, a reachable bucket); called when a hub opens."""
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def read_bytes(self, sha256: str) -> bytes: ...
+
+    def add_file(self, source: Path) -> BlobInfo:
+        """Store ``source`` verified; returns its sha256, md5 and size."""
+
+    def add_bytes(self, data: bytes) -> BlobInfo: ...
+
+    def remove(self, sha256: str) -> None:
+        """Delete a blob (the caller checks that nothing references it)."""
+
+    def reader(self, sha256: str, start: int, length: int) -> AsyncIterator[bytes | memoryview]:
+        """The bytes ``start..start+length`` of a blob in blocks; NotFoundError at once (not on the
+        first block) when the store lacks it."""
+
+    def work_dir(self) -> Path:
+        """A local folder for temporary files of imports (conversions)."""
+
+
+def open_blobs(data_dir: Path, url: str | None) -> Blobs:
+    """The local folder in ``data_dir`` (``url`` empty), or ``s3://bucket[/prefix]``."""
+    if not url:
+        return BlobStore(data_dir)
+    if url.startswith("s3://"):
+        from llamahub.hub.blobs_s3 import S3Blobs
+
+        return S3Blobs.from_url(url, Path(data_dir))
+    raise BadRequestError(f"unknown blob store {url!r}", code="bad_blob_store",
+                          hint="give s3://bucket/prefix, or nothing for the data dir's blobs/ folder")
 
 
 class BlobStore:
@@ -66,6 +111,15 @@ class BlobStore:
     def read_bytes(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 
+    def reader(self, sha256: str, start: int, length: int) -> AsyncIterator[bytes | memoryview]:
+        from llamahub.hub.blobserve import read_blob
+
+        return read_blob(self.path(sha256), start, length)
+
+    def work_dir(self) -> Path:
+        self.ensure()
+        return self.tmp
+
     def add_file(self, source: Path) -> BlobInfo:
         """Copy ``source`` into the store; returns its sha256, md5 and size."""
         with Path(source).open("rb") as f:
@@ -75,6 +129,17 @@ class BlobStore:
         return self.add_stream(io.BytesIO(data))
 
     def add_stream(self, stream: BinaryIO) -> BlobInfo:
+        try:
+            return self._add_stream(stream)
+        except OSError as exc:  # nothing half-written stays: the temporary file is gone
+            if exc.errno not in _FULL:
+                raise
+            raise BlobStoreError(f"cannot store a blob in {self.root}: {exc.strerror or exc}",
+                                 code="blob_store_full",
+                                 hint="free space in the hub's data dir (or give it a bigger volume), then "
+                                      "import again") from exc
+
+    def _add_stream(self, stream: BinaryIO) -> BlobInfo:
         self.ensure()
         tmp = self.tmp / f"{secrets.token_hex(8)}.part"
         sha, md5, size = hashlib.sha256(), hashlib.md5(), 0

@@ -30,11 +30,12 @@ def _data(data: Path | None) -> Path:
 
 
 @contextmanager
-def _opened(data: Path | None, database_url: str | None) -> Iterator[tuple[Any, Any]]:
+def _opened(data: Path | None, database_url: str | None,
+            blobs_url: str | None = None) -> Iterator[tuple[Any, Any]]:
     """(store, blobs) of the hub in ``data``, closed afterwards."""
     from llamahub.hub.context import open_store
 
-    store, blobs, _ = open_store(_data(data), database_url)
+    store, blobs, _ = open_store(_data(data), database_url, blobs_url=blobs_url)
     try:
         yield store, blobs
     finally:
@@ -44,6 +45,10 @@ def _opened(data: Path | None, database_url: str | None) -> Iterator[tuple[Any, 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_ENV,
                            help=f"the hub's data directory (default: the user data dir; env {DATA_ENV})")
 db_option = click.option("--database-url", help="SQLAlchemy URL (default: sqlite in --data)")
+blobs_option = click.option("--blobs", "blobs_url", envvar="LLAMAHUB_HUB_BLOBS", metavar="URL",
+                            help="where file contents live: s3://bucket/prefix (boto3's credentials and "
+                                 "AWS_ENDPOINT_URL; pip install 'llamahub[s3]'); default: --data's blobs/ "
+                                 "(env LLAMAHUB_HUB_BLOBS)")
 
 
 @click.group("hub")
@@ -54,13 +59,14 @@ def hub() -> None:
 @hub.command("init")
 @data_option
 @db_option
+@blobs_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def init_cmd(data: Path | None, database_url: str | None, as_json: bool) -> None:
+def init_cmd(data: Path | None, database_url: str | None, blobs_url: str | None, as_json: bool) -> None:
     """Create the signing key (Ed25519) and an admin token, printed once."""
     from llamahub.hub.context import init_hub
 
     data_dir = _data(data)
-    kid, token = init_hub(data_dir, database_url)
+    kid, token = init_hub(data_dir, database_url, blobs_url)
     key_file = data_dir / "keys" / f"{kid}.pem"
     if as_json:
         click.echo(json.dumps({"data": str(data_dir), "key_id": kid, "key_file": str(key_file),
@@ -76,6 +82,7 @@ def init_cmd(data: Path | None, database_url: str | None, as_json: bool) -> None
 @hub.command("serve")
 @data_option
 @db_option
+@blobs_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--public-url", help="the URL links, receipts and forms name (behind a proxy); "
@@ -89,7 +96,8 @@ def init_cmd(data: Path | None, database_url: str | None, as_json: bool) -> None
 @click.option("--rate-limit", "rate_limits", multiple=True, metavar="NAME=COUNT/SECONDS",
               help="change a rate limit (or NAME=off); defaults: register.ip=20/60, link.token=60/60, "
                    "link.ip=300/60, sign-in.ip=10/60, sign-in.token=10/60")
-def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int, public_url: str | None,
+def serve_cmd(data: Path | None, database_url: str | None, blobs_url: str | None, host: str, port: int,
+              public_url: str | None,
               link_ttl: int, max_downloads: int, log_level: str, rate_limits: tuple[str, ...]) -> None:
     """Serve the hub with uvicorn."""
     import uvicorn
@@ -97,7 +105,8 @@ def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int,
     from llamahub.hub.app import create_app
     from llamahub.hub.ratelimit import parse_limits
 
-    app = create_app(_data(data), public_url=public_url, database_url=database_url, link_ttl=link_ttl,
+    app = create_app(_data(data), public_url=public_url, database_url=database_url, blobs_url=blobs_url,
+                     link_ttl=link_ttl,
                      max_downloads=max_downloads, rate_limits=parse_limits(rate_limits))
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
@@ -109,15 +118,16 @@ def serve_cmd(data: Path | None, database_url: str | None, host: str, port: int,
               "not the other one converted from it")
 @data_option
 @db_option
+@blobs_option
 def import_cmd(folder: Path, variant_name: str, no_convert: bool, data: Path | None,
-               database_url: str | None) -> None:
+               database_url: str | None, blobs_url: str | None) -> None:
     """Import a Meta download (root or model folder) or an HF folder, after checking it; the other
     layout is converted from it and served too (unless --no-convert)."""
     from llamahub.hub.importer import import_folder
     from llamahub.plugins import resolve  # shipped and plugin variants alike
 
     variant = resolve(variant_name)
-    with _opened(data, database_url) as (store, blobs):
+    with _opened(data, database_url, blobs_url) as (store, blobs):
         report = import_folder(store, blobs, folder, variant, convert=not no_convert)
     click.echo(f"imported {report.variant} ({report.format}): {len(report.files)} files, "
                f"{report.bytes:,} bytes ({report.new_blobs} new blobs); "
@@ -127,11 +137,12 @@ def import_cmd(folder: Path, variant_name: str, no_convert: bool, data: Path | N
 @hub.command("seed-demo")
 @data_option
 @db_option
-def seed_demo_cmd(data: Path | None, database_url: str | None) -> None:
+@blobs_option
+def seed_demo_cmd(data: Path | None, database_url: str | None, blobs_url: str | None) -> None:
     """Generate and import the tiny random-weight llama-debug variants."""
     from llamahub.hub.importer import seed_demo
 
-    with _opened(data, database_url) as (store, blobs), \
+    with _opened(data, database_url, blobs_url) as (store, blobs), \
             tempfile.TemporaryDirectory(dir=_data(data), prefix="seed-") as work:
         seed_demo(store, blobs, Path(work), echo=click.echo)
 

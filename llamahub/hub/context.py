@@ -1,6 +1,7 @@
 """What a running hub holds: its store, blobs, keys and settings; creating and opening a data dir.
 
-A data dir holds ``hub.db`` (SQLite, unless a database URL is given), ``blobs/`` and ``keys/``.
+A data dir holds ``hub.db`` (SQLite, unless a database URL is given), ``blobs/`` (unless a blob
+store URL is given: ``s3://bucket/prefix``) and ``keys/``.
 ``init_hub`` creates the first signing key and an admin token (printed once, stored hashed).
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamahub.hub.blobs import BlobStore
+from llamahub.hub.blobs import Blobs, open_blobs
 from llamahub.hub.errors import ConflictError, NotInitialisedError
 from llamahub.hub.keys import KeyRing
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
@@ -28,7 +29,7 @@ DATA_ENV = "LLAMAHUB_HUB_DATA"
 class HubContext:
     data_dir: Path
     store: Store
-    blobs: BlobStore
+    blobs: Blobs
     keys: KeyRing
     public_url: str | None = None
     clock: Callable[[], float] = time.time
@@ -54,8 +55,8 @@ def is_hub(data_dir: Path, database_url: str | None = None) -> bool:
     return (data_dir / "keys").is_dir() if database_url else (data_dir / "hub.db").is_file()
 
 
-def open_store(data_dir: Path, database_url: str | None = None, *,
-               create: bool = False) -> tuple[Store, BlobStore, KeyRing]:
+def open_store(data_dir: Path, database_url: str | None = None, *, blobs_url: str | None = None,
+               create: bool = False) -> tuple[Store, Blobs, KeyRing]:
     """Open the store, blobs and key ring of the hub in ``data_dir``.
 
     Only ``create=True`` (``hub init``) makes a new one; otherwise a folder that is not a hub is
@@ -71,14 +72,19 @@ def open_store(data_dir: Path, database_url: str | None = None, *,
         os.close(os.open(data_dir / "hub.db", os.O_WRONLY | os.O_CREAT, 0o600))  # owner-only, like keys
     store = Store(database_url) if database_url else Store.for_dir(data_dir)
     store.create_all()
-    blobs = BlobStore(data_dir)
-    blobs.ensure()
+    blobs = open_blobs(data_dir, blobs_url)
+    try:
+        blobs.ensure()
+    except BaseException:
+        store.close()
+        raise
     return store, blobs, KeyRing(store, data_dir / "keys")
 
 
-def init_hub(data_dir: Path, database_url: str | None = None) -> tuple[str, str]:
+def init_hub(data_dir: Path, database_url: str | None = None,
+             blobs_url: str | None = None) -> tuple[str, str]:
     """Create the first signing key and an admin token; returns (key id, admin token)."""
-    store, _, keys = open_store(data_dir, database_url, create=True)
+    store, _, keys = open_store(data_dir, database_url, blobs_url=blobs_url, create=True)
     try:
         if store.signing_keys():
             raise ConflictError(f"the hub in {data_dir} is already initialised",
@@ -92,11 +98,12 @@ def init_hub(data_dir: Path, database_url: str | None = None) -> tuple[str, str]
     return kid, token
 
 
-def open_context(data_dir: Path, *, database_url: str | None = None, public_url: str | None = None,
+def open_context(data_dir: Path, *, database_url: str | None = None, blobs_url: str | None = None,
+                 public_url: str | None = None,
                  clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
                  max_downloads: int = DEFAULT_MAX_DOWNLOADS,
                  rate_limits: Mapping[str, Rate | None] | None = None) -> HubContext:
-    store, blobs, keys = open_store(data_dir, database_url)
+    store, blobs, keys = open_store(data_dir, database_url, blobs_url=blobs_url)
     if not store.signing_keys():
         store.close()
         raise NotInitialisedError(f"the hub in {data_dir} has no signing key yet",

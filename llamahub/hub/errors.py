@@ -68,3 +68,9 @@ class ImportRefusedError(HubError):
 class NotInitialisedError(HubError):
     code = "hub_not_initialised"
     status = 503
+
+
+class BlobStoreError(HubError):
+    """The blob store cannot be reached, refused a request or is full (try again later)."""
+
+    status = 503

@@ -14,6 +14,7 @@ Hugging Face protocol (:mod:`llamahub.hub.routes_hf`) serves both.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from llamahub.errors import CheckpointError, NotACheckpointError
 from llamahub.hub import layouts
-from llamahub.hub.blobs import BlobInfo, BlobStore
-from llamahub.hub.errors import ImportRefusedError
+from llamahub.hub.blobs import BlobInfo, Blobs
+from llamahub.hub.errors import HubError, ImportRefusedError
 from llamahub.hub.store import FileRecord, Store
 from llamahub.model.checklist import parse_checklist
 from llamahub.registry import Variant
@@ -52,7 +53,7 @@ class _Plan:
     checklists: dict[str, dict[str, str]]  # served path of a checklist -> {served path: md5}
 
 
-def import_folder(store: Store, blobs: BlobStore, folder: Path, variant: Variant, *,
+def import_folder(store: Store, blobs: Blobs, folder: Path, variant: Variant, *,
                   actor: str = "operator", convert: bool = True) -> ImportReport:
     """Verify ``folder`` as ``variant`` and record every file of it, and (``convert``) the other
     layout converted from it (:mod:`llamahub.hub.layouts`); see the module docstring."""
@@ -66,8 +67,7 @@ def import_folder(store: Store, blobs: BlobStore, folder: Path, variant: Variant
             infos[path] = _add(blobs, source)
         _verify_checklists(plan, infos)
         if convert:
-            blobs.ensure()
-            with tempfile.TemporaryDirectory(dir=blobs.tmp) as work:
+            with tempfile.TemporaryDirectory(dir=blobs.work_dir()) as work:
                 extra = {path: _add(blobs, source)
                          for path, source in _converted(plan, variant, Path(work)).items()}
         records = tuple(FileRecord(p, i.sha256, i.md5, i.size) for p, i in sorted(infos.items()))
@@ -77,13 +77,14 @@ def import_folder(store: Store, blobs: BlobStore, folder: Path, variant: Variant
     except BaseException:
         for info in [*infos.values(), *extra.values()]:
             if info.created and not store.blob_referenced(info.sha256):
-                blobs.remove(info.sha256)
+                with contextlib.suppress(HubError):  # an unreachable store keeps an unreferenced object
+                    blobs.remove(info.sha256)
         raise
     created = sum(i.created for i in [*infos.values(), *extra.values()])
     return ImportReport(variant.name, plan.format, records, created, converted)
 
 
-def _add(blobs: BlobStore, source: Path | bytes) -> BlobInfo:
+def _add(blobs: Blobs, source: Path | bytes) -> BlobInfo:
     return blobs.add_bytes(source) if isinstance(source, bytes) else blobs.add_file(source)
 
 
@@ -207,7 +208,7 @@ def _check_shapes(model_dir: Path, variant: Variant) -> None:
                                  hint="check --variant, or re-download the checkpoint") from e
 
 
-def seed_demo(store: Store, blobs: BlobStore, workdir: Path,
+def seed_demo(store: Store, blobs: Blobs, workdir: Path,
               echo: Callable[[str], None] | None = None) -> list[ImportReport]:
     """Generate the tiny random ``llama-debug`` variants in one Meta download root and import them."""
     from llamahub.model.writer import generate_checkpoint

@@ -11,10 +11,12 @@ anything is recorded; their blobs get digests like any other.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from llamahub.hub.errors import ImportRefusedError
 from llamahub.registry import Variant
@@ -27,23 +29,22 @@ def to_hf(model_dir: Path, variant: Variant, tokenizer: Path | None, texts: dict
           out: Path) -> dict[str, Path | bytes]:
     """Write ``variant``'s HF layout from the Meta folder ``model_dir`` into ``out``; returns
     ``{served path: file or bytes}`` with paths under ``<variant>/``."""
-    from llamahub.model import convert
     from llamahub.model.checkpoint import open_checkpoint
 
-    state = open_checkpoint(model_dir, args=variant.arch).state_dict()
-    hf_state = convert.meta_to_hf(state, variant.arch)
-    files = _write_safetensors(hf_state, out)
-    _verify(files, state, variant, "hf")
+    reader = open_checkpoint(model_dir, args=variant.arch).reader()
+    files, dtype = _write_safetensors(reader.tensors(), variant, out)
     bos, eos = _special_ids(tokenizer)
-    dtype = str(next(iter(hf_state.values())).dtype).removeprefix("torch.")
     config = variant.arch.to_hf_config(bos_token_id=bos, eos_token_id=eos, dtype=dtype)
     served: dict[str, Path | bytes] = {name: path for name, path in files.items()}
     served["config.json"] = _json(config)
     served["generation_config.json"] = _json({"bos_token_id": bos, "eos_token_id": eos,
                                               "do_sample": False})
     if tokenizer is not None:
+        from llamahub.model.hf_tokenizer import tokenizer_files
+
         served["tokenizer.model"] = tokenizer
-        served.update(_tokenizer_configs(variant))
+        served.update(tokenizer_files(tokenizer, chat_format=variant.chat_format,
+                                      context_length=variant.context_length))
     for name in HF_TEXTS:
         if name in texts:
             served[name] = texts[name]
@@ -52,12 +53,22 @@ def to_hf(model_dir: Path, variant: Variant, tokenizer: Path | None, texts: dict
 
 def to_meta(hf_dir: Path, variant: Variant, out: Path) -> dict[str, Path | bytes]:
     """Write ``variant``'s Meta layout from the HF folder ``hf_dir`` into ``out``; returns
-    ``{served path: file}`` with Meta's download-root paths."""
-    from llamahub.model.checkpoint import open_checkpoint
-    from llamahub.model.writer import write_checklist, write_meta
+    ``{served path: file}`` with Meta's download-root paths. One Meta shard is cut, written and
+    read back at a time."""
+    from llamahub.model.checkpoint import load_pth, open_checkpoint
+    from llamahub.model.writer import write_checklist, write_meta_shards
 
     source = open_checkpoint(hf_dir, args=variant.arch)
-    state = source.state_dict()
+    reader = source.reader()
+    reader.check()
+    n, emb = variant.shards, 1 if variant.meta_llama2_vocab else 0
+
+    def shard(rank: int) -> dict[str, torch.Tensor]:
+        part = reader.shard(rank, n, embedding_dim=emb)
+        if variant.arch.tie_embeddings:
+            part.pop("output.weight", None)
+        return part
+
     tok_dir = out if variant.tokenizer_location == "top" else out / variant.meta_folder
     served: dict[str, Path | bytes] = {}
     if source.tokenizer_path is not None:
@@ -65,10 +76,11 @@ def to_meta(hf_dir: Path, variant: Variant, out: Path) -> dict[str, Path | bytes
         (tok_dir / "tokenizer.model").write_bytes(source.tokenizer_path.read_bytes())
         if variant.tokenizer_location == "top":
             write_checklist(out, ["tokenizer.model"], "tokenizer_checklist.chk")
-    folder = write_meta(out / variant.meta_folder, variant.arch, state, shards=variant.shards,
-                        llama2_style=variant.meta_llama2_vocab)
-    written = open_checkpoint(folder, args=variant.arch).state_dict()
-    _same(written, state, variant, "meta")
+    folder = write_meta_shards(out / variant.meta_folder, variant.arch, (shard(r) for r in range(n)),
+                               llama2_style=variant.meta_llama2_vocab)
+    for rank in range(n):
+        _same(load_pth(folder / f"consolidated.{rank:02d}.pth"), shard(rank), variant, "meta")
+    open_checkpoint(folder, args=variant.arch).reader().check()  # the shards add up to the model
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         served[path.relative_to(out).as_posix()] = path
     for name in HF_TEXTS:
@@ -77,46 +89,70 @@ def to_meta(hf_dir: Path, variant: Variant, out: Path) -> dict[str, Path | bytes
     return served
 
 
-def _write_safetensors(state: dict[str, torch.Tensor], out: Path) -> dict[str, Path]:
-    """``model.safetensors``, or shards of at most SHARD_BYTES and ``model.safetensors.index.json``."""
-    from safetensors.torch import save_file
+def _write_safetensors(tensors: Iterator[tuple[str, torch.Tensor]], variant: Variant,
+                       out: Path) -> tuple[dict[str, Path], str]:
+    """``model.safetensors``, or shards of at most SHARD_BYTES and ``model.safetensors.index.json``,
+    from Meta-named tensors; returns the files and the dtype's name.
 
+    One shard is held at a time: each is written, read back, converted to Meta's names and
+    compared with the source tensors before the next is made, so a 70B model converts in about
+    one shard's memory.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    groups: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for key, t in state.items():
-        n = t.numel() * t.element_size()
-        if groups[-1] and size + n > SHARD_BYTES:
-            groups.append({})
-            size = 0
-        groups[-1][key] = t
-        size += n
-    if len(groups) == 1:
-        save_file(groups[0], str(out / "model.safetensors"), metadata={"format": "pt"})
-        return {"model.safetensors": out / "model.safetensors"}
-    files: dict[str, Path] = {}
+    parts: list[Path] = []
     weight_map: dict[str, str] = {}
-    for i, group in enumerate(groups, 1):
-        name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        save_file(group, str(out / name), metadata={"format": "pt"})
+    total, dtype = 0, "float32"
+    for group in _groups(tensors, variant):
+        part = out / f"part-{len(parts)}.safetensors"
+        hf = {hf_key: t for hf_key, (_, _, t) in group.items()}
+        save_file(hf, str(part), metadata={"format": "pt"})
+        _verify(part, {meta_key: source for meta_key, source, _ in group.values()}, variant)
+        weight_map.update(dict.fromkeys(hf, part.name))
+        total += sum(t.numel() * t.element_size() for t in hf.values())
+        dtype = str(next(iter(hf.values())).dtype).removeprefix("torch.")
+        parts.append(part)
+    if len(parts) == 1:
+        parts[0].replace(out / "model.safetensors")
+        return {"model.safetensors": out / "model.safetensors"}, dtype
+    files: dict[str, Path] = {}
+    for i, part in enumerate(parts, 1):
+        name = f"model-{i:05d}-of-{len(parts):05d}.safetensors"
+        part.replace(out / name)
         files[name] = out / name
-        weight_map.update(dict.fromkeys(group, name))
-    total = sum(t.numel() * t.element_size() for t in state.values())
+    names = {p.name: n for p, n in zip(parts, files, strict=True)}
     index = out / "model.safetensors.index.json"
-    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    index.write_text(json.dumps({"metadata": {"total_size": total},
+                                 "weight_map": {k: names[v] for k, v in weight_map.items()}}, indent=2))
     files[index.name] = index
-    return files
+    return files, dtype
 
 
-def _verify(files: dict[str, Path], state: dict[str, torch.Tensor], variant: Variant, layout: str) -> None:
+def _groups(tensors: Iterator[tuple[str, torch.Tensor]],
+            variant: Variant) -> Iterator[dict[str, tuple[str, torch.Tensor, torch.Tensor]]]:
+    """``{hf key: (meta key, source tensor, HF tensor)}`` groups of at most SHARD_BYTES (a bigger
+    tensor alone)."""
+    from llamahub.model import convert
+
+    group: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = {}
+    size = 0
+    for key, source in tensors:
+        for hf_key, t in convert.meta_to_hf({key: source}, variant.arch).items():
+            n = t.numel() * t.element_size()
+            if group and size + n > SHARD_BYTES:
+                yield group
+                group, size = {}, 0
+            group[hf_key] = (key, source, t)
+            size += n
+    if group:
+        yield group
+
+
+def _verify(part: Path, sources: dict[str, torch.Tensor], variant: Variant) -> None:
+    """The shard at ``part``, read back in Meta's names, equals the source tensors it came from."""
     from llamahub.model import convert
     from llamahub.model.checkpoint import load_safetensors
 
-    hf: dict[str, torch.Tensor] = {}
-    for name, path in files.items():
-        if name.endswith(".safetensors"):
-            hf.update(load_safetensors(path))
-    _same(convert.hf_to_meta(hf, variant.arch), state, variant, layout)
+    _same(convert.hf_to_meta(load_safetensors(part), variant.arch), sources, variant, "hf")
 
 
 def _same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], variant: Variant, layout: str) -> None:
@@ -128,24 +164,15 @@ def _same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], variant: 
                                  hint="report this as a bug; import with --no-convert meanwhile")
 
 
-def _special_ids(tokenizer: Path | None) -> tuple[int, int]:
+def _special_ids(tokenizer: Path | None) -> tuple[int, int | list[int]]:
+    """BOS and the id(s) generation stops at (Llama 3.x: end of text, of turn and of message)."""
     if tokenizer is None:
         return 1, 2
     from llamahub.model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
-    return tok.bos_id, tok.eos_id
-
-
-def _tokenizer_configs(variant: Variant) -> dict[str, bytes]:
-    """What ``AutoTokenizer`` reads beside ``tokenizer.model`` (SentencePiece families)."""
-    if variant.tokenizer != "sentencepiece":
-        return {}
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
-    config = {"tokenizer_class": "LlamaTokenizer", **special, "add_bos_token": True, "add_eos_token": False,
-              "legacy": False, "model_max_length": variant.context_length,
-              "clean_up_tokenization_spaces": False}
-    return {"tokenizer_config.json": _json(config), "special_tokens_map.json": _json(special)}
+    stops = sorted(tok.stop_ids)
+    return tok.bos_id, stops[0] if len(stops) == 1 else stops
 
 
 def _json(data: Any) -> bytes:

@@ -25,12 +25,12 @@ from fastapi.responses import JSONResponse, Response
 from llamahub.hub import hf_repos
 from llamahub.hub import models as m
 from llamahub.hub.accounts import gate_grants, gate_profile
+from llamahub.hub.blobserve import FILE_RESPONSES, blob_response
 from llamahub.hub.context import HubContext
 from llamahub.hub.deps import MAX_TOKEN, Ctx, User
 from llamahub.hub.errors import HubError
 from llamahub.hub.hf_repos import Repo, RepoFile
 from llamahub.hub.links import MAX_PATH, parse_range
-from llamahub.hub.routes_links import FILE_RESPONSES, _blob_response, _read
 from llamahub.policy import check
 
 router = APIRouter(tags=["huggingface"], responses=m.ERRORS)
@@ -106,25 +106,30 @@ def whoami(user: User) -> dict[str, Any]:
 @router.get("/api/models/{repo_path:path}", response_model=None,
             responses={200: {"description": "repo info, or the tree listing (a JSON array)"}})
 def models_api(request: Request, ctx: Ctx, repo_path: str, recursive: str = "false") -> Any:
-    """Repo info (``/api/models/{repo}[/revision/{rev}]``) and the file tree
-    (``/api/models/{repo}/tree/{rev}[/{path}]``), public as on the Hugging Face Hub."""
+    """Repo info (``/api/models/{repo}[/revision/{rev}]``), the file tree
+    (``/api/models/{repo}/tree/{rev}[/{path}]``), the refs (``/api/models/{repo}/refs``) and the
+    history (``/api/models/{repo}/commits/{rev}``), public as on the Hugging Face Hub."""
     parts = hf_repos.segments(_raw_path(request, "/api/models/"))
-    split = hf_repos.split_repo(parts, ("revision", "tree")) if parts else None
+    split = hf_repos.split_repo(parts, ("revision", "tree", "refs", "commits")) if parts else None
     if split is None:
         raise _not_found(repo_path[:200])
     repo_id, keyword, rest = split
     repo = _repo(ctx, repo_id)
     if keyword is None:
         return _info(ctx, repo)
+    if keyword == "refs":
+        if rest:
+            raise _not_found(repo_id)
+        return _refs(repo, "include_prs" in request.query_params)
     if not rest:
         raise HfError(404, "RevisionNotFound", f"{keyword} needs a revision", code="revision_not_found",
                       hint=f"GET /api/models/{repo.id}/{keyword}/main")
     revision = rest[0]
-    if keyword == "revision":
+    if keyword in ("revision", "commits"):
         if len(rest) != 1:
             raise _not_found(repo_id)
         _revision(repo, revision)
-        return _info(ctx, repo)
+        return _info(ctx, repo) if keyword == "revision" else _commits(repo)
     commit = _revision(repo, revision)
     return _tree(repo, commit, "/".join(rest[1:]), recursive.lower() in ("1", "true"))
 
@@ -146,6 +151,20 @@ def _info(ctx: HubContext, repo: Repo) -> dict[str, Any]:
         "llamahub": {"variant": v.name, "family": v.family, "license": v.license, "layout": repo.layout,
                      "accept": f"/api/licenses/{v.license}/accept"},
     }
+
+
+def _refs(repo: Repo, with_prs: bool) -> dict[str, Any]:
+    """One branch, ``main``, at the commit of what is imported; no tags, conversions or PRs."""
+    main = {"name": hf_repos.MAIN, "ref": f"refs/heads/{hf_repos.MAIN}", "targetCommit": repo.commit}
+    refs: dict[str, Any] = {"branches": [main], "converts": [], "tags": []}
+    return refs | ({"pullRequests": []} if with_prs else {})
+
+
+def _commits(repo: Repo) -> list[dict[str, Any]]:
+    """The history of a repo: the one commit of its import (a re-import makes a new one)."""
+    title = f"Import {repo.variant.name} ({repo.layout} layout)"
+    return [{"id": repo.commit, "authors": [{"user": "llamahub"}], "date": _iso(repo.imported_at),
+             "title": title, "message": ""}]
 
 
 def _tree(repo: Repo, commit: str, path: str, recursive: bool) -> JSONResponse:
@@ -249,12 +268,12 @@ def _serve(request: Request, ctx: HubContext, repo: Repo, f: RepoFile, commit: s
         span = None
     row = {"size": f.size, "sha256": f.sha256, "md5": f.md5}
     if request.method == "HEAD":
-        response = _blob_response(row, span, etag, None)
+        response = blob_response(row, span, etag, None)
     else:
         start, length = (span[0], span[1] - span[0] + 1) if span else (0, f.size)
         if start == 0:
             ctx.store.record(f"user:{user['id']}", "hf.download", repo.id, path=f.path, commit=commit,
                              variant=repo.variant.name, bytes=length)
-        response = _blob_response(row, span, etag, _read(ctx.blobs.path(f.sha256), start, length))
+        response = blob_response(row, span, etag, ctx.blobs.reader(f.sha256, start, length))
     response.headers.update({"X-Repo-Commit": commit, "X-Linked-Etag": etag, "X-Linked-Size": str(f.size)})
     return response

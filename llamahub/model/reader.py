@@ -11,6 +11,7 @@ Meta shards peaks near the size of the weights, not twice that. ``state_dict()``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -91,12 +92,14 @@ class CheckpointReader:
         return self.shard(0, 1, rope_layout=rope_layout, dtype=dtype)
 
     def shard(self, rank: int, world: int, *, rope_layout: str = "interleaved",
-              dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+              dtype: torch.dtype | None = None, embedding_dim: int = 0) -> dict[str, torch.Tensor]:
         """The tensors tensor-parallel rank ``rank`` of ``world`` holds, checked.
 
         Column-parallel weights (wq, wk, wv, w1, w3, output) are split on dim 0, row-parallel
         ones (wo, w2) on dim 1, the embedding as ``embedding_split_dim()`` says, norms are
-        whole. ``dtype`` converts while copying (no second copy).
+        whole. ``dtype`` converts while copying (no second copy). ``embedding_dim`` is the
+        embedding's split of an HF folder (1 cuts it as Llama 2's Meta shards do); a Meta folder's
+        own split is kept.
         """
         if not 0 <= rank < world:
             raise CheckpointError(f"rank {rank} is not in a world of {world}",
@@ -107,12 +110,24 @@ class CheckpointReader:
                 raise CheckpointError("Meta checkpoints are read in the interleaved RoPE layout",
                                       hint="ask for rope_layout='interleaved'")
             return self._meta_shard(rank, world, dtype)
-        return self._hf_shard(rank, world, rope_layout, dtype)
+        return dict(self._hf_items(rank, world, rope_layout, dtype, embedding_dim))
+
+    def tensors(self, *, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """The whole model (shards merged), one tensor at a time in Meta naming and the
+        interleaved RoPE layout: at most one merged tensor is held at once, for converters."""
+        self.check()
+        if self.format == "meta":
+            yield from self._meta_items(0, 1, dtype)
+        else:
+            yield from self._hf_items(0, 1, "interleaved", dtype)
 
     def _meta_shard(self, rank: int, world: int, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        return dict(self._meta_items(rank, world, dtype))
+
+    def _meta_items(self, rank: int, world: int,
+                    dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
         files = self._meta_files()
         emb = self.embedding_split_dim()
-        out: dict[str, torch.Tensor] = {}
         for key in files[0]:
             if key in convert.IGNORED_META_KEYS:
                 continue
@@ -122,32 +137,29 @@ class CheckpointReader:
                                              hint="re-download the checkpoint")
             along = convert.shard_dim(key, emb)
             if along is None:
-                out[key] = _convert(parts[0], dtype)  # type: ignore[arg-type]
+                yield key, _convert(parts[0], dtype)  # type: ignore[arg-type]
             elif world == len(files):
-                out[key] = _convert(parts[rank], dtype)  # type: ignore[arg-type]
+                yield key, _convert(parts[rank], dtype)  # type: ignore[arg-type]
             else:
-                out[key] = self._slice(key, parts, along, rank, world, dtype)  # type: ignore[arg-type]
-        return out
+                yield key, self._slice(key, parts, along, rank, world, dtype)  # type: ignore[arg-type]
 
-    def _hf_shard(self, rank: int, world: int, rope_layout: str,
-                  dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+    def _hf_items(self, rank: int, world: int, rope_layout: str, dtype: torch.dtype | None,
+                  embedding_dim: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
         for path in self._hf_paths():
             raw = load_safetensors(path)
             meta = convert.hf_to_meta(raw, self.args, permute=rope_layout == "interleaved")
             for key, t in meta.items():
-                along = convert.shard_dim(key, 0)
+                along = convert.shard_dim(key, embedding_dim)
                 if along is None or world == 1:
                     piece = _convert(t, dtype)
                 else:
                     piece = self._slice(key, [t], along, rank, world, dtype)
-                out[key] = piece
                 if piece.untyped_storage().data_ptr() != t.untyped_storage().data_ptr():
                     madvise_dontneed(t)  # a permuted or converted copy: drop the source's pages
+                yield key, piece
             for key, t in raw.items():
                 if key.endswith(("q_proj.weight", "k_proj.weight")) and rope_layout == "interleaved":
                     madvise_dontneed(t)
-        return out
 
     def _slice(self, key: str, parts: list[torch.Tensor], along: int, rank: int, world: int,
                dtype: torch.dtype | None) -> torch.Tensor:

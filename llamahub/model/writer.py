@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -75,16 +75,23 @@ def write_meta(folder: Path, args: ModelArgs, state: Mapping[str, torch.Tensor],
 
     ``llama2_style`` splits the embedding on dim 1 and writes ``vocab_size: -1``, as Llama 2 did.
     """
-    folder.mkdir(parents=True, exist_ok=True)
     state = dict(state)
     if args.tie_embeddings:
         state.pop("output.weight", None)
     parts = convert.split_shards(state, shards, embedding_dim=1 if llama2_style else 0)
+    return write_meta_shards(folder, args, parts, llama2_style=llama2_style, variant=variant)
+
+
+def write_meta_shards(folder: Path, args: ModelArgs, parts: Iterable[Mapping[str, torch.Tensor]], *,
+                      llama2_style: bool = False, variant: str | None = None) -> Path:
+    """``write_meta`` from shards already cut, saved one by one as ``parts`` yields them (a
+    converter holds one shard at a time)."""
+    folder.mkdir(parents=True, exist_ok=True)
     names = []
     for i, part in enumerate(parts):
         name = f"consolidated.{i:02d}.pth"
         with atomic_open(folder / name, durable=False) as f:
-            torch.save(part, f)
+            torch.save({key: _compact(t) for key, t in part.items()}, f)
         names.append(name)
     params = args.to_params(llama2_vocab=llama2_style)
     _atomic_write_bytes(folder / "params.json", json.dumps(params, indent=2).encode())
@@ -93,6 +100,12 @@ def write_meta(folder: Path, args: ModelArgs, state: Mapping[str, torch.Tensor],
     if variant:
         _atomic_write_bytes(folder / MARKER, json.dumps({"variant": variant}).encode())
     return folder
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` alone in its storage: torch.save writes a view's whole storage, not the view."""
+    whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    return t if whole and t.is_contiguous() else t.clone(memory_format=torch.contiguous_format)
 
 
 def write_hf(folder: Path, args: ModelArgs, state: Mapping[str, torch.Tensor], *,

@@ -48,6 +48,10 @@ class TrainConfig(BaseModel):
     dtype: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     processes: int = Field(1, ge=1, le=64)  # data-parallel ranks (gloo on CPU, NCCL on GPUs)
+    # how ranks share the work: DDP (every rank holds the weights) or FSDP (sharded; full and qat)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    # mixed precision of the forward: auto = bf16 autocast on a GPU, none on the CPU
+    autocast: Literal["auto", "off", "bf16"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per rank
 
 

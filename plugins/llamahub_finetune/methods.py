@@ -17,9 +17,10 @@ import llamahub.plugin as lp
 
 from . import data as D
 from . import lora as L
+from . import parallel as P
 from . import qat as Q
 from .config import LoraConfig, QatConfig, TrainConfig
-from .train import Loop, Rank, device_for, fingerprint, free_port
+from .train import Loop, Rank, check_gpus, device_for, dist_backend, fingerprint, free_port
 
 RESULT = "result.pt"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -79,6 +80,8 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
         data_sha = hashlib.file_digest(f, "sha256").hexdigest()
     loop = Loop(model, cfg, rank, device, make_batch, job.workdir, fingerprint(job, cfg, data_sha))
     metrics = loop.run(train, held, job.progress)
+    # full weights on every rank's call (FSDP gathers its shards; rank 0 receives them)
+    full = None if isinstance(cfg, LoraConfig) else P.full_state(model)
     if rank.rank != 0:
         return None
     files: list[str] = []
@@ -88,11 +91,13 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
                                                         job.base.name)]
         state = L.merged_state(model)
     elif isinstance(cfg, QatConfig):
-        state, packed = Q.quantized_state(model)
+        assert full is not None
+        state, packed = Q.quantized_state(model, full)
         files = [f"quantized/{n}" for n in Q.save_quantized(job.output / "quantized", packed, cfg.bits,
                                                              cfg.group_size)]
     else:
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        assert full is not None
+        state = full
     loop.discard_checkpoint()
     return {
         "state_dict": {k: v.cpu() for k, v in state.items()}, "args": ref.args, "files": tuple(files),
@@ -100,15 +105,19 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
                     "tokens": metrics.tokens, "seconds": metrics.seconds,
                     "tokens_per_second": metrics.tokens / metrics.seconds if metrics.seconds else None,
                     "resumed_from": metrics.resumed_from, "train_examples": len(train),
-                    "eval_examples": len(held), "processes": rank.world},
+                    "eval_examples": len(held), "processes": rank.world,
+                    "parallel": cfg.parallel if rank.world > 1 else None},
     }
 
 
 def _worker(rank: int, world: int, port: int, job: lp.FinetuneJob, cfg: TrainConfig) -> None:
     import torch.distributed as dist
 
-    backend = "nccl" if device_for(cfg, rank).type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    device = device_for(cfg, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(dist_backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, device_id=device if device.type == "cuda" else None)
     try:
         result = train_rank(job, cfg, Rank(rank, world))
         if result is not None:
@@ -118,6 +127,9 @@ def _worker(rank: int, world: int, port: int, job: lp.FinetuneJob, cfg: TrainCon
 
 
 def run(job: lp.FinetuneJob, cfg: TrainConfig) -> lp.FinetuneResult:
+    P.check(str(getattr(cfg, "method", "full")), cfg.parallel, cfg.processes)
+    if cfg.device == "cuda":
+        check_gpus(cfg)  # here, before any rank starts: a clear error instead of a failed rank
     if cfg.processes == 1:
         fields = train_rank(job, cfg, Rank())
     else:

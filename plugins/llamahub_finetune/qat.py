@@ -85,12 +85,14 @@ def add_fake_quant(model: lp.Transformer, targets: tuple[str, ...], bits: int, g
     return names
 
 
-def quantized_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def quantized_state(model: nn.Module, full: Mapping[str, torch.Tensor] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(the full state with every fake-quantized weight replaced by its dequantized value,
-    the integers and scales of those weights)."""
+    the integers and scales of those weights). ``full``: the model's full weights when its own
+    state dict is sharded (FSDP)."""
     owners = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
     state, packed = {}, {}
-    for key, value in model.state_dict().items():
+    for key, value in (full if full is not None else model.state_dict()).items():
         module = owners.get(key)
         if module is None:
             state[key] = value.detach().clone()

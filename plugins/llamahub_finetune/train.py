@@ -1,11 +1,19 @@
 """The training loop every method shares: seeded, resumable, data-parallel, with progress.
 
 One optimizer step sees ``batch_size`` examples across all ranks: each rank takes its share of
-the step's examples, sums its token losses, divides by the step's token count over every rank,
-and the gradients are summed across ranks (one all-reduce of a flat buffer), so a step's update
-is the same as one process would make on the whole batch. Data order comes from a generator
-seeded by (seed, epoch); checkpoints keep the trainable tensors, optimizer and scheduler state
-and every rank's RNG state, so a resumed run makes the same updates as an uninterrupted one.
+the step's examples, sums its token losses and divides by the step's token count over every
+rank. The model trains through torch's DistributedDataParallel (or FSDP, see ``parallel.py``),
+which averages gradients over the ranks; each rank's loss is scaled by the world size, so the
+averaged gradient is the sum of every rank's and a step's update is the one a single process
+makes on the whole batch. A rank whose share is empty still runs a forward and backward (on a
+batch weighted 0), as the gradient all-reduce needs every rank. Data order comes from a
+generator seeded by (seed, epoch); checkpoints keep the trainable tensors, optimizer and
+scheduler state (full tensors, whatever the sharding) and every rank's RNG state, so a resumed
+run makes the same updates as an uninterrupted one.
+
+On a GPU the forward runs under ``torch.autocast`` in bf16 (``autocast = "auto"``), the weights
+and optimizer state staying in the config's dtype; ``autocast = "bf16"`` asks for the same on
+the CPU.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from torch import nn
 import llamahub.plugin as lp
 
 from . import data as D
+from . import parallel as P
 from .config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -55,26 +64,54 @@ class Metrics:
 
 def fingerprint(job: lp.FinetuneJob, cfg: TrainConfig, data_sha: str) -> str:
     """What must match for a checkpoint to be resumed: base, data, context and settings."""
-    settings = cfg.model_dump(exclude={"resume", "checkpoint_every", "processes", "threads", "eval_every"})
+    settings = cfg.model_dump(exclude={"resume", "checkpoint_every", "processes", "threads", "eval_every",
+                                       "parallel"})
     what = {"base": job.base.name, "data": data_sha, "config": settings,
             "context": job.options.context_length, "rope": dict(job.options.rope_scaling or {})}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def device_for(cfg: TrainConfig, rank: int) -> torch.device:
+    """Rank ``rank``'s device: its own GPU (``device = "cuda"``, or "auto" with a GPU), else the CPU."""
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise lp.ConfigError("device = 'cuda' but this torch sees no GPU",
-                                 hint="set device = 'cpu' (or 'auto')")
-        return torch.device("cuda", rank % torch.cuda.device_count())
+        check_gpus(cfg)
+        return torch.device("cuda", rank)
     return torch.device("cpu")
 
 
-def batch_loss(model: nn.Module, batch: D.Batch, device: torch.device) -> torch.Tensor:
-    """The summed cross-entropy of the batch's targets (a 0-d tensor)."""
+def check_gpus(cfg: TrainConfig) -> None:
+    """Refuse ``device = "cuda"`` without enough GPUs: NCCL wants one GPU per rank."""
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found == 0:
+        build = f"a CPU-only build ({torch.__version__})" if torch.version.cuda is None else \
+            f"CUDA {torch.version.cuda}, but no GPU is visible (CUDA_VISIBLE_DEVICES, driver?)"
+        raise lp.ConfigError(f"device = 'cuda' but this torch sees no GPU: {build}",
+                             hint="set device = 'cpu' (or 'auto'), or install a CUDA build of torch")
+    if cfg.processes > found:
+        raise lp.ConfigError(f"processes = {cfg.processes} on device = 'cuda' needs {cfg.processes} GPUs "
+                             f"(one per rank), and {found} are visible",
+                             hint=f"set processes to at most {found}")
+
+
+def dist_backend(device: torch.device) -> str:
+    """NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU by default (or anywhere when asked); None: plain precision."""
+    if cfg.autocast == "bf16" or (cfg.autocast == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def batch_loss(model: nn.Module, batch: D.Batch, device: torch.device,
+               autocast: torch.dtype | None = None) -> torch.Tensor:
+    """The summed cross-entropy of the batch's targets (a 0-d float32 tensor)."""
     mask = batch.mask.to(device) if batch.mask is not None else None
-    logits = model(batch.inputs.to(device), use_cache=False, mask=mask)
-    return F.cross_entropy(logits.flatten(0, 1), batch.targets.to(device).flatten(),
+    with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits = model(batch.inputs.to(device), use_cache=False, mask=mask)
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.to(device).flatten(),
                            ignore_index=D.IGNORE, reduction="sum")
 
 
@@ -84,6 +121,9 @@ class Loop:
     def __init__(self, model: nn.Module, cfg: TrainConfig, rank: Rank, device: torch.device,
                  make_batch: Callable[[list[D.Example]], D.Batch], workdir: Path, stamp: str) -> None:
         self.model, self.cfg, self.rank, self.device = model, cfg, rank, device
+        # what the steps run through; FSDP swaps the parameters for shards, so they are read after
+        self.wrapped = P.wrap(model, cfg.parallel, rank.world, device)
+        self.autocast = autocast_dtype(cfg, device)
         self.make_batch = make_batch
         self.workdir, self.stamp = workdir, stamp
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -96,18 +136,17 @@ class Loop:
 
     # --- checkpoints -------------------------------------------------------------------
 
-    def _trainable(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
     def save(self) -> None:
+        trainable = P.trainable_state(self.model)  # every rank: FSDP gathers the shards
+        optimizer = P.optimizer_state(self.model, self.opt)
         states = [torch.get_rng_state()]
         if self.rank.world > 1:
             states = [None] * self.rank.world  # type: ignore[list-item]
             dist.all_gather_object(states, torch.get_rng_state())
         if self.rank.rank != 0:
             return
-        blob = {"stamp": self.stamp, "step": self.step, "trainable": self._trainable(),
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+        blob = {"stamp": self.stamp, "step": self.step, "trainable": trainable,
+                "optimizer": optimizer, "scheduler": self.sched.state_dict(),
                 "rng": states, "metrics": vars(self.metrics)}
         self.workdir.mkdir(parents=True, exist_ok=True)
         tmp = self.workdir / f"{CHECKPOINT}.tmp"
@@ -121,11 +160,8 @@ class Loop:
         blob = torch.load(path, weights_only=False, map_location="cpu")
         if blob.get("stamp") != self.stamp or len(blob["rng"]) != self.rank.world:
             return False  # another job's, or other settings: start afresh
-        with torch.no_grad():
-            for name, p in self.model.named_parameters():
-                if name in blob["trainable"]:
-                    p.copy_(blob["trainable"][name])
-        self.opt.load_state_dict(blob["optimizer"])
+        P.load_trainable(self.model, blob["trainable"])
+        P.load_optimizer(self.model, self.opt, blob["optimizer"])
         self.sched.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["rng"][self.rank.rank])
         self.step = int(blob["step"])
@@ -143,36 +179,29 @@ class Loop:
 
     def train_step(self, examples: list[D.Example]) -> float:
         mine = self._share(examples)
-        batch = self.make_batch(mine) if mine else None
-        count = torch.tensor([float(batch.n_targets if batch else 0)])
+        # a rank without examples still runs a forward and backward (weight 0): DDP and FSDP
+        # reduce gradients in the backward, and every rank must join
+        batch = self.make_batch(mine or examples[:1])
+        count = torch.tensor([float(batch.n_targets if mine else 0)])
         total = self.rank.all_sum(count.clone()).item()
         self.opt.zero_grad(set_to_none=False)
         local = torch.zeros(())
-        if batch is not None and total > 0:
-            loss = batch_loss(self.model, batch, self.device)
-            (loss / total).backward()
-            local = loss.detach().cpu()
-            self.metrics.tokens += batch.inputs.numel() * self.rank.world
-        self._reduce_grads()
+        if total > 0:
+            loss = batch_loss(self.wrapped, batch, self.device, self.autocast)
+            # the wrapper averages gradients over ranks: x world makes that average their sum
+            weight = self.rank.world / total if mine else 0.0
+            (loss * weight if self.rank.world > 1 else loss / total).backward()
+            if mine:
+                local = loss.detach().cpu()
+                self.metrics.tokens += batch.inputs.numel() * self.rank.world
+        for p in self.params:  # a step without targets still steps (weight decay, schedule)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
         self.opt.step()
         self.sched.step()
         return self.rank.all_sum(local.reshape(1).float()).item() / max(total, 1.0)
-
-    def _reduce_grads(self) -> None:
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        if self.rank.world == 1:
-            return
-        flat = torch.cat([p.grad.flatten() for p in self.params])
-        dist.all_reduce(flat)
-        at = 0
-        for p in self.params:
-            n = p.grad.numel()
-            p.grad.copy_(flat[at:at + n].view_as(p.grad))
-            at += n
 
     @torch.no_grad()
     def evaluate(self, examples: list[D.Example]) -> float | None:
@@ -180,10 +209,17 @@ class Loop:
             return None
         self.model.eval()
         mine = self._share(examples)
+        size = self.cfg.batch_size
+        # FSDP gathers each block's weights in every forward: every rank runs as many batches
+        # (the longest share's), a rank past its own share on a batch counted 0
+        batches = math.ceil(math.ceil(len(examples) / self.rank.world) / size)
         total = torch.zeros(2)
-        for i in range(0, len(mine), self.cfg.batch_size):
-            batch = self.make_batch(mine[i:i + self.cfg.batch_size])
-            total += torch.tensor([batch_loss(self.model, batch, self.device).item(), batch.n_targets])
+        for i in range(0, batches * size, size):
+            part = mine[i:i + size]
+            batch = self.make_batch(part or examples[:1])
+            loss = batch_loss(self.wrapped, batch, self.device, self.autocast).item()
+            if part:
+                total += torch.tensor([loss, batch.n_targets])
         self.rank.all_sum(total)
         self.model.train()
         return float(total[0] / max(total[1].item(), 1.0))

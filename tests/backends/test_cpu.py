@@ -58,7 +58,7 @@ def test_refuses_other_devices_and_dtypes() -> None:
     v = shipped().resolve("llama-debug-2")
     assert b.unavailable_reason() is None
     assert "cuda" in (b.unsupported_reason(v, LoadOptions(device="cuda")) or "")
-    assert "int4" in (b.unsupported_reason(v, LoadOptions(dtype="int4")) or "")
+    assert "int2" in (b.unsupported_reason(v, LoadOptions(dtype="int2")) or "")
     assert "tp" in (b.unsupported_reason(v, LoadOptions(extra={"tp": 2})) or "")
 
 
@@ -76,8 +76,8 @@ def test_plan_counts_weights_and_a_full_context_cache() -> None:
 def test_load_with_unsupported_dtype_names_the_reason(llama2_debug_folder: Path) -> None:
     import llamahub
 
-    with pytest.raises(NoBackendError, match="int4"):
-        llamahub.load(llama2_debug_folder, dtype="int4")
+    with pytest.raises(NoBackendError, match="int2"):
+        llamahub.load(llama2_debug_folder, dtype="int2")
 
 
 def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Path, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import gguf
-import jinja2
 import llamahub_llamacpp
 import numpy as np
 import pluggy
@@ -18,15 +17,15 @@ import pytest
 import torch
 from llamahub_llamacpp.convert import gguf_name, rope_factors
 from llamahub_llamacpp.derive import derived_gguf
-from llamahub_llamacpp.templates import TEMPLATES
-from llamahub_llamacpp.vocab import merge_of, read_ranks, tiktoken_vocab
+from llamahub_llamacpp.vocab import tiktoken_vocab
 
 import llamahub
 from llamahub.errors import CorruptCheckpointError, NoBackendError, NotACheckpointError
 from llamahub.interfaces import LoadOptions
-from llamahub.model.chat import format_prompt
+from llamahub.model.bpe import read_ranks
 from llamahub.model.tokenizer import load_tokenizer, write_tiktoken_ranks
 from llamahub.model.transformer import rope_frequencies
+from llamahub.plugin import CHAT_TEMPLATES as TEMPLATES
 from llamahub.reference import folder_artifacts, identify_gguf, open_reference
 from llamahub.registry import shipped
 from llamahub.testing import check_backend
@@ -102,9 +101,6 @@ def test_bpe_merges_rebuild_every_multi_byte_token(tmp_path: Path) -> None:
     for merge in vocab.merges[:2000] + vocab.merges[-2000:]:
         left, right = merge.split(" ")
         assert left in spelled and right in spelled and left + right in spelled
-    ranks = {t: r for r, t in enumerate(ordered)}
-    assert merge_of(b"ab", ranks, ranks[b"ab"]) == (b"a", b"b")
-    assert merge_of(b"xyz", ranks, 0) is None  # lower ranks cannot build it
 
 
 def test_q8_0_dequantizes_close_and_f16_is_half_size(folders: dict[str, Path], tmp_path: Path) -> None:
@@ -142,23 +138,6 @@ def test_rope_factors_divide_to_the_scaled_frequencies() -> None:
     factors = rope_factors(a)
     assert factors.shape == (a.head_dim // 2,) and factors.min() >= 1.0 and factors.max() > 1.0
     assert torch.allclose(plain / factors, scaled, rtol=1e-6)
-
-
-DIALOGS = [
-    [{"role": "user", "content": "Hi there"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " What is a llama? "}],
-    [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
-     {"role": "assistant", "content": "b "}, {"role": "user", "content": "c"}],
-]
-
-
-@pytest.mark.parametrize("fmt", ["llama2", "llama3"])
-@pytest.mark.parametrize("dialog", DIALOGS)
-def test_chat_templates_render_our_prompt(fmt: str, dialog: list[dict[str, str]]) -> None:
-    bos, eos = ("<s>", "</s>") if fmt == "llama2" else ("<|begin_of_text|>", "<|end_of_text|>")
-    rendered = jinja2.Environment().from_string(TEMPLATES[fmt]).render(
-        messages=dialog, bos_token=bos, eos_token=eos, add_generation_prompt=True)
-    assert rendered == format_prompt(dialog, fmt)
 
 
 def test_derived_file_is_made_once_and_again_when_damaged(folders: dict[str, Path], tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from llamahub_cpu.engine import build_decoder  # noqa: E402
 from llamahub_llamacpp.convert import write_vocab_gguf  # noqa: E402
 from llamahub_llamacpp.derive import derived_gguf  # noqa: E402
 from llamahub_llamacpp.runtime import Runtime, VocabFile, VocabTokenizer  # noqa: E402
+from tokentexts import STRINGS  # noqa: E402
 
 import llamahub  # noqa: E402
 from llamahub.errors import ContextLengthError, GenerationError  # noqa: E402
@@ -68,16 +69,6 @@ def test_f32_gguf_matches_our_cpu_backend(name: str, tmp_path: Path) -> None:
     rt.close()
 
 
-STRINGS = [
-    "Hello world", " Hello world", "hello  world", "Hello\nworld", "\n\n\nthree newlines", "tab\tseparated",
-    "  leading spaces", "trailing spaces   ", "", " ", "a", "The quick brown fox jumps over the lazy dog.",
-    "12345678901234567890", "3.14159 and 2.71828", "Ünïcödé façade naïve café", "日本語のテキストです",
-    "中文字符和English混合", "Привет, мир!", "emoji 🦙🦙 and 👩‍👩‍👧", "don't won't it's we're they'll I'd",
-    "CAPS LOCK IS ON", "snake_case_identifier = some_function(arg1, arg2)",
-    "def f(x):\n    return x ** 2\n", "<s> [INST] not special [/INST] </s>", "<|eot_id|> typed by a user",
-    "https://example.com/path?query=1&b=2", "a\r\nwindows\r\nline", "!!!???...,,,;;;",
-    "mixed   \n  whitespace \t\n", "The lighthouse keeper wrote in her logbook every evening.",
-]
 
 
 def _tokenizer_pairs(tmp_path: Path, kind: str, real_llama2: Path | None) -> list[tuple[object, VocabFile]]:
@@ -185,3 +176,122 @@ def test_llama_cpp_quantizes_and_keeps_our_metadata(quant: str, file_type: int, 
     m.close()
     derived = Path(m.info["gguf"]).parents[1]
     assert (derived / "gguf-f16.json").is_file()  # quantized from the f16 file, which stays cached
+
+
+def _llama_generate(path: Path, prompt: list[int], n: int, flash_attn: bool) -> list[int]:
+    """Greedy tokens of llama-cpp-python's high-level ``Llama.generate`` on the same file and
+    settings as our runtime (2 threads, batch = context; no AMX weight buffers on an AMX CPU,
+    as the backend does)."""
+    from llamahub_llamacpp.runtime import has_amx
+
+    low = llama_cpp.llama_cpp
+    default = low.llama_model_default_params
+
+    def params() -> object:
+        p = default()
+        p.use_extra_bufts = not has_amx()
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, n_threads_batch=2,
+                              flash_attn=flash_attn, verbose=False)
+    finally:
+        low.llama_model_default_params = default
+    out = []
+    for tok in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0):
+        out.append(int(tok))
+        if len(out) == n:
+            break
+    llm.close()
+    return out
+
+
+def test_greedy_tokens_equal_llama_generate_when_flash_attention_matches(tmp_path: Path) -> None:
+    """Why our quantized greedy tokens differed from ``Llama.generate``'s: llama.cpp's default
+    (and ours) is flash attention "auto", on for a CPU; ``Llama()`` turns it off. The two
+    attentions round differently, and random weights have near-ties: on this file the tokens
+    part at the second step. With the same setting they are equal, token for token."""
+    arts, v = tiny_artifacts(tmp_path, "llama-debug-2-chat", seed=1)
+    path = derived_gguf(arts, v, "q8_0")
+    prompt = [1, *PROMPT]
+    greedy = Sampling(temperature=0)
+
+    def ours(flash_attn: str | None) -> list[int]:
+        rt = Runtime(path, n_ctx=128, threads=2, flash_attn=flash_attn)
+        try:
+            return list(rt.steps(prompt, 40, greedy, frozenset()))
+        finally:
+            rt.close()
+
+    on, off = ours("on"), ours("off")
+    assert on != off  # the setting matters on this file (they part at token 1)
+    assert ours(None) == on  # auto: on for a CPU
+    assert _llama_generate(path, prompt, 40, flash_attn=False) == off
+    assert _llama_generate(path, prompt, 40, flash_attn=True) == on
+    m = llamahub_llamacpp.LlamaCppBackend().load(arts, v, LoadOptions(backend="llamacpp",
+                                                                      extra={"flash_attn": "off"}))
+    assert m.info["flash_attn"] == "off"
+    assert [step[0] for step in m.generator([prompt], 40, greedy, frozenset())] == off  # the option
+    m.close()
+    assert "flash_attn must be" in (llamahub_llamacpp.LlamaCppBackend().unsupported_reason(
+        v, LoadOptions(backend="llamacpp", extra={"flash_attn": "yes"})) or "")
+
+
+def test_step_loop_edges(model: LlamaModel) -> None:
+    """The per-token loop (one batch made once): no token for max_new_tokens=0, a stop token
+    ends it (and is yielded)."""
+    prompt = model.tokenizer.encode("Once", bos=True)
+    greedy = Sampling(temperature=0)
+    assert list(model.generator([prompt], 0, greedy, frozenset())) == []
+    steps = [s[0] for s in model.generator([prompt], 12, greedy, frozenset())]
+    assert len(steps) == 12
+    stop = steps[5]
+    cut = [s[0] for s in model.generator([prompt], 12, greedy, frozenset({stop}))]
+    assert cut == steps[:steps.index(stop) + 1]
+
+
+def test_rope_scaling_extends_the_context_like_our_cpu_backend(tmp_path: Path) -> None:
+    """rope_scaling= (Llama 3.1's per-frequency scaling, the cpu backend's option) on llama.cpp:
+    the GGUF is made for that scaling (its rope_freqs tensor) and context. Past the variant's
+    512 tokens, llama.cpp's f32 logits equal our cpu backend's fp32 ones within LOGIT_TOL, for
+    two factors whose logits differ from each other."""
+    arts, v = tiny_artifacts(tmp_path, "llama-debug-2-chat", seed=3)
+    assert v.context_length == 512
+    prompt = [1, *((PROMPT * 60)[:599])]  # 600 tokens: positions 512..599 need the scaling
+    last = {}
+    for factor in (2.0, 4.0):
+        options = LoadOptions(backend="llamacpp", context_length=640, rope_scaling={"factor": factor},
+                              extra={"quant": "f32", "kv_cache": "f32"})
+        ours = build_decoder(open_reference(arts, v, options).reader, "fp32", kernel=False)
+        with torch.inference_mode():
+            expected = ours(torch.tensor([prompt]), 0)[0, -8:]
+        m = llamahub_llamacpp.LlamaCppBackend().load(arts, v, options)
+        assert m.context_length == 640 and "-rope-" in m.info["gguf"]
+        rt = m.generator.runtime  # type: ignore[attr-defined]
+        rt.reset()
+        rt.feed(prompt[:-8])
+        got = []
+        for tok in prompt[-8:]:
+            rt.feed([tok])
+            got.append(torch.tensor(rt.last_logits()))
+        diff = (torch.stack(got) - expected).abs().max().item()
+        assert diff < LOGIT_TOL, f"factor {factor}: max |logit difference| {diff:.2e}"
+        last[factor] = expected
+        m.close()
+    assert (last[2.0] - last[4.0]).abs().max().item() > 1e-3  # the factor reached the logits
+
+
+def test_rope_scaling_refused_for_a_users_own_gguf(tmp_path: Path) -> None:
+    arts, v = tiny_artifacts(tmp_path, "llama-debug-2-chat")
+    own = tmp_path / "mine.gguf"
+    own.write_bytes(derived_gguf(arts, v, "q8_0").read_bytes())
+    from dataclasses import replace
+
+    mine = replace(arts, folder=own, formats=frozenset({"gguf"}))
+    options = LoadOptions(backend="llamacpp", context_length=1024, rope_scaling={"factor": 2.0})
+    with pytest.raises(llamahub.errors.ConfigError, match="rope_freqs"):
+        llamahub_llamacpp.LlamaCppBackend().load(mine, v, options)
+    m = llamahub_llamacpp.LlamaCppBackend().load(mine, v, LoadOptions(backend="llamacpp"))
+    assert m.info["user_file"]  # the same file loads without the scaling
+    m.close()

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import Client, MakeClient
+from clienttest import Client, MakeClient
 from hubtest import NO_RATE_LIMITS, free_port, serving
 from netproxy import ThrottledProxy
 

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import MakeClient
+from clienttest import MakeClient
 
 import llamahub
 from llamahub.errors import MauLimitError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MakeClient
+from clienttest import MakeClient
 
 import llamahub
 

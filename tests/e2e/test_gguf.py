@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import pluggy
 import pytest
-from conftest import MakeClient
+from clienttest import MakeClient
 
 import llamahub
 from llamahub.errors import LicenseNotAcceptedError

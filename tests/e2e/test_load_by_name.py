@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import MakeClient
+from clienttest import MakeClient
 
 import llamahub
 from llamahub.errors import CacheError, LicenseNotAcceptedError, MauLimitError, OfflineError, ReceiptError

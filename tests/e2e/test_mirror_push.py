@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Client, MakeClient
+from clienttest import Client, MakeClient
 from mirrorservers import S3Server, azure_server, s3_server
 from netproxy import ThrottledProxy
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import Client, MakeClient
+from clienttest import Client, MakeClient
 from hubtest import CLI
 
 CHAT = "llama-debug-2-chat"  # a 512-token context

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import MakeClient
+from clienttest import MakeClient
 from hubtest import free_port
 from servetest import start_server, stop_server
 

@@ -159,7 +159,7 @@ def test_served_bytes_match_the_manifest(hub: Hub, make_user: MakeUser, path: st
 
 def _evict(blob: Path) -> bool:
     """Drop a blob from the page cache; False where the file system cannot (tmpfs keeps it)."""
-    from llamahub.hub.routes_links import _read_cached
+    from llamahub.hub.blobserve import _read_cached
 
     fd = os.open(blob, os.O_RDONLY)
     try:
@@ -174,7 +174,7 @@ def _evict(blob: Path) -> bool:
 @pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="reads without waiting need Linux")
 def test_blocks_are_read_on_the_loop_only_when_cached(hub: Hub, make_user: MakeUser) -> None:
     """A warm blob is read without waiting; a cold one goes to a worker thread, bytes intact."""
-    from llamahub.hub.routes_links import _read_cached
+    from llamahub.hub.blobserve import _read_cached
 
     url = make_user().link(variant="llama-debug-2-chat")["url"]
     entry = next(f for f in manifest(hub, url)["files"] if f["path"] == SHARD)

@@ -35,13 +35,28 @@ def _download(hub: Hub, cache: Path, token: str | bool, repo: str = REPO, name: 
     return hf.hf_hub_download(repo, name, endpoint=hub.url, cache_dir=cache, token=token)
 
 
+def test_refs_and_commits_name_main_at_the_repo_commit(hub: Hub) -> None:
+    api = _api(hub)
+    sha = api.model_info(REPO, token=False).sha
+    refs = api.list_repo_refs(REPO, include_pull_requests=True, token=False)
+    assert [(b.name, b.ref, b.target_commit) for b in refs.branches] == [("main", "refs/heads/main", sha)]
+    assert refs.tags == [] and refs.pull_requests == []
+    commits = api.list_repo_commits(REPO, token=False)
+    assert [c.commit_id for c in commits] == [sha] and commits[0].created_at.tzinfo is not None
+    assert [c.commit_id for c in api.list_repo_commits(REPO, revision=sha, token=False)] == [sha]
+    with pytest.raises(hf_errors.RevisionNotFoundError):
+        api.list_repo_commits(REPO, revision="refs/pr/1", token=False)
+    with pytest.raises(hf_errors.RepositoryNotFoundError):
+        api.list_repo_refs("llamahub/no-such-model", token=False)
+
+
 def test_repo_info_and_file_list_are_public(hub: Hub) -> None:
     api = _api(hub)
     info = api.model_info(REPO, token=False)
     assert info.id == REPO and len(info.sha) == 40 and info.gated == "manual"
     names = {s.rfilename for s in info.siblings}
     # HF layout converted from the Meta import, and Meta's own files under original/
-    assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json",
+    assert {"config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
             "original/consolidated.00.pth", "original/consolidated.01.pth", "original/params.json",
             "original/checklist.chk", "LICENSE"} <= names
     assert sorted(api.list_repo_files(REPO, token=False)) == sorted(names)

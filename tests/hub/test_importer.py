@@ -134,3 +134,33 @@ def test_hub_import_command(tmp_path: Path, download: Path, capsys: pytest.Captu
     assert main(["hub", "import", str(download), "--variant", "llama-debug-3.1", "--data", str(data)]) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "next:" in err and "Traceback" not in err
+
+
+def test_a_full_blob_folder_fails_the_import_and_keeps_the_hub_as_it_was(tmp_path: Path) -> None:
+    """The blob folder's volume fills mid-import (a file-size limit on the importing process stands in
+    for a full disk): the import fails with a clear message, no half blob or record is left."""
+    import resource
+    import subprocess
+
+    from hubtest import CLI, init_hub
+
+    data = tmp_path / "hub"
+    init_hub(data, seed=False)
+    v = _builtin().resolve("llama-debug-big-25m")
+    generate_checkpoint(v, tmp_path / "src")
+
+    def limit() -> None:  # 10 MB per file: the 25 MB shard cannot be written
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10 << 20, 10 << 20))
+
+    done = subprocess.run([*CLI, "hub", "import", str(tmp_path / "src"), "--variant", v.name, "--data",
+                           str(data)], capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert done.returncode != 0, done.stdout
+    assert "cannot store a blob" in done.stderr and "free space" in done.stderr
+    assert "Traceback" not in done.stderr
+    blobs = data / "blobs"
+    assert [p for p in blobs.rglob("*") if p.is_file()] == []  # no blob, no half-written temporary file
+    store = Store.for_dir(data)
+    try:
+        assert store.imported(v.family) == []
+    finally:
+        store.close()

@@ -64,7 +64,8 @@ def test_a_meta_import_is_also_kept_in_hf_layout(hub: tuple[Store, BlobStore], t
     report = import_folder(store, blobs, tmp_path / "src", v)
     got = rows(store, name)
     assert {p.removeprefix(f"{name}/") for p in got} >= {"model.safetensors", "config.json",
-                                                         "generation_config.json", "tokenizer.model"}
+                                                         "generation_config.json", "tokenizer.model",
+                                                         "tokenizer.json", "tokenizer_config.json"}
     assert {r.path for r in report.converted} == set(got)
     for row in got.values():  # digests recorded like any blob's
         assert blob_sha(blobs, row["sha256"]) == row["sha256"]
@@ -99,6 +100,9 @@ def test_an_hf_import_is_also_kept_in_meta_layout(hub: tuple[Store, BlobStore], 
     shards = open_checkpoint(out, args=v.arch).state_dict()
     source = open_checkpoint(folder, args=v.arch).state_dict()
     assert all(torch.equal(shards[k], source[k]) for k in source)
+    weights = sum(t.numel() * t.element_size() for t in source.values())
+    written = sum(p.stat().st_size for p in out.glob("consolidated.*.pth"))
+    assert weights <= written < 1.1 * weights  # each shard holds its slices, not the whole tensors
 
 
 def test_no_convert_keeps_one_layout_and_reimport_replaces_the_other(hub: tuple[Store, BlobStore],
@@ -125,3 +129,31 @@ def test_big_models_are_sharded_with_an_index(tmp_path: Path, monkeypatch: pytes
     keys = {k for s in shards for k in load_file(files[s])}
     assert set(index["weight_map"]) == keys
     assert set(index["weight_map"].values()) == {s.removeprefix(f"{CHAT}/") for s in shards}
+
+
+def test_conversion_holds_about_one_shard_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 70B model must convert in one shard's memory, not the merged model's: count the bytes of
+    merged source tensors still alive each time the reader hands over the next one."""
+    import weakref
+
+    from llamahub.model.reader import CheckpointReader
+
+    v = variant(CHAT)  # two Meta shards: every split tensor is a merged copy
+    generate_checkpoint(v, tmp_path / "src", dtype=torch.float32)
+    monkeypatch.setattr(layouts, "SHARD_BYTES", 100_000)
+    tensors = CheckpointReader.tensors
+    alive: list[tuple[weakref.ref, int]] = []
+    peaks: list[int] = []
+
+    def watched(self: CheckpointReader, **kw: object) -> Iterator[tuple[str, torch.Tensor]]:
+        for key, t in tensors(self, **kw):  # type: ignore[arg-type]
+            peaks.append(sum(n for ref, n in alive if ref() is not None))
+            alive.append((weakref.ref(t), t.numel() * t.element_size()))
+            yield key, t
+
+    monkeypatch.setattr(CheckpointReader, "tensors", watched)
+    files = layouts.to_hf(tmp_path / "src" / v.meta_folder, v, None, {}, tmp_path / "out")
+    total = sum(n for _, n in alive)
+    largest = max(n for _, n in alive)
+    assert len([p for p in files if p.endswith(".safetensors")]) > 3
+    assert total > 6 * 100_000 and max(peaks) <= 100_000 + largest  # one group, not the model

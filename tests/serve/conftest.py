@@ -9,31 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import openai
 import pytest
-from servetest import start_server, stop_server
-
-API_KEYS = ("key-one", "key-two")
-SLOTS = 4
-
-
-@dataclass
-class Server:
-    url: str
-    log: Path
-    folders: dict[str, Path]  # served model name -> its folder
-
-    def client(self, key: str = API_KEYS[0], **kw: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60, **kw)
-
-    def stats(self, model: str) -> dict:
-        response = httpx.get(f"{self.url}/stats", headers={"Authorization": f"Bearer {API_KEYS[1]}"})
-        assert response.status_code == 200, response.text
-        return response.json()["models"][model]
+from servetest import API_KEYS, SLOTS, Server, start_server, stop_server
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from conftest import API_KEYS, SLOTS, Server
+from servetest import API_KEYS, SLOTS, Server
 
 MODEL = "llama-debug-2-chat"
 PROMPTS = ["Once upon a time", "The llama", "In a land far away, there lived", "Hello"]

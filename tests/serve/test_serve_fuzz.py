@@ -9,7 +9,7 @@ import os
 import time
 
 import pytest
-from conftest import API_KEYS, Server
+from servetest import API_KEYS, Server
 
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")

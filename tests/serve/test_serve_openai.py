@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import API_KEYS, Server
+from servetest import API_KEYS, Server
 
 import llamahub
 

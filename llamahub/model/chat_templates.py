@@ -1,4 +1,4 @@
-"""Chat templates (Jinja, as GGUF's ``tokenizer.chat_template`` holds them) for our chat formats.
+"""Chat templates in Jinja (GGUF's ``tokenizer.chat_template``, HF's ``chat_template``) for our chat formats.
 
 Written to render exactly the prompt of ``llamahub.model.chat`` (the tests compare the two), so
 a program that reads the GGUF's template builds the same prompt as llamahub does.
@@ -32,4 +32,4 @@ LLAMA3 = (
     "{%- endif -%}"
 )
 
-TEMPLATES = {"llama2": LLAMA2, "llama3": LLAMA3}
+CHAT_TEMPLATES = {"llama2": LLAMA2, "llama3": LLAMA3}
