@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_llamacpp", "llamahub_sources",
+IN_TREE_PLUGINS = ("llamahub_cpu", "llamahub_cuda", "llamahub_llamacpp", "llamahub_tpu", "llamahub_sources",
                    "llamahub_mirrors", "llamahub_finetune")
 
 
