@@ -231,7 +231,7 @@ def test_a_variant_too_big_for_this_machine_is_refused_before_any_network_call(
 
     need = llamahub_cpu.CpuBackend().plan(llamahub.variant("llama-2-70b"), LoadOptions()).host_bytes
     assert "BACKEND" in text and "AVAILABLE" in text and f"{need / 2**30:.1f} GiB" in text  # the table
-    assert "smallest is bf16 on cpu" in (e.value.hint or "")  # what else was tried: nothing fits
+    assert "smallest is int4 on cpu" in (e.value.hint or "")  # what else was tried: nothing fits
     monkeypatch.undo()
     assert client.links() == []
     assert client.blobs() == []
