@@ -22,12 +22,12 @@ from llamahub.schema import DataModel, Line, Lines, Problem, check, validate
 
 KINDS = ("base", "chat")
 TOKENIZERS = ("sentencepiece", "tiktoken")
-CHAT_FORMATS = ("llama2", "llama3")
+CHAT_FORMATS = ("llama2", "llama3", "codellama70b")
 HINT = "fix the entry; registry/variants/llama-2.toml shows every key"
 
 Kind = Literal["base", "chat"]
 Tokenizer = Literal["sentencepiece", "tiktoken"]
-ChatFormat = Literal["llama2", "llama3"]
+ChatFormat = Literal["llama2", "llama3", "codellama70b"]
 TokenizerLocation = Literal["top", "model"]
 
 
@@ -100,6 +100,7 @@ class VariantEntry(DataModel):
     aliases: Lines = Field(default_factory=list)
     arch: ArchDefaults = Field(default_factory=dict)
     chat_format: ChatFormat | None = None
+    context_length: PositiveInt | None = None  # when it differs from the family's
     tokenizer: Tokenizer | None = None
     tokenizer_location: TokenizerLocation | None = None
     meta_llama2_vocab: bool | None = None
@@ -127,13 +128,14 @@ def _variant(family: FamilyTable, raw: Any, file: str, index: int) -> dict[str, 
     entry = f"variant[{index}] {name}" if isinstance(name, str) else f"variant[{index}]"
     v = validate(VariantEntry, raw, file=file, entry=entry, hint=HINT)
     arch = validate(ArchTable, {**family.arch, **v.arch}, file=file, entry=entry, hint=HINT, at="arch")
+    context = v.context_length or family.context_length
     fields = {
         "name": v.name, "family": family.name, "family_title": family.title or family.name,
         "size": v.size, "kind": v.kind, "shards": v.shards,
-        "arch": arch.model_args(family.context_length), "meta_folder": v.meta_folder,
+        "arch": arch.model_args(context), "meta_folder": v.meta_folder,
         "tokenizer": v.tokenizer or family.tokenizer,
         "tokenizer_location": v.tokenizer_location or family.tokenizer_location,
-        "license": family.license, "context_length": family.context_length,
+        "license": family.license, "context_length": context,
         "release_date": family.release_date, "chat_format": v.chat_format, "hf_repo": v.hf_repo,
         "hf_repo_native": v.hf_repo_native, "aliases": tuple(v.aliases),
         "meta_llama2_vocab": family.meta_llama2_vocab if v.meta_llama2_vocab is None

@@ -17,7 +17,9 @@ TABLE = [
     ("code-llama-7b-python", "llama2", "code-llama", 16384, 1, 4096, 32, 32, 32, 32000, 6.7),
     ("code-llama-13b-instruct", "llama2", "code-llama", 16384, 2, 5120, 40, 40, 40, 32016, 13.0),
     ("code-llama-34b", "llama2", "code-llama", 16384, 4, 8192, 48, 64, 8, 32000, 33.7),
-    ("code-llama-70b-python", "llama2", "code-llama", 16384, 8, 8192, 80, 64, 8, 32016, 69.0),
+    ("code-llama-70b", "llama2", "code-llama", 16384, 8, 8192, 80, 64, 8, 32016, 69.0),
+    ("code-llama-70b-python", "llama2", "code-llama", 4096, 8, 8192, 80, 64, 8, 32016, 69.0),
+    ("code-llama-70b-instruct", "llama2", "code-llama", 4096, 8, 8192, 80, 64, 8, 32016, 69.0),
     ("llama-3.3-70b-instruct", "llama3.3", "llama-3.3", 131072, 8, 8192, 80, 64, 8, 128256, 70.6),
 ]
 
@@ -36,7 +38,8 @@ def test_new_variants(name: str, license_id: str, family: str, context: int, sha
 def test_meta_folder_names_and_aliases() -> None:
     assert llamahub.variant("LLaMA-30B").name == "llama-1-33b"
     assert llamahub.variant("CodeLlama-34b-Instruct").chat_format == "llama2"
-    assert llamahub.variant("codellama:70b-instruct").kind == "base"  # its own chat format is not built
+    cl70 = llamahub.variant("codellama:70b-instruct")
+    assert (cl70.kind, cl70.chat_format) == ("chat", "codellama70b")  # its own format, not Llama 2's
     assert llamahub.variant("llama3.3").name == "llama-3.3-70b-instruct"
 
 
@@ -47,3 +50,20 @@ def test_the_licenses() -> None:
     llama33 = license_terms("llama3.3")
     assert llama33.release_date.isoformat() == "2024-12-06" and llama33.derivative_name_prefix == "Llama"
     assert llama33.id != license_terms("llama3.1").id  # accepted separately
+
+
+# Code Llama as Meta's params.json and HF's config.json give it (sources: registry/variants/code-llama.toml):
+# (size, FFN hidden width, vocab of base / Python / Instruct)
+CODE_LLAMA = [("7b", 11008, (32016, 32000, 32016)), ("13b", 13824, (32016, 32000, 32016)),
+              ("34b", 22016, (32000, 32000, 32000)), ("70b", 28672, (32016, 32016, 32016))]
+
+
+@pytest.mark.parametrize(("size", "hidden", "vocabs"), CODE_LLAMA)
+def test_code_llama_numbers(size: str, hidden: int, vocabs: tuple[int, int, int]) -> None:
+    names = [f"code-llama-{size}", f"code-llama-{size}-python", f"code-llama-{size}-instruct"]
+    for name, vocab in zip(names, vocabs, strict=True):
+        a = llamahub.variant(name).arch
+        assert (a.hidden_dim, a.vocab_size, a.head_dim) == (hidden, vocab, 128)
+        assert (a.rope_theta, a.norm_eps) == (1e6, 1e-5)
+        assert a.max_seq_len == llamahub.variant(name).context_length
+        assert a.rope_scaling is None

@@ -1,4 +1,5 @@
-"""Chat prompt formats of the Llama family: "llama2" (Llama 2 chat) and "llama3" (Llama 3.x instruct).
+"""Chat prompt formats of the Llama family: "llama2" (Llama 2 chat and Code Llama 7B-34B Instruct),
+"llama3" (Llama 3.x instruct) and "codellama70b" (Code Llama 70B Instruct).
 
 A dialog is a list of messages, ``{"role": ..., "content": ...}``. :func:`encode_dialog` turns a
 valid dialog into the prompt tokens after which the assistant answers; :func:`format_prompt`
@@ -27,17 +28,19 @@ __all__ = [
 
 Message = dict[str, str]
 
-FORMATS = ("llama2", "llama3")
+FORMATS = ("llama2", "llama3", "codellama70b")
 ROLES: dict[str, tuple[str, ...]] = {
     "llama2": ("system", "user", "assistant"),
     "llama3": ("system", "user", "assistant", "ipython"),
+    "codellama70b": ("system", "user", "assistant"),
 }
-_TOKENIZER_KIND = {"llama2": "sentencepiece", "llama3": "tiktoken"}
+_TOKENIZER_KIND = {"llama2": "sentencepiece", "llama3": "tiktoken", "codellama70b": "sentencepiece"}
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 LLAMA2_TAGS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")
 LLAMA3_STOPS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
+STEP = "<step>"  # Code Llama 70B Instruct: ends every turn, the assistant's included
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ _Part = str | _Special
 _BOS, _EOS = _Special("<s>", "bos_id"), _Special("</s>", "eos_id")
 _BEGIN, _EOT = _Special("<|begin_of_text|>"), _Special("<|eot_id|>")
 _START_HEADER, _END_HEADER = _Special("<|start_header_id|>"), _Special("<|end_header_id|>")
+_STEP = _Special(STEP)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -66,7 +70,8 @@ def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ChatFormatError(
             f"unknown chat format {fmt!r}",
-            hint="use 'llama2' for Llama 2 chat models or 'llama3' for Llama 3.x instruct models",
+            hint="use 'llama2' for Llama 2 chat models, 'llama3' for Llama 3.x instruct models or "
+                 "'codellama70b' for Code Llama 70B Instruct",
         )
 
 
@@ -134,13 +139,13 @@ def _check_llama2_turns(messages: Sequence[Mapping[str, str]]) -> None:
         )
 
 
-def _check_llama2_tags(messages: Sequence[Mapping[str, str]]) -> None:
+def _check_tags(messages: Sequence[Mapping[str, str]], tags: Sequence[str]) -> None:
     for index, message in enumerate(messages):
-        found = [tag for tag in LLAMA2_TAGS if tag in message["content"]]
+        found = [tag for tag in tags if tag in message["content"]]
         if found:
             raise ChatFormatError(
                 f"message {index} contains the prompt tag {found[0]!r}",
-                hint=f"remove {', '.join(LLAMA2_TAGS)} from messages; the chat format adds them itself",
+                hint=f"remove {', '.join(tags)} from messages; the chat format adds them itself",
             )
 
 
@@ -158,11 +163,11 @@ def validate_dialog(messages: Sequence[Mapping[str, str]], fmt: str) -> None:
     _check_format(fmt)
     _check_messages(messages, fmt)
     _check_system_first(messages)
-    if fmt == "llama2":
-        _check_llama2_turns(messages)
-        _check_llama2_tags(messages)
-    else:
+    if fmt == "llama3":
         _check_llama3_end(messages)
+    else:  # llama2 and codellama70b: user and assistant alternate, the user speaks last
+        _check_llama2_turns(messages)
+        _check_tags(messages, LLAMA2_TAGS if fmt == "llama2" else (STEP,))
 
 
 # --- prompt parts ---------------------------------------------------------------------------
@@ -195,9 +200,25 @@ def _llama3_parts(messages: Sequence[Mapping[str, str]]) -> list[_Part]:
     return parts + _llama3_header("assistant")
 
 
+def _codellama70b_parts(messages: Sequence[Mapping[str, str]]) -> list[_Part]:
+    """Code Llama 70B Instruct: ``<s>Source: {role}\n\n {content} <step> ...`` then the reply header.
+
+    As the HF chat template of codellama/CodeLlama-70b-Instruct-hf renders it, with ``<step>``
+    taking the spaces on both sides (its reference tokens, which equal those of Meta's
+    ``dialog_prompt_tokens`` in meta-llama/codellama llama/generation.py, have none there). An
+    empty message keeps only its header, as in Meta's code. Unlike Meta's code no empty system
+    turn is added when there is none: that is what the HF template (transformers, TGI, vLLM) does.
+    """
+    parts: list[_Part] = [_BOS]
+    for message in messages:
+        parts += [f"Source: {message['role']}\n\n {message['content'].strip()}".rstrip(), _STEP]
+    return [*parts, "Source: assistant\nDestination: user\n\n "]
+
+
 def _prompt_parts(messages: Sequence[Mapping[str, str]], fmt: str) -> list[_Part]:
     validate_dialog(messages, fmt)
-    return _llama2_parts(messages) if fmt == "llama2" else _llama3_parts(messages)
+    build = {"llama2": _llama2_parts, "llama3": _llama3_parts, "codellama70b": _codellama70b_parts}[fmt]
+    return build(messages)
 
 
 # --- public encoders ------------------------------------------------------------------------
@@ -227,8 +248,7 @@ def encode_dialog(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]], f
     """Prompt token ids for ``messages`` in chat format ``fmt``, ready for the assistant's answer."""
     _check_tokenizer(tokenizer, fmt)
     parts = _prompt_parts(messages, fmt)
-    if fmt == "llama3":
-        _special_ids(tokenizer, [p.name for p in parts if isinstance(p, _Special)], fmt)
+    _special_ids(tokenizer, [p.name for p in parts if isinstance(p, _Special) and p.attr is None], fmt)
     ids: list[int] = []
     for part in parts:
         if isinstance(part, _Special):
@@ -239,10 +259,13 @@ def encode_dialog(tokenizer: Tokenizer, messages: Sequence[Mapping[str, str]], f
 
 
 def chat_stop_ids(tokenizer: Tokenizer, fmt: str) -> frozenset[int]:
-    """Token ids that end the assistant's turn: EOS for llama2; eot, eom and end_of_text for llama3."""
+    """Token ids that end the assistant's turn: EOS for llama2; eot, eom and end_of_text for llama3;
+    ``<step>`` (where Meta's code stops) and EOS for codellama70b."""
     _check_tokenizer(tokenizer, fmt)
     if fmt == "llama2":
         return frozenset({tokenizer.eos_id})
+    if fmt == "codellama70b":
+        return frozenset({tokenizer.eos_id, *_special_ids(tokenizer, [STEP], fmt)})
     return frozenset(_special_ids(tokenizer, LLAMA3_STOPS, fmt))
 
 

@@ -32,4 +32,14 @@ LLAMA3 = (
     "{%- endif -%}"
 )
 
-CHAT_TEMPLATES = {"llama2": LLAMA2, "llama3": LLAMA3}
+# Code Llama 70B Instruct: renders the text of the official template of
+# codellama/CodeLlama-70b-Instruct-hf (tests/model/test_codellama70b.py compares the two)
+CODELLAMA70B = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{{- 'Source: ' + message['role'] + '\\n\\n ' + message['content'] | trim + ' <step> ' -}}"
+    "{%- endfor -%}"
+    "{{- 'Source: assistant\\nDestination: user\\n\\n ' -}}"
+)
+
+CHAT_TEMPLATES = {"llama2": LLAMA2, "llama3": LLAMA3, "codellama70b": CODELLAMA70B}

@@ -62,9 +62,10 @@ def _sentencepiece_tokenizer(path: Path) -> dict[str, Any]:
               if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))}
     merges = sorted(((-sp.get_score(vocab[p]), vocab[p], vocab[p[:k]]), (p[:k], p[k:]))
                     for p in normal for k in range(1, len(p)) if p[:k] in normal and p[k:] in normal)
-    added = [{"id": i, "content": p, "single_word": False, "lstrip": False, "rstrip": False,
+    # Code Llama 70B's <step> takes the spaces around it, as its chat template needs
+    added = [{"id": i, "content": p, "single_word": False, "lstrip": p == "<step>", "rstrip": p == "<step>",
               "normalized": False, "special": True}
-             for i, p in enumerate(pieces) if sp.is_control(i) or sp.is_unknown(i)]
+             for i, p in enumerate(pieces) if sp.is_control(i) or sp.is_unknown(i) or p == "<step>"]
     bos = pieces[sp.bos_id()]
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,

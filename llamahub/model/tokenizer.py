@@ -112,6 +112,9 @@ class SentencePieceTokenizer:
         self.pad_id: int = self._sp.pad_id()
         self.stop_ids: frozenset[int] = frozenset({self.eos_id})
         self._specials = {"<s>": self.bos_id, "</s>": self.eos_id, "<unk>": self._sp.unk_id()}
+        step = self._sp.piece_to_id("<step>")  # Code Llama 70B Instruct's turn separator
+        if step != self._sp.unk_id():
+            self._specials["<step>"] = step
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
         """Token ids of ``text``; control-token text such as ``<s>`` is encoded as plain text."""
@@ -132,7 +135,7 @@ class SentencePieceTokenizer:
     def is_special(self, id: int) -> bool:
         if not 0 <= id < self.n_words:
             return False
-        return bool(self._sp.is_control(id) or self._sp.is_unknown(id))
+        return bool(self._sp.is_control(id) or self._sp.is_unknown(id) or id == self._specials.get("<step>"))
 
     def __repr__(self) -> str:
         return f"SentencePieceTokenizer({str(self.path)!r}, n_words={self.n_words})"

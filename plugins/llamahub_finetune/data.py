@@ -79,6 +79,8 @@ class Encoder:
         self.stop = min(lp.chat_stop_ids(tokenizer, chat_format))
         if chat_format == "llama3":
             self.stop = tokenizer.special_id("<|eot_id|>")
+        elif chat_format == "codellama70b":  # every turn ends with <step>, the answer's too
+            self.stop = tokenizer.special_id("<step>")
         self.context = context
         self.truncate = truncate
         self.where = where

@@ -113,3 +113,23 @@ def test_bad_records_name_their_line(llama2_debug_folder: Path, tmp_path: Path, 
         llamahub.finetune(llama2_debug_folder, method="lora", data=bad, output="bad", progress=False)
     with pytest.raises(llamahub.UnknownVariantError):
         llamahub.variant("bad")  # nothing was registered
+
+
+def test_code_llama_70b_answers_are_trained_to_end_with_step(tmp_path: Path) -> None:
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from llamahub.model.tokenizer import train_sentencepiece
+
+    train_sentencepiece(tmp_path / "tiny.model", 400)
+    model = pb.ModelProto()
+    model.ParseFromString((tmp_path / "tiny.model").read_bytes())
+    piece = model.pieces.add()
+    piece.piece, piece.type = "<step>", pb.ModelProto.SentencePiece.CONTROL
+    (tmp_path / "step.model").write_bytes(model.SerializeToString())
+    tok = load_tokenizer(tmp_path / "step.model")
+    enc = D.Encoder(tok, "codellama70b", 512, truncate=False, where=Path("x.jsonl"))
+    assert enc.stop == tok.special_id("<step>") == 400 != tok.eos_id
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    [example] = enc.encode(1, {"messages": msgs})
+    prompt = encode_dialog(tok, msgs[:1], "codellama70b")
+    assert list(example.tokens[:len(prompt)]) == prompt and example.tokens[-1] == enc.stop
