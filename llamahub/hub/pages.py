@@ -204,7 +204,8 @@ def _user_body(ctx: HubContext, user: dict[str, Any], *, notice: str = "", error
     rows = "".join(
         f"<tr data-id='{escape(r['id'])}'><td>{escape(r['id'])}</td><td>{_families(r['families'])}</td>"
         f"<td>{r['mau']:,}</td><td class=status>{escape(r['status'])}</td><td>{escape(r['created_at'][:19])}"
-        f"</td><td>{escape(r['decision_note'] or '')}{_grant_cell(r)}</td><td>{_withdraw_button(r)}</td></tr>"
+        f"</td><td>{escape(r['decision_note'] or '')}{_grant_cell(r)}{_question_cell(r)}</td>"
+        f"<td>{_withdraw_button(r)}</td></tr>"
         for r in mine)
     table = (f"<table><tr><th>request</th><th>families</th><th>MAU</th><th>status</th><th>submitted</th>"
              f"<th>decision</th><th></th></tr>{rows}</table>" if rows else "<p>No requests yet.</p>")
@@ -214,6 +215,8 @@ def _user_body(ctx: HubContext, user: dict[str, Any], *, notice: str = "", error
     done = ""
     if notice in {r["id"] for r in mine}:
         done = f"<p class=ok role=status>Submitted {escape(notice)}; an operator reviews it.</p>"
+    if notice.startswith("answered:") and notice[9:] in {r["id"] for r in mine}:
+        done = f"<p class=ok role=status>Answered; {escape(notice[9:])} is back with the reviewer.</p>"
     return (f"<p>Signed in as {escape(user['email'])} ({escape(user['organisation'])}). "
             "<form class=inline method=post action='/enterprise/sign-out'><button>Sign out</button>"
             "</form></p>"
@@ -230,8 +233,21 @@ def _grant_cell(r: dict[str, Any]) -> str:
     return f"<br>grant <code>{escape(r['grant_id'])}</code>" if r["grant_id"] else ""
 
 
+def _question_cell(r: dict[str, Any]) -> str:
+    """The reviewer's question: with a form to answer it while it is open, else with the answer."""
+    if not r.get("info_request"):
+        return ""
+    asked = f"<div class=question><strong>The reviewer asks:</strong> {escape(r['info_request'])}</div>"
+    if r["status"] != enterprise.NEEDS_INFO:
+        answer = escape(r["info_answer"] or "")
+        return f"{asked}<div class=answer><strong>You answered:</strong> {answer}</div>"
+    return (f"{asked}<form method=post action='/enterprise/requests/{escape(r['id'])}/answer'><label>Your "
+            "answer<br><textarea name=answer rows=3 cols=50 required></textarea></label>"
+            "<button>Send answer</button></form>")
+
+
 def _withdraw_button(r: dict[str, Any]) -> str:
-    if r["status"] != enterprise.PENDING:
+    if r["status"] not in enterprise.OPEN:
         return ""
     return (f"<form class=inline method=post action='/enterprise/requests/{escape(r['id'])}/withdraw'>"
             "<button>Withdraw</button></form>")
@@ -270,6 +286,23 @@ def user_submit(request: Request, form: PostedForm) -> Response:
     return _redirect(f"/enterprise?notice={done['id']}")
 
 
+@router.post("/enterprise/requests/{request_id}/answer", response_class=HTMLResponse)
+def user_answer(request: Request, request_id: str, form: PostedForm) -> Response:
+    ctx = get_ctx(request)
+    user = _signed_in(request, ctx, USERS)
+    if user is None:
+        return _redirect(USERS.path)
+    try:
+        text = _one(form, "answer")
+        if not text:
+            raise BadRequestError("the answer is empty", code="invalid_request",
+                                  hint="write what the reviewer asked for")
+        enterprise.answer(ctx.store, request_id, user, text[:4000])
+    except LlamahubError as e:
+        return _html(USERS.title, _user_body(ctx, user, error=_error(e)), getattr(e, "status", 400))
+    return _redirect(f"/enterprise?notice=answered:{request_id}")
+
+
 @router.post("/enterprise/requests/{request_id}/withdraw", response_class=HTMLResponse)
 def user_withdraw(request: Request, request_id: str, form: PostedForm) -> Response:
     ctx = get_ctx(request)
@@ -297,10 +330,10 @@ def admin_page(request: Request) -> HTMLResponse:
 
 def _admin_body(ctx: HubContext, error: str = "") -> str:
     requests = enterprise.listing(ctx.store)
-    pending = [r for r in requests if r["status"] == enterprise.PENDING]
-    decided = [r for r in requests if r["status"] != enterprise.PENDING]
+    pending = [r for r in requests if r["status"] in enterprise.OPEN]
+    decided = [r for r in requests if r["status"] not in enterprise.OPEN]
     return ("<form class=inline method=post action='/admin/enterprise/sign-out'><button>Sign out</button>"
-            f"</form>{error}<h2>Pending</h2>{''.join(_pending_card(r) for r in pending) or '<p>None.</p>'}"
+            f"</form>{error}<h2>Open</h2>{''.join(_pending_card(r) for r in pending) or '<p>None.</p>'}"
             f"<h2>Decided</h2>{_decided_table(decided)}<h2>Grants</h2>{_grants_table(ctx)}"
             f"<h2>Audit log (latest)</h2>{_audit_table(ctx)}")
 
@@ -310,13 +343,27 @@ def _pending_card(r: dict[str, Any]) -> str:
     return (f"<section data-id='{escape(r['id'])}'><h3>{escape(r['organisation'])}: "
             f"{_families(r['families'])}"
             f"</h3><p>{r['mau']:,} monthly active users · {escape(r['id'])} · submitted "
-            f"{escape(r['created_at'][:19])}</p><blockquote>{escape(r['note'])}</blockquote>"
+            f"{escape(r['created_at'][:19])} · <span class=status>{escape(r['status'])}</span></p>"
+            f"<blockquote>{escape(r['note'])}</blockquote>{_exchange(r)}"
             f"<form method=post action='{base}/approve'><label>Up to MAU "
             f"<input name=max_mau value='{r['mau']}'>"
             "</label><label>Last day (UTC, optional) <input type=date name=expires></label><label>Note "
             "<input name=note></label><button>Approve</button></form>"
             f"<form method=post action='{base}/deny'><label>Reason <input name=reason required></label>"
-            "<button>Deny</button></form></section>")
+            f"<button>Deny</button></form><form method=post action='{base}/needs-info'><label>Question for "
+            "the requester <input name=question required></label><button>Ask for information</button>"
+            "</form></section>")
+
+
+def _exchange(r: dict[str, Any]) -> str:
+    """The operator's question and where its answer stands."""
+    if not r.get("info_request"):
+        return ""
+    if r["status"] == enterprise.NEEDS_INFO:
+        answer = "<p class=waiting><em>Waiting for the requester's answer.</em></p>"
+    else:
+        answer = f"<p class=answer><strong>Answer:</strong> {escape(r['info_answer'] or '')}</p>"
+    return f"<p class=question><strong>You asked:</strong> {escape(r['info_request'])}</p>{answer}"
 
 
 def _decided_table(rows: list[dict[str, Any]]) -> str:
@@ -381,6 +428,11 @@ def admin_decide(request: Request, kind: str, item_id: str, action: str, form: P
                 raise BadRequestError("a denial needs a reason", code="invalid_request",
                                       hint="the requester sees it; say what would change the answer")
             enterprise.deny(ctx.store, item_id, reason=_one(form, "reason")[:4000], actor=actor)
+        elif (kind, action) == ("requests", "needs-info"):
+            if not _one(form, "question"):
+                raise BadRequestError("the question is empty", code="invalid_request",
+                                      hint="write what you need to know before deciding")
+            enterprise.ask_info(ctx.store, item_id, question=_one(form, "question")[:4000], actor=actor)
         elif (kind, action) == ("grants", "revoke"):
             ctx.store.revoke_grant(item_id, actor)
         else:
