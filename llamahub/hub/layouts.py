@@ -33,7 +33,7 @@ def to_hf(model_dir: Path, variant: Variant, tokenizer: Path | None, texts: dict
 
     reader = open_checkpoint(model_dir, args=variant.arch).reader()
     files, dtype = _write_safetensors(reader.tensors(), variant, out)
-    bos, eos = _special_ids(tokenizer)
+    bos, eos = _special_ids(tokenizer, variant.chat_format)
     config = variant.arch.to_hf_config(bos_token_id=bos, eos_token_id=eos, dtype=dtype)
     served: dict[str, Path | bytes] = {name: path for name, path in files.items()}
     served["config.json"] = _json(config)
@@ -164,14 +164,16 @@ def _same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], variant: 
                                  hint="report this as a bug; import with --no-convert meanwhile")
 
 
-def _special_ids(tokenizer: Path | None) -> tuple[int, int | list[int]]:
-    """BOS and the id(s) generation stops at (Llama 3.x: end of text, of turn and of message)."""
+def _special_ids(tokenizer: Path | None, chat_format: str | None) -> tuple[int, int | list[int]]:
+    """BOS and the id(s) generation stops at (Llama 3.x: end of text, of turn and of message; a chat
+    model: where its chat format ends a turn, e.g. Code Llama 70B Instruct's <step>)."""
     if tokenizer is None:
         return 1, 2
+    from llamahub.model.chat import chat_stop_ids
     from llamahub.model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
-    stops = sorted(tok.stop_ids)
+    stops = sorted(chat_stop_ids(tok, chat_format) if chat_format else tok.stop_ids)
     return tok.bos_id, stops[0] if len(stops) == 1 else stops
 
 

@@ -157,3 +157,40 @@ def test_conversion_holds_about_one_shard_at_a_time(tmp_path: Path, monkeypatch:
     largest = max(n for _, n in alive)
     assert len([p for p in files if p.endswith(".safetensors")]) > 3
     assert total > 6 * 100_000 and max(peaks) <= 100_000 + largest  # one group, not the model
+
+
+def test_code_llama_70b_instruct_hf_files_stop_at_step_and_chat_in_its_format(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from llamahub.model.chat import encode_dialog
+    from llamahub.model.chat_templates import CHAT_TEMPLATES
+    from llamahub.model.tokenizer import load_tokenizer, train_sentencepiece
+
+    transformers = pytest.importorskip("transformers")
+    v = replace(variant(CHAT), chat_format="codellama70b")
+    folder = generate_checkpoint(v, tmp_path / "src", dtype=torch.float32)
+    tokenizer = folder.parent / "tokenizer.model"
+    train_sentencepiece(tokenizer, v.arch.vocab_size - 1)  # and <step> last, as Code Llama 70B's
+    model = pb.ModelProto()
+    model.ParseFromString(tokenizer.read_bytes())
+    piece = model.pieces.add()
+    piece.piece, piece.type = "<step>", pb.ModelProto.SentencePiece.CONTROL
+    tokenizer.write_bytes(model.SerializeToString())
+    served = layouts.to_hf(folder, v, tokenizer, {}, tmp_path / "hf")
+    out = tmp_path / "repo"
+    out.mkdir()
+    for path, source in served.items():
+        (out / path.removeprefix(f"{CHAT}/")).write_bytes(source if isinstance(source, bytes)
+                                                          else source.read_bytes())
+    step = v.arch.vocab_size - 1
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2, step]
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == \
+        CHAT_TEMPLATES["codellama70b"]
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    dialog = [{"role": "system", "content": "Use Python."}, {"role": "user", "content": "Sort a list."}]
+    ids = hf.apply_chat_template(dialog, tokenize=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert list(ids) == encode_dialog(load_tokenizer(tokenizer), dialog, "codellama70b")
+    assert list(ids).count(step) == 2
