@@ -152,7 +152,7 @@ def seed_demo_cmd(data: Path | None, database_url: str | None, blobs_url: str | 
 
 @hub.group("requests")
 def requests_group() -> None:
-    """Review enterprise license requests: list, approve (creates the grant), deny."""
+    """Review enterprise license requests: list, ask for information, approve (creates the grant), deny."""
 
 
 
@@ -223,6 +223,23 @@ def requests_deny(request_id: str, reason: str, data: Path | None, database_url:
     with _opened(data, database_url) as (store, _):
         enterprise.deny(store, request_id, reason=reason, actor=_me())
     click.echo(f"denied {request_id}")
+
+
+@requests_group.command("ask")
+@click.argument("request_id")
+@click.option("--question", required=True, help="what you need to know before deciding (the requester "
+              "sees it and answers with `llamahub enterprise answer`)")
+@data_option
+@db_option
+def requests_ask(request_id: str, question: str, data: Path | None, database_url: str | None) -> None:
+    """Ask the requester for more information; the request waits for the answer (needs_info)."""
+    from llamahub.hub import enterprise
+
+    if not question.strip():
+        raise click.BadParameter("the question is empty", param_hint="--question")
+    with _opened(data, database_url) as (store, _):
+        enterprise.ask_info(store, request_id, question=question.strip(), actor=_me())
+    click.echo(f"asked; {request_id} waits for the requester's answer")
 
 
 def _me() -> str:
