@@ -67,3 +67,12 @@ def test_code_llama_numbers(size: str, hidden: int, vocabs: tuple[int, int, int]
         assert (a.rope_theta, a.norm_eps) == (1e6, 1e-5)
         assert a.max_seq_len == llamahub.variant(name).context_length
         assert a.rope_scaling is None
+
+
+def test_code_llama_download_layout_is_meta_download_sh() -> None:
+    assert llamahub.variant("code-llama-7b-python").meta_files() == [
+        "LICENSE", "USE_POLICY.md", "CodeLlama-7b-Python/consolidated.00.pth",
+        "CodeLlama-7b-Python/params.json", "CodeLlama-7b-Python/tokenizer.model",
+        "CodeLlama-7b-Python/checklist.chk"]
+    shards = {s: llamahub.variant(f"code-llama-{s}-instruct").shards for s in ("7b", "13b", "34b", "70b")}
+    assert shards == {"7b": 1, "13b": 2, "34b": 4, "70b": 8}
