@@ -25,7 +25,6 @@ from llamahub.hub.store import Store
 from llamahub.registry import Registry
 
 DATA_ENV = "LLAMAHUB_HUB_DATA"
-KEYS_ENV = "LLAMAHUB_HUB_KEYS"
 
 
 @dataclass
