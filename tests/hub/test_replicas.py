@@ -222,9 +222,21 @@ def test_killed_replica_mid_download_the_client_resumes_on_the_other(cluster: Cl
     assert httpx.get(b_file, headers={"Range": f"bytes=0-{left - 1}"}, timeout=60).status_code == 206
     over = httpx.get(b_file, headers={"Range": "bytes=0-0"}, timeout=30)
     assert over.status_code == 403 and over.json()["error"]["code"] == "download_cap_reached"
-    audit = cluster.admin(cluster.urls["b"]).get("/api/admin/audit", params={"action": "download.start",
-                                                                             "limit": 1000}).json()["entries"]
-    assert [e["target"] for e in audit if e["actor"] == f"link:{link['link_id']}"] == [path]
+    admin = cluster.admin(cluster.urls["b"])
+    started = audit_rows(admin, "download.start")
+    assert [e["target"] for e in started if e["actor"] == f"link:{link['link_id']}"] == [path]
+    assert [e["target"] for e in audit_rows(admin, "link.issue")].count(link["link_id"]) == 1
+
+
+def audit_rows(admin: httpx.Client, action: str) -> list[dict[str, Any]]:
+    """Every audit row of ``action`` (the log read page by page)."""
+    rows: list[dict[str, Any]] = []
+    while True:
+        after = rows[-1]["id"] if rows else 0
+        page = admin.get("/api/admin/audit", params={"action": action, "limit": 1000, "after": after})
+        if not page.json()["entries"]:
+            return rows
+        rows += page.json()["entries"]
 
 
 def test_the_replica_bench_books_stay_exact_under_concurrent_clients(tmp_path: Path) -> None:
