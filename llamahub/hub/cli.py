@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 DATA_ENV = "LLAMAHUB_HUB_DATA"
+KEYS_ENV = "LLAMAHUB_HUB_KEYS"  # every hub command reads it; init, serve and keys rotate also take --keys-dir
 
 
 def default_data_dir() -> Path:
@@ -32,10 +33,14 @@ def _data(data: Path | None) -> Path:
 @contextmanager
 def _opened(data: Path | None, database_url: str | None,
             blobs_url: str | None = None) -> Iterator[tuple[Any, Any]]:
-    """(store, blobs) of the hub in ``data``, closed afterwards."""
+    """(store, blobs) of the hub in ``data``, closed afterwards (keys: LLAMAHUB_HUB_KEYS, if set)."""
+    import os
+
     from llamahub.hub.context import open_store
 
-    store, blobs, _ = open_store(_data(data), database_url, blobs_url=blobs_url)
+    keys_dir = os.environ.get(KEYS_ENV) or None
+    store, blobs, _ = open_store(_data(data), database_url, blobs_url=blobs_url,
+                                 keys_dir=Path(keys_dir) if keys_dir else None)
     try:
         yield store, blobs
     finally:
@@ -51,7 +56,7 @@ blobs_option = click.option("--blobs", "blobs_url", envvar="LLAMAHUB_HUB_BLOBS",
                                  "(env LLAMAHUB_HUB_BLOBS)")
 
 keys_option = click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path),
-                           envvar="LLAMAHUB_HUB_KEYS",
+                           envvar=KEYS_ENV,
                            help="the signing keys' folder, shared by every replica of the hub (read-only "
                                 "is fine for serving); default: --data's keys/ (env LLAMAHUB_HUB_KEYS)")
 

@@ -147,6 +147,25 @@ def test_keys_in_a_folder_of_their_own(tmp_path: Path) -> None:
     assert len(list(keys.glob("*.pem"))) == 2
 
 
+def test_a_database_url_hub_with_shared_keys_takes_every_command(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an external database the data dir holds no hub.db: the keys folder (LLAMAHUB_HUB_KEYS)
+    is what marks a hub, for every command, as in the README's replica set-up."""
+    db = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    data, keys = tmp_path / "hub", tmp_path / "shared-keys"
+    init = run_cli("hub", "init", "--data", str(data), "--database-url", db, "--keys-dir", str(keys))
+    assert init.returncode == 0, init.stderr
+    refused = run_cli("hub", "audit", "--data", str(data), "--database-url", db)
+    assert refused.returncode == 1 and "is not a hub" in refused.stderr  # without the keys: not a hub
+    monkeypatch.setenv("LLAMAHUB_HUB_KEYS", str(keys))
+    audit = run_cli("hub", "audit", "--data", str(data), "--database-url", db, "--json")
+    assert audit.returncode == 0, audit.stderr
+    assert [row["action"] for row in json.loads(audit.stdout)].count("key.create") == 1
+    rotated = run_cli("hub", "keys", "rotate", "--data", str(data), "--database-url", db)
+    assert rotated.returncode == 0, rotated.stderr
+    assert len(list(keys.glob("*.pem"))) == 2 and not (data / "keys").exists()
+
+
 def test_serve_with_workers_answers_from_several_processes(tmp_path: Path) -> None:
     psutil = pytest.importorskip("psutil")
     data = tmp_path / "hub"
