@@ -120,6 +120,24 @@ def test_a_key_rotated_on_one_replica_signs_on_the_other(cluster: Cluster) -> No
             assert httpx.get(on(url, link["url"], params, cluster.front)).status_code == 200
 
 
+def test_a_web_session_started_on_one_replica_goes_on_on_the_other(cluster: Cluster) -> None:
+    """The pages keep no session of their own: the cookie is the token, the form check is the
+    Origin header against --public-url, so a sign-in on A holds on B and a form posted to B works."""
+    user = register(cluster.front.url)
+    token = user.headers["Authorization"].removeprefix("Bearer ")
+    origin = {"Origin": cluster.front.url}
+    with httpx.Client(base_url=cluster.urls["a"]) as a:
+        signed = a.post("/enterprise/sign-in", data={"token": token}, headers=origin)
+    assert signed.status_code == 303 and signed.cookies.get("llamahub_token") == token
+    with httpx.Client(base_url=cluster.urls["b"], cookies={"llamahub_token": token}) as b:
+        page = b.get("/enterprise")
+        assert page.status_code == 200 and "sign-out" in page.text
+        out = b.post("/enterprise/sign-out", headers=origin)
+        assert out.status_code == 303 and 'llamahub_token=""' in out.headers.get("set-cookie", "")
+        foreign = b.post("/enterprise/sign-out", headers={"Origin": cluster.urls["b"]})
+        assert foreign.status_code == 403  # not the public URL: refused on every replica alike
+
+
 def test_two_inits_at_once_make_one_hub(tmp_path: Path) -> None:
     data = tmp_path / "hub"
     procs = [subprocess.Popen([*CLI, "hub", "init", "--data", str(data), "--json"], stdout=subprocess.PIPE,
