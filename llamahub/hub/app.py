@@ -9,6 +9,8 @@ served at ``/openapi.json`` (and ``/docs``) and is the contract.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -47,7 +49,7 @@ from llamahub.hub.deps import Ctx
 from llamahub.hub.errors import HubError
 from llamahub.hub.guard import MAX_BODY, Guard
 from llamahub.hub.links import DEFAULT_MAX_DOWNLOADS, DEFAULT_TTL
-from llamahub.hub.ratelimit import Rate
+from llamahub.hub.ratelimit import Rate, parse_limits
 from llamahub.version import __version__
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -119,13 +121,13 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
 
 
 def create_app(data_dir: str | Path, *, public_url: str | None = None, database_url: str | None = None,
-               blobs_url: str | None = None,
+               blobs_url: str | None = None, keys_dir: str | Path | None = None,
                clock: Callable[[], float] = time.time, link_ttl: int = DEFAULT_TTL,
                max_downloads: int = DEFAULT_MAX_DOWNLOADS, max_body: int = MAX_BODY,
                rate_limits: Mapping[str, Rate | None] | None = None) -> FastAPI:
     """The hub for ``data_dir`` (initialised with ``llamahub hub init``)."""
-    ctx = open_context(Path(data_dir), database_url=database_url, blobs_url=blobs_url, public_url=public_url,
-                       clock=clock,
+    ctx = open_context(Path(data_dir), database_url=database_url, blobs_url=blobs_url,
+                       keys_dir=Path(keys_dir) if keys_dir else None, public_url=public_url, clock=clock,
                        link_ttl=link_ttl, max_downloads=max_downloads, rate_limits=rate_limits)
 
     @asynccontextmanager
@@ -157,6 +159,18 @@ def create_app(data_dir: str | Path, *, public_url: str | None = None, database_
     app.include_router(routes_site.router)  # `/` and `/docs`, with Swagger UI served by the hub itself
     app.include_router(routes_hf.router)  # last: the Hugging Face protocol's `/{repo}/resolve/...`
     return app
+
+
+SERVE_ENV = "LLAMAHUB_HUB_SERVE"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``hub serve --workers N`` worker process: ``create_app`` with the settings the
+    command put in ``LLAMAHUB_HUB_SERVE`` (JSON: data_dir, public_url, database_url, blobs_url,
+    keys_dir, link_ttl, max_downloads, rate_limits as ``NAME=COUNT/SECONDS`` specs)."""
+    settings = json.loads(os.environ[SERVE_ENV])
+    settings["rate_limits"] = parse_limits(settings.get("rate_limits") or ())
+    return create_app(**settings)
 
 
 public_router = APIRouter(tags=["public"], responses=m.ERRORS)

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 DATA_ENV = "LLAMAHUB_HUB_DATA"
+KEYS_ENV = "LLAMAHUB_HUB_KEYS"  # every hub command reads it; init, serve and keys rotate also take --keys-dir
 
 
 def default_data_dir() -> Path:
@@ -32,10 +33,14 @@ def _data(data: Path | None) -> Path:
 @contextmanager
 def _opened(data: Path | None, database_url: str | None,
             blobs_url: str | None = None) -> Iterator[tuple[Any, Any]]:
-    """(store, blobs) of the hub in ``data``, closed afterwards."""
+    """(store, blobs) of the hub in ``data``, closed afterwards (keys: LLAMAHUB_HUB_KEYS, if set)."""
+    import os
+
     from llamahub.hub.context import open_store
 
-    store, blobs, _ = open_store(_data(data), database_url, blobs_url=blobs_url)
+    keys_dir = os.environ.get(KEYS_ENV) or None
+    store, blobs, _ = open_store(_data(data), database_url, blobs_url=blobs_url,
+                                 keys_dir=Path(keys_dir) if keys_dir else None)
     try:
         yield store, blobs
     finally:
@@ -50,6 +55,11 @@ blobs_option = click.option("--blobs", "blobs_url", envvar="LLAMAHUB_HUB_BLOBS",
                                  "AWS_ENDPOINT_URL; pip install 'llamahub[s3]'); default: --data's blobs/ "
                                  "(env LLAMAHUB_HUB_BLOBS)")
 
+keys_option = click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path),
+                           envvar=KEYS_ENV,
+                           help="the signing keys' folder, shared by every replica of the hub (read-only "
+                                "is fine for serving); default: --data's keys/ (env LLAMAHUB_HUB_KEYS)")
+
 
 @click.group("hub")
 def hub() -> None:
@@ -60,14 +70,16 @@ def hub() -> None:
 @data_option
 @db_option
 @blobs_option
+@keys_option
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def init_cmd(data: Path | None, database_url: str | None, blobs_url: str | None, as_json: bool) -> None:
+def init_cmd(data: Path | None, database_url: str | None, blobs_url: str | None, keys_dir: Path | None,
+             as_json: bool) -> None:
     """Create the signing key (Ed25519) and an admin token, printed once."""
-    from llamahub.hub.context import init_hub
+    from llamahub.hub.context import init_hub, keys_folder
 
     data_dir = _data(data)
-    kid, token = init_hub(data_dir, database_url, blobs_url)
-    key_file = data_dir / "keys" / f"{kid}.pem"
+    kid, token = init_hub(data_dir, database_url, blobs_url, keys_dir)
+    key_file = keys_folder(data_dir, keys_dir) / f"{kid}.pem"
     if as_json:
         click.echo(json.dumps({"data": str(data_dir), "key_id": kid, "key_file": str(key_file),
                                "admin_token": token}))
@@ -83,8 +95,12 @@ def init_cmd(data: Path | None, database_url: str | None, blobs_url: str | None,
 @data_option
 @db_option
 @blobs_option
+@keys_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="worker processes on this port (uvicorn's); they share the data, keys and blobs "
+                   "like replicas do (rate limits are per process: see the README)")
 @click.option("--public-url", help="the URL links, receipts and forms name (behind a proxy); "
                                   "default: the address the hub is bound to")
 @click.option("--link-ttl", default=24 * 3600, show_default=True, type=click.IntRange(1, 7 * 24 * 3600),
@@ -96,19 +112,28 @@ def init_cmd(data: Path | None, database_url: str | None, blobs_url: str | None,
 @click.option("--rate-limit", "rate_limits", multiple=True, metavar="NAME=COUNT/SECONDS",
               help="change a rate limit (or NAME=off); defaults: register.ip=20/60, link.token=60/60, "
                    "link.ip=300/60, sign-in.ip=10/60, sign-in.token=10/60")
-def serve_cmd(data: Path | None, database_url: str | None, blobs_url: str | None, host: str, port: int,
-              public_url: str | None,
+def serve_cmd(data: Path | None, database_url: str | None, blobs_url: str | None, keys_dir: Path | None,
+              host: str, port: int, workers: int, public_url: str | None,
               link_ttl: int, max_downloads: int, log_level: str, rate_limits: tuple[str, ...]) -> None:
-    """Serve the hub with uvicorn."""
+    """Serve the hub with uvicorn (one process, or --workers processes on one port)."""
+    import os
+
     import uvicorn
 
-    from llamahub.hub.app import create_app
+    from llamahub.hub.app import SERVE_ENV, create_app
     from llamahub.hub.ratelimit import parse_limits
 
-    app = create_app(_data(data), public_url=public_url, database_url=database_url, blobs_url=blobs_url,
-                     link_ttl=link_ttl,
-                     max_downloads=max_downloads, rate_limits=parse_limits(rate_limits))
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    settings = {"data_dir": str(_data(data)), "public_url": public_url, "database_url": database_url,
+                "blobs_url": blobs_url, "keys_dir": str(keys_dir) if keys_dir else None,
+                "link_ttl": link_ttl, "max_downloads": max_downloads}
+    app = create_app(**settings, rate_limits=parse_limits(rate_limits))
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    app.state.hub.store.close()  # checked here; each worker opens its own (llamahub.hub.app.app_from_env)
+    os.environ[SERVE_ENV] = json.dumps({**settings, "rate_limits": list(rate_limits)})
+    uvicorn.run("llamahub.hub.app:app_from_env", factory=True, workers=workers, host=host, port=port,
+                log_level=log_level)
 
 
 @hub.command("import")
@@ -145,6 +170,28 @@ def seed_demo_cmd(data: Path | None, database_url: str | None, blobs_url: str | 
     with _opened(data, database_url, blobs_url) as (store, blobs), \
             tempfile.TemporaryDirectory(dir=_data(data), prefix="seed-") as work:
         seed_demo(store, blobs, Path(work), echo=click.echo)
+
+
+@hub.group("keys")
+def keys_group() -> None:
+    """Signing keys: rotate where the keys folder is writable (replicas may mount it read-only)."""
+
+
+@keys_group.command("rotate")
+@data_option
+@db_option
+@keys_option
+def keys_rotate(data: Path | None, database_url: str | None, keys_dir: Path | None) -> None:
+    """A new signing key signs from now on (every replica, once it sees the file); older keys keep
+    verifying until revoked (POST /api/admin/keys/{kid}/revoke)."""
+    from llamahub.hub.context import open_store
+
+    store, _, keys = open_store(_data(data), database_url, keys_dir=keys_dir)
+    try:
+        kid = keys.create(_me())
+    finally:
+        store.close()
+    click.echo(f"signing key {kid} ({keys.key_dir / (kid + '.pem')}) signs from now on")
 
 
 # --- enterprise requests (operator side) -----------------------------------------------------------

@@ -4,6 +4,11 @@ Each limit is a token bucket: ``count`` requests at once, refilled at ``count`` 
 A request over a limit is refused with 429 and ``Retry-After`` (whole seconds until it would
 pass). Limits are kept in memory, per hub process; the client IP is the connection's peer (or what a
 trusted proxy says: uvicorn's ``--forwarded-allow-ips``, 127.0.0.1 by default).
+
+This is the one thing a hub process keeps for itself. Behind N replicas (or ``--workers N``) a
+client may get up to N times each limit; the limits of the whole hub belong at the load balancer
+(``deploy/nginx-llamahub.conf`` has them), these stay as a per-process second line. Nothing else
+depends on them: caps, acceptances, grants and the audit log are in the database.
 """
 
 from __future__ import annotations
