@@ -60,11 +60,17 @@ def _qat_model(folder: Path, quantizer: CpuQuantizer) -> torch.nn.Module:
     return assign_weights(model, state, trainable=True)
 
 
-@pytest.mark.parametrize("scheme", ["int4", "int8"])
+@pytest.mark.parametrize(("scheme", "kernel"), [("int4", "0"), ("int8", "0"), ("int4", "1")])
 def test_export_is_what_the_fake_quant_forward_ran_and_the_backend_runs_it(
-        scheme: str, llama2_debug_folder: Path, qa_data: Path, tmp_path: Path) -> None:
+        scheme: str, kernel: str, llama2_debug_folder: Path, qa_data: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A few QAT steps; then the fake-quantized forward's (q, scales) are the export's, bit for
-    bit, and the cpu backend loading the export gives that forward's logits."""
+    bit, and the cpu backend loading the export gives that forward's logits (dequantized + aten,
+    or its own int4 GEMM kernel)."""
+    from llamahub_cpu import kernels
+
+    monkeypatch.setenv("LLAMAHUB_CPU_KERNEL", kernel)
+    monkeypatch.setattr(kernels, "_cache", {})  # decided once per process: decide again here
     quantizer = RecordingQuantizer(scheme)
     model = _qat_model(llama2_debug_folder, quantizer)
     batch = _batch(llama2_debug_folder, qa_data)
@@ -76,7 +82,7 @@ def test_export_is_what_the_fake_quant_forward_ran_and_the_backend_runs_it(
         loss.backward()
         opt.step()
         first = first if first is not None else loss.item()
-    assert float(loss) < first  # it trains
+    assert loss.item() < first  # it trains
 
     quantizer.given.clear()
     with torch.no_grad():
@@ -106,6 +112,7 @@ def test_export_is_what_the_fake_quant_forward_ran_and_the_backend_runs_it(
 
     m = llamahub.load(out, dtype=scheme)
     assert m.info["quantized"]["shipped"] is True and m.info["quantized"]["built"] is False
+    assert ("plain torch" in m.info["kernel"]) == (kernel == "0"), m.info["kernel"]
     for name, module in m.decoder.named_modules():
         if isinstance(module, QuantLinear):  # the very bytes trained: nothing quantized again
             assert torch.equal(module.q, used[f"{name}.weight"][0]), name
