@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from llamahub_cpu.artifact import FORMAT, shipped_path, tensor_kind
-from llamahub_cpu.quant import BITS, SCHEMES, dequantize, padded_k, quantize
+from llamahub_cpu.quant import BITS, SCHEMES, dequantize, padded_k, quantize_with
 
 
 class CpuQuantizer:
@@ -43,9 +43,14 @@ class CpuQuantizer:
         return tensor_kind(key, ndim, self.scheme)
 
     def quantize(self, w: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q, scales)`` of the weight ``w`` [out, in], exactly as the backend stores them."""
+        """``(q, scales)`` of the weight ``w`` [out, in], exactly as the backend stores them: on
+        its compiled quantizer for a CPU tensor when it has one (int4 8x faster, the same
+        rules), else in torch (any device)."""
+        from llamahub_cpu.kernels import qkernel
+
         with torch.no_grad():
-            return quantize(w.detach(), kind)
+            ops = qkernel() if w.device.type == "cpu" else None
+            return quantize_with(None if isinstance(ops, str) else ops, w.detach(), kind)
 
     def dequantize(self, q: torch.Tensor, scales: torch.Tensor, kind: str, k: int) -> torch.Tensor:
         """The float32 weight [out, k] the backend computes with."""
