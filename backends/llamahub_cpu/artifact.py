@@ -34,9 +34,7 @@ from llamahub_cpu.quant import head_scheme, quantize_with
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the file's layout changes: older files are then rebuilt
 FILE = "weights.safetensors"
-
-
-SHIPPED_DIR = "quantized"
+SHIPPED_DIR = "quantized"  # in a checkpoint's folder: weights shipped already quantized
 
 
 def artifact_key(scheme: str) -> str:
