@@ -156,20 +156,31 @@ def test_qat_finds_the_backends_quantizer(plugin_manager) -> None:  # type: igno
         Q.find_quantizer(4, "plain")
 
 
-def test_qat_output_is_loaded_as_shipped(llama2_debug_folder: Path, qa_data: Path) -> None:
+def test_qat_for_a_backend_without_a_scheme_is_refused_before_training(llama2_debug_folder: Path,
+                                                                       qa_data: Path) -> None:
+    with pytest.raises(llamahub.errors.ConfigError, match="no installed backend 'nope'"):
+        llamahub.finetune(llama2_debug_folder, method="qat", data=qa_data, output="qa-refused",
+                          progress=False, max_steps=1, backend="nope")
+    with pytest.raises(llamahub.UnknownVariantError):
+        llamahub.variant("qa-refused")  # nothing was made
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qat_output_is_loaded_as_shipped(bits: int, llama2_debug_folder: Path, qa_data: Path) -> None:
+    dtype = f"int{bits}"
     done = llamahub.finetune(llama2_debug_folder, method="qat", data=qa_data, output="qa-qat-shipped",
-                             progress=False, max_steps=3, batch_size=4, lr=3e-3, threads=1)
-    assert done.metrics["quantized_for"] == {"backend": "cpu", "dtype": "int4",
-                                             "files": ["quantized/cpu-int4-v1.safetensors"]}
-    shipped = load_file(str(done.folder / "quantized" / "cpu-int4-v1.safetensors"))
+                             progress=False, max_steps=3, batch_size=4, lr=3e-3, threads=1, bits=bits)
+    assert done.metrics["quantized_for"] == {"backend": "cpu", "dtype": dtype,
+                                             "files": [f"quantized/cpu-{dtype}-v1.safetensors"]}
+    shipped = load_file(str(done.folder / "quantized" / f"cpu-{dtype}-v1.safetensors"))
     ckpt = open_checkpoint(done.folder).state_dict()
     for name in ("layers.0.attention.wq", "layers.1.feed_forward.w2", "output"):
-        scheme = "int8" if name == "output" else "int4"
+        scheme = "int8" if name == "output" else dtype
         w = ckpt[f"{name}.weight"]
         assert torch.equal(dequantize(shipped[f"{name}.q"], shipped[f"{name}.scales"], scheme, w.shape[1]), w)
     batch = _batch(llama2_debug_folder, qa_data)
     # by its folder in the cache (by name, the base's license must have been accepted on a hub)
-    with llamahub.load(done.folder, dtype="int4") as m4, llamahub.load(done.folder, dtype="fp32") as m32:
+    with llamahub.load(done.folder, dtype=dtype) as m4, llamahub.load(done.folder, dtype="fp32") as m32:
         assert m4.info["quantized"]["shipped"] is True
         with torch.no_grad():
             a, b = m4.decoder(batch.inputs, use_cache=False), m32.decoder(batch.inputs, use_cache=False)
