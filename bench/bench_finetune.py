@@ -1,10 +1,12 @@
-"""Training tokens/s: llamahub's fine-tuning loop (lora, full) next to transformers + peft.
+"""Training tokens/s: llamahub's fine-tuning loop (lora, full, qat) next to transformers + peft.
 
 Both engines train the same random weights on the same token batches (random ids drawn with a
 seed, every token a target), with AdamW at the same learning rate and LoRA on the same
 projections (rank 8, alpha 16, no dropout), in one run of this script. A step is forward,
 backward, gradient clipping and the optimizer step. Figures are input tokens per second over the
-timed steps, after untimed warm-up steps.
+timed steps, after untimed warm-up steps. ``qat`` (llamahub only: transformers has no QAT of the
+cpu backend's scheme) is ``full`` with every block projection and the head fake-quantized in the
+cpu backend's int4, the embedding in bfloat16: what its rounding costs per step.
 
     .venv/bin/python bench/bench_finetune.py --config 110m --out bench/results/finetune.jsonl
     .venv/bin/python bench/bench_finetune.py --config tiny --steps 2 --warmup 1 --out /tmp/ft.jsonl  # smoke
@@ -60,6 +62,11 @@ def llamahub_step(args: ModelArgs, method: str, lr: float) -> Step:
         for name, p in model.named_parameters():
             p.requires_grad_(".lora_" in name)
     else:
+        if method == "qat":
+            from llamahub_cpu.prequant import CpuQuantizer
+            from llamahub_finetune.qat import add_fake_quant
+
+            add_fake_quant(model, ("wq", "wk", "wv", "wo", "w1", "w2", "w3"), CpuQuantizer("int4"))
         assign_weights(model, state, trainable=True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -109,7 +116,7 @@ ENGINES = {"llamahub": llamahub_step, "transformers": transformers_step}
 
 def measure(opts: argparse.Namespace, config: str, method: str, engine: str) -> dict[str, Any]:
     args = CONFIGS[config]
-    step = ENGINES[engine](args, method, 1e-4 if method == "full" else 1e-3)
+    step = ENGINES[engine](args, method, 1e-3 if method == "lora" else 1e-4)
     data = batches(args, opts.warmup + opts.steps, opts.batch, opts.seq)
     for tokens in data[:opts.warmup]:
         step(tokens)
@@ -126,7 +133,7 @@ def measure(opts: argparse.Namespace, config: str, method: str, engine: str) -> 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="110m", choices=sorted(CONFIGS))
-    p.add_argument("--method", default="lora,full", help="comma-separated, of lora, full")
+    p.add_argument("--method", default="lora,full,qat", help="comma-separated, of lora, full, qat")
     p.add_argument("--engine", default="llamahub,transformers", help="comma-separated")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -140,6 +147,8 @@ def main() -> None:
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     for method in opts.method.split(","):
         for engine in opts.engine.split(","):
+            if method == "qat" and engine != "llamahub":
+                continue
             record = measure(opts, opts.config, method, engine)
             with opts.out.open("a") as f:
                 f.write(json.dumps(record) + "\n")

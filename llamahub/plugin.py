@@ -91,6 +91,14 @@ _LAZY = {
 }
 
 
+def installed_backends() -> dict[str, Backend]:
+    """Every installed backend by name, for a plugin that uses another's declared capabilities
+    (QAT asks each for a ``quantizer``); the core itself never asks a backend by name."""
+    from llamahub.plugins import backends
+
+    return backends()
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
@@ -149,6 +157,7 @@ __all__ = [
     "hf_key_to_meta",
     "hf_rows_to_meta",
     "hookimpl",
+    "installed_backends",
     "load_licenses",
     "meta_key_to_hf",
     "meta_rows_to_hf",

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from llamahub.plugin import Artifacts, Backend, LlamaModel, Variant
+    from llamahub_cpu.prequant import CpuQuantizer
 
 DTYPES = ("bf16", "fp32", "int8", "int4")  # the first is the default: half the memory of fp32
 BYTES = {"fp32": 4, "bf16": 2}
@@ -99,6 +100,13 @@ class CpuBackend:
         from llamahub_cpu.engine import load_cpu_model
 
         return load_cpu_model(artifacts, variant, options)
+
+    def quantizer(self, dtype: str) -> CpuQuantizer | None:
+        """This backend's int8/int4 scheme for a trainer to fake-quantize with and to ship weights
+        in, which a load with ``dtype`` then maps unchanged (``llamahub_cpu.prequant``)."""
+        from llamahub_cpu.prequant import CpuQuantizer
+
+        return CpuQuantizer(dtype) if dtype in QUANT_BITS else None
 
 
 @hookimpl

@@ -8,6 +8,11 @@ A later load trusts a file whose size and modification time match the sidecar; a
 changed is re-hashed, and rebuilt when it no longer matches (as is one that cannot be read or
 whose tensors do not fit the model). A new snapshot has its own derived folder, so it is
 quantized anew.
+
+A checkpoint folder may also ship its quantized weights, made ahead of time in this very layout
+(``shipped_path``: ``quantized/cpu-<scheme>-v<FORMAT>.safetensors``, written through
+``llamahub_cpu.prequant`` by quantization-aware training); a load in that scheme maps that file
+as it is and quantizes nothing.
 """
 
 from __future__ import annotations
@@ -22,16 +27,34 @@ from typing import Any
 
 import torch
 
+from llamahub.errors import CorruptCheckpointError
 from llamahub.plugin import Artifacts, CheckpointReader
 from llamahub_cpu.quant import head_scheme, quantize_with
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the file's layout changes: older files are then rebuilt
 FILE = "weights.safetensors"
+SHIPPED_DIR = "quantized"  # in a checkpoint's folder: weights shipped already quantized
 
 
 def artifact_key(scheme: str) -> str:
     return f"cpu-{scheme}-v{FORMAT}"
+
+
+def shipped_path(folder: Path, scheme: str) -> Path:
+    """Where a checkpoint folder ships weights already quantized in ``scheme`` (see the module doc)."""
+    return folder / SHIPPED_DIR / f"{artifact_key(scheme)}.safetensors"
+
+
+def tensor_kind(key: str, ndim: int, scheme: str) -> str:
+    """What the reference model's tensor ``key`` is stored as in ``scheme``: the scheme of a
+    linear's weight ("int8"/"int4"; the output head's is ``head_scheme``), "bf16" (the
+    embedding) or "fp32" (norms)."""
+    if key == "tok_embeddings.weight":
+        return "bf16"
+    if key.endswith(".weight") and ndim == 2:
+        return head_scheme(scheme) if key == "output.weight" else scheme
+    return "fp32"
 
 
 class CorruptArtifactError(Exception):
@@ -49,11 +72,12 @@ def quantized_state(reader: CheckpointReader, scheme: str,
     out: dict[str, torch.Tensor] = {}
     for key in list(state):
         t = state.pop(key)
-        if key == "tok_embeddings.weight":
+        kind = tensor_kind(key, t.dim(), scheme)
+        if kind == "bf16":
             out[key] = t.to(torch.bfloat16).contiguous()
-        elif key.endswith(".weight") and t.dim() == 2:
+        elif kind != "fp32":
             name = key.removesuffix(".weight")
-            q, s = quantize_with(ops, t, head_scheme(scheme) if name == "output" else scheme)
+            q, s = quantize_with(ops, t, kind)
             out[f"{name}.q"], out[f"{name}.scales"] = q.contiguous(), s.contiguous()
         else:
             out[key] = t.float().contiguous()
@@ -114,11 +138,35 @@ def _map(path: Path) -> dict[str, torch.Tensor]:
         raise CorruptArtifactError(f"unreadable: {e}") from e
 
 
+def map_shipped(path: Path, scheme: str) -> dict[str, torch.Tensor]:
+    """The tensors of a shipped file (memory-mapped), refused when not this scheme and format."""
+    from safetensors import SafetensorError, safe_open
+
+    redo = ("run the quantization-aware fine-tune again with this llamahub, or load the "
+            "checkpoint with another dtype (fp32, bf16)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError, ValueError) as e:
+        raise CorruptCheckpointError(f"the quantized weights shipped in {path} are unreadable: {e}",
+                                     hint=redo) from e
+    if (meta.get("scheme"), meta.get("format")) != (scheme, str(FORMAT)):
+        raise CorruptCheckpointError(
+            f"{path} holds {meta.get('scheme')} weights in format {meta.get('format')}, "
+            f"not {scheme} in format {FORMAT}", hint=redo)
+    return tensors
+
+
 def quantized_weights(artifacts: Artifacts, reader: CheckpointReader, scheme: str,
                       ops: ModuleType | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The memory-mapped quantized tensors, and what happened: ``{"built": bool, "path", ...}``."""
+    """The memory-mapped quantized tensors, and what happened: ``{"built": bool, "path", ...}``
+    (``"shipped": True`` when the checkpoint folder carried them)."""
     from filelock import FileLock
 
+    shipped = shipped_path(artifacts.folder, scheme)
+    if shipped.is_file():
+        return map_shipped(shipped, scheme), {"built": False, "shipped": True, "path": str(shipped)}
     folder = artifacts.derived(artifact_key(scheme))
     path = folder / FILE
     with FileLock(str(folder / ".lock")):

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from llamahub.errors import CorruptCheckpointError
 from llamahub.plugin import (
     Artifacts,
     CheckpointReader,
@@ -71,6 +72,10 @@ def build_quant_decoder(artifacts: Artifacts, reader: CheckpointReader,
     try:
         model.load_state_dict(tensors, strict=True, assign=True)
     except RuntimeError as e:  # names or shapes that do not fit: a damaged or foreign file
+        if cache.get("shipped"):  # not ours to rebuild: it holds what a fine-tune trained
+            raise CorruptCheckpointError(
+                f"the quantized weights shipped in {cache['path']} do not fit this model: {str(e)[:200]}",
+                hint="run the quantization-aware fine-tune again, or load with another dtype") from e
         cache |= {"built": True, "rebuilt_because": f"tensors do not fit the model: {str(e)[:200]}"}
         model.load_state_dict(rebuild(artifacts, reader, scheme, ops), strict=True, assign=True)
     model.requires_grad_(False)

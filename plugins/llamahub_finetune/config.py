@@ -91,7 +91,9 @@ class QatConfig(TrainConfig):
 
     method: Literal["qat"] = "qat"
     bits: Literal[4, 8] = 4
-    group_size: int = Field(32, ge=0)  # input columns per scale; 0 = one scale per row
+    # the backend whose int<bits> scheme is trained and shipped (default: the first by priority
+    # that offers one, the cpu backend here); its load with dtype int<bits> maps the result as is
+    backend: str | None = None
     targets: tuple[str, ...] = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
     @field_validator("targets")

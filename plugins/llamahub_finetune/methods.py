@@ -31,8 +31,10 @@ def chat_format_of(variant: lp.Variant) -> str:
     return variant.chat_format or ("llama3" if variant.tokenizer == "tiktoken" else "llama2")
 
 
-def build(ref: lp.Reference, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The reference model on the meta device → LoRA transform (lora) → weights assigned."""
+def build(ref: lp.Reference, cfg: TrainConfig, device: torch.device,
+          quantizer: Any = None) -> torch.nn.Module:
+    """The reference model on the meta device → LoRA transform (lora) or fake quantization with
+    the backend's ``quantizer`` (qat) → weights assigned."""
     model = lp.build_meta(ref.args)
     dtype = DTYPES[cfg.dtype]
     state = ref.reader.state_dict(dtype=dtype)
@@ -47,20 +49,21 @@ def build(ref: lp.Reference, cfg: TrainConfig, device: torch.device) -> torch.nn
             p.requires_grad_(".lora_" in name)
     else:  # every weight trains: own copies, never the memory-mapped checkpoint
         if isinstance(cfg, QatConfig):
-            Q.add_fake_quant(model, cfg.targets, cfg.bits, cfg.group_size)
+            Q.add_fake_quant(model, cfg.targets, quantizer)
         state = {k: v.clone() for k, v in state.items()}
         lp.assign_weights(model, state, device=device, trainable=True)
     return model
 
 
-def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, Any] | None:
-    """One rank's whole run; rank 0 returns the result fields."""
+def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank,
+               quantizer: Any = None) -> dict[str, Any] | None:
+    """One rank's whole run; rank 0 returns the result fields. ``quantizer``: QAT's (``qat.py``)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = device_for(cfg, rank.rank)
     ref = lp.open_reference(job.artifacts, job.base, job.options)
-    model = build(ref, cfg, device)
+    model = build(ref, cfg, device, quantizer)
     records = D.read_records(job.data)
     train_recs, held_recs = D.split(records, cfg.eval_fraction, cfg.seed)
     context = ref.args.max_seq_len
@@ -85,6 +88,7 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
     if rank.rank != 0:
         return None
     files: list[str] = []
+    extra: dict[str, Any] = {}
     if isinstance(cfg, LoraConfig):
         adapter = {k: v.cpu() for k, v in L.adapter_state(model).items()}
         files = [f"adapter/{n}" for n in L.save_adapter(job.output / "adapter", adapter, cfg, ref.args,
@@ -92,9 +96,10 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
         state = L.merged_state(model)
     elif isinstance(cfg, QatConfig):
         assert full is not None
-        state, packed = Q.quantized_state(model, full)
-        files = [f"quantized/{n}" for n in Q.save_quantized(job.output / "quantized", packed, cfg.bits,
-                                                             cfg.group_size)]
+        state, packed = Q.export(full, quantizer)
+        files = quantizer.save(job.output, state, packed)
+        extra = {"quantized_for": {"backend": getattr(quantizer, "backend", None),
+                                   "dtype": f"int{cfg.bits}", "files": files}}
     else:
         assert full is not None
         state = full
@@ -106,11 +111,11 @@ def train_rank(job: lp.FinetuneJob, cfg: TrainConfig, rank: Rank) -> dict[str, A
                     "tokens_per_second": metrics.tokens / metrics.seconds if metrics.seconds else None,
                     "resumed_from": metrics.resumed_from, "train_examples": len(train),
                     "eval_examples": len(held), "processes": rank.world,
-                    "parallel": cfg.parallel if rank.world > 1 else None},
+                    "parallel": cfg.parallel if rank.world > 1 else None, **extra},
     }
 
 
-def _worker(rank: int, world: int, port: int, job: lp.FinetuneJob, cfg: TrainConfig) -> None:
+def _worker(rank: int, world: int, port: int, job: lp.FinetuneJob, cfg: TrainConfig, quantizer: Any) -> None:
     import torch.distributed as dist
 
     device = device_for(cfg, rank)
@@ -119,7 +124,7 @@ def _worker(rank: int, world: int, port: int, job: lp.FinetuneJob, cfg: TrainCon
     dist.init_process_group(dist_backend(device), init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, device_id=device if device.type == "cuda" else None)
     try:
-        result = train_rank(job, cfg, Rank(rank, world))
+        result = train_rank(job, cfg, Rank(rank, world), quantizer)
         if result is not None:
             torch.save(result, job.workdir / RESULT)
     finally:
@@ -130,8 +135,9 @@ def run(job: lp.FinetuneJob, cfg: TrainConfig) -> lp.FinetuneResult:
     P.check(str(getattr(cfg, "method", "full")), cfg.parallel, cfg.processes)
     if cfg.device == "cuda":
         check_gpus(cfg)  # here, before any rank starts: a clear error instead of a failed rank
+    quantizer = Q.find_quantizer(cfg.bits, cfg.backend)[1] if isinstance(cfg, QatConfig) else None
     if cfg.processes == 1:
-        fields = train_rank(job, cfg, Rank())
+        fields = train_rank(job, cfg, Rank(), quantizer)
     else:
         import torch.multiprocessing as mp
         from torch.multiprocessing.spawn import ProcessException
@@ -139,7 +145,8 @@ def run(job: lp.FinetuneJob, cfg: TrainConfig) -> lp.FinetuneResult:
         job.workdir.mkdir(parents=True, exist_ok=True)
         (job.workdir / RESULT).unlink(missing_ok=True)
         try:
-            mp.spawn(_worker, args=(cfg.processes, free_port(), job, cfg), nprocs=cfg.processes, join=True)
+            mp.spawn(_worker, args=(cfg.processes, free_port(), job, cfg, quantizer), nprocs=cfg.processes,
+                     join=True)
         except ProcessException as e:
             raise lp.BackendError(f"a data-parallel rank failed: {str(e).strip().splitlines()[-1]}",
                                   hint="the full traceback is above; fix it and run again "

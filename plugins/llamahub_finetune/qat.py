@@ -1,127 +1,129 @@
-"""Quantization-aware training: projections see their weights rounded to int8/int4 while training.
+"""Quantization-aware training for the int8/int4 scheme of the backend that will run the result.
 
-The scheme is symmetric and group-wise: each row of a weight is cut into groups of ``group_size``
-input columns (``0``: the whole row), each group gets a scale ``max|w| / qmax`` (qmax 127 for
-int8, 7 for int4) and its values round to integers in [-qmax - 1, qmax]. In training the
-forward uses the rounded weight and the gradient passes straight through the rounding
-(``w + (q(w) - w).detach()``), so the float weights learn to sit where rounding hurts least.
+A backend that runs pre-quantized weights offers ``quantizer(dtype)`` (the cpu backend does:
+blocks of 32 input columns, one float16 scale each, int8 symmetric or int4 in -8..7 with its
+least-error scale; ``llamahub_cpu.prequant``). QAT asks the installed backends for one
+(``find_quantizer``) and trains the very model that backend will run:
 
-Export: the derivative's checkpoint holds the dequantized weights (any backend loads them and
-computes what the quantized model computes), and ``quantized/`` holds the integers and scales
-(``weights.safetensors``: ``<name>.qweight`` int8 [out, in], ``<name>.scales`` float32
-[out, in / group_size]; ``quant_config.json`` says bits, group size and scheme) for a quantized
-backend to map as they are.
+- the block projections in ``targets`` and the output head compute with their weight quantized
+  and dequantized by the backend's own functions, the scale recomputed from the current weight
+  by the backend's rule at every step (nothing about the grid is learned, so the export needs
+  no rule of its own); the embedding computes rounded to what the backend keeps (bfloat16);
+- the gradient passes straight through the rounding (``w + (w_hat - w).detach()``), so the float
+  weights learn to sit where rounding hurts least.
+
+Export (``export``): the ``(q, scales)`` of the final weights, made by the function the forward
+uses, go to the backend's ``save`` (its own file in the derivative's ``quantized/``), so a load
+in that dtype maps exactly the integers trained, with no second quantization; the checkpoint
+holds the same weights dequantized, so any backend or dtype computes the quantized model's
+function. Projections left out of ``targets`` train in float and are quantized once at export.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 import llamahub.plugin as lp
 
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "quant_config.json"
+INTEGER = ("int8", "int4")  # the kinds a quantizer quantizes; "bf16" is rounded, "fp32" kept
 
 
-def quantize(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(integers as int8 [out, in], scales float32 [out, groups]) of ``w`` [out, in]."""
-    out, inp = w.shape
-    group = group_size or inp
-    if inp % group:
-        raise lp.ConfigError(f"group_size {group} does not divide the input width {inp}",
-                             hint="choose a group size that divides every projection's width (e.g. 32)")
-    qmax = 2 ** (bits - 1) - 1
-    groups = w.detach().float().reshape(out, inp // group, group)
-    scales = groups.abs().amax(-1).clamp(min=1e-8) / qmax
-    q = torch.clamp(torch.round(groups / scales[..., None]), -qmax - 1, qmax)
-    return q.reshape(out, inp).to(torch.int8), scales
+def find_quantizer(bits: int, backend: str | None) -> tuple[str, Any]:
+    """(backend name, its quantizer for int``bits``): ``backend``'s, else the first installed
+    backend by priority that offers one."""
+    dtype = f"int{bits}"
+    installed = lp.installed_backends()
+    if backend is not None and backend not in installed:
+        raise lp.ConfigError(f"no installed backend {backend!r}",
+                             hint=f"installed: {', '.join(sorted(installed)) or 'none'}")
+    names = [backend] if backend else sorted(installed, key=lambda n: -getattr(installed[n], "priority", 0))
+    for name in names:
+        make = getattr(installed[name], "quantizer", None)
+        quantizer = make(dtype) if callable(make) else None
+        if quantizer is not None:
+            return name, quantizer
+    where = f"the {backend} backend runs" if backend else "no installed backend runs"
+    raise lp.ConfigError(f"{where} no pre-quantized {dtype} weights, so QAT has no scheme to train for",
+                         hint="install llamahub's cpu backend (it offers int8 and int4), or name a "
+                              "backend with a quantizer (backend=...)")
 
 
-def dequantize(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    out, inp = q.shape
-    groups = scales.shape[1]
-    return (q.float().reshape(out, groups, inp // groups) * scales[..., None]).reshape(out, inp)
-
-
-def fake_quant(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """``w`` rounded to the grid in the forward, the identity in the backward."""
-    q, scales = quantize(w, bits, group_size)
-    return w + (dequantize(q, scales).to(w.dtype) - w).detach()
+def fake_quant(w: torch.Tensor, quantizer: Any, kind: str) -> torch.Tensor:
+    """``w`` as the backend computes with it in the forward; the identity in the backward."""
+    if kind == "bf16":
+        return w + (w.detach().to(torch.bfloat16).to(w.dtype) - w).detach()
+    q, scales = quantizer.quantize(w.detach(), kind)
+    return w + (quantizer.dequantize(q, scales, kind, w.shape[1]).to(w.dtype) - w).detach()
 
 
 class FakeQuantLinear(nn.Linear):
-    """A projection whose forward uses its weight rounded to ``bits`` (the weight keeps its name)."""
+    """A projection whose forward uses its weight as the backend stores it (the weight keeps its name)."""
 
-    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int) -> None:
+    def __init__(self, in_features: int, out_features: int, quantizer: Any, kind: str) -> None:
         super().__init__(in_features, out_features, bias=False)
-        self.bits, self.group_size = bits, group_size
+        self.quantizer, self.kind = quantizer, kind
 
     def reset_parameters(self) -> None:
         """No init: the weight comes from the checkpoint."""
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.kind}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, fake_quant(self.weight, self.bits, self.group_size))
+        return F.linear(x, fake_quant(self.weight, self.quantizer, self.kind))
 
 
-def add_fake_quant(model: lp.Transformer, targets: tuple[str, ...], bits: int, group_size: int) -> list[str]:
+class FakeQuantEmbedding(nn.Embedding):
+    """The embedding looked up in the precision the backend keeps it in (bfloat16)."""
+
+    def reset_parameters(self) -> None:
+        """No init: the weight comes from the checkpoint."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, fake_quant(self.weight, None, "bf16"))
+
+
+def add_fake_quant(model: lp.Transformer, targets: tuple[str, ...], quantizer: Any) -> list[str]:
+    """On the meta model: the ``targets`` projections and the head → ``FakeQuantLinear``, the
+    embedding → ``FakeQuantEmbedding``, as far as the backend stores them below float32."""
     names = []
-    for i, block in enumerate(model.layers):
-        for parent_name, parent in (("attention", block.attention), ("feed_forward", block.feed_forward)):
-            for proj in targets:
-                old = getattr(parent, proj, None)
-                if old is None:
-                    continue
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            kind = quantizer.kind(f"{full}.weight", 2)
+            if isinstance(child, nn.Linear) and kind in INTEGER and (name in targets or full == "output"):
                 with torch.device("meta"):
-                    new = FakeQuantLinear(old.in_features, old.out_features, bits, group_size)
-                setattr(parent, proj, new)
-                names.append(f"layers.{i}.{parent_name}.{proj}")
+                    new: nn.Module = FakeQuantLinear(child.in_features, child.out_features, quantizer, kind)
+            elif isinstance(child, nn.Embedding) and kind == "bf16":
+                with torch.device("meta"):
+                    new = FakeQuantEmbedding(child.num_embeddings, child.embedding_dim)
+            else:
+                continue
+            setattr(parent, name, new)
+            names.append(full)
     return names
 
 
-def quantized_state(model: nn.Module, full: Mapping[str, torch.Tensor] | None = None
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(the full state with every fake-quantized weight replaced by its dequantized value,
-    the integers and scales of those weights). ``full``: the model's full weights when its own
-    state dict is sharded (FSDP)."""
-    owners = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, FakeQuantLinear)}
+def export(full: Mapping[str, torch.Tensor], quantizer: Any
+           ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """(the checkpoint: every weight as the backend computes with it, in its own dtype;
+    the ``(q, scales)`` of every quantized weight, for ``quantizer.save``) from the final weights
+    ``full`` (the model's state dict; FSDP's gathered one)."""
     state, packed = {}, {}
-    for key, value in (full if full is not None else model.state_dict()).items():
-        module = owners.get(key)
-        if module is None:
-            state[key] = value.detach().clone()
-            continue
-        q, scales = quantize(value, module.bits, module.group_size)
-        state[key] = dequantize(q, scales).to(value.dtype)
-        name = key.removesuffix(".weight")
-        packed[f"{name}.qweight"], packed[f"{name}.scales"] = q.contiguous(), scales.contiguous()
-    return state, packed
-
-
-def save_quantized(folder: Path, packed: Mapping[str, torch.Tensor], bits: int, group_size: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(dict(packed), str(folder / WEIGHTS_FILE),
-              metadata={"bits": str(bits), "group_size": str(group_size), "scheme": "symmetric"})
-    config = {"bits": bits, "group_size": group_size, "scheme": "symmetric",
-              "layout": "qweight int8 [out, in]; scales float32 [out, in / group_size]; w = q * scale"}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    return [CONFIG_FILE, WEIGHTS_FILE]
-
-
-def post_training(state: Mapping[str, torch.Tensor], targets: tuple[str, ...], bits: int,
-                  group_size: int) -> dict[str, torch.Tensor]:
-    """Round the ``targets`` projections of a state dict after training (the baseline QAT beats)."""
-    out = {}
-    for key, value in state.items():
-        proj = key.removesuffix(".weight").rsplit(".", 1)[-1]
-        if key.startswith("layers.") and proj in targets and value.dim() == 2:
-            out[key] = dequantize(*quantize(value, bits, group_size)).to(value.dtype)
+    for key, value in full.items():
+        value = value.detach()
+        kind = quantizer.kind(key, value.dim())
+        if kind in INTEGER:
+            q, scales = quantizer.quantize(value, kind)
+            packed[key] = (q, scales)
+            state[key] = quantizer.dequantize(q, scales, kind, value.shape[1]).to(value.dtype)
+        elif kind == "bf16":
+            state[key] = value.to(torch.bfloat16).to(value.dtype)
         else:
-            out[key] = value
-    return out
+            state[key] = value.clone()
+    return state, packed
