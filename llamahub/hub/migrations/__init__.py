@@ -18,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 LOCK_KEY = 0x6C6C686D  # the advisory lock migrations hold on PostgreSQL ("llhm")
 
 
-def _config(conn: Connection):
+def _config(conn: Connection | None = None) -> Any:
+    """Alembic's configuration, without an ini file (alembic is imported here: no import-time cost)."""
     from alembic.config import Config
 
     config = Config()
@@ -35,12 +36,10 @@ def current(conn: Connection) -> str | None:
 
 
 def head() -> str:
-    from alembic.config import Config
+    """The newest revision."""
     from alembic.script import ScriptDirectory
 
-    config = Config()
-    config.set_main_option("script_location", str(HERE))
-    found = ScriptDirectory.from_config(config).get_current_head()
+    found = ScriptDirectory.from_config(_config()).get_current_head()
     assert found is not None
     return found
 
