@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import secrets
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,13 +75,20 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+# SQLite's OperationalError also means bad SQL ("no such table"): only these say "try again"
+SQLITE_UNAVAILABLE = ("locked", "busy", "unable to open", "disk i/o")
+
 
 @contextmanager
 def _reachable() -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError, PoolTimeoutError) as e:
-        raise DatabaseUnavailableError(f"the hub's database is unavailable: {str(e).splitlines()[0]}",
+        orig = getattr(e, "orig", None)
+        if isinstance(orig, sqlite3.Error) and not any(w in str(orig).lower() for w in SQLITE_UNAVAILABLE):
+            raise
+        # no detail for the client (it would name the database's host); the cause stays chained
+        raise DatabaseUnavailableError("the hub's database is unavailable (restarting, or unreachable)",
                                        hint="retry in a few seconds; if it persists, the hub's operator "
                                             "should check the database server") from e
 
@@ -110,7 +118,8 @@ class StoreBase:
 
     def _engine(self, url: str) -> Engine:
         if not self.is_sqlite:  # pre-ping: after a database restart the next request reconnects
-            return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+            return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30,  # the thread pool
+                                 connect_args={"options": "-c timezone=UTC"})
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
