@@ -214,7 +214,7 @@ links = Table(
     Column("user_id", String(32), ForeignKey("users.id"), nullable=False, index=True),
     Column("family", String(64), nullable=False),
     Column("key_id", String(16), ForeignKey("signing_keys.key_id"), nullable=False),
-    Column("policy", JsonText(), nullable=False),  # JSON, exactly as signed
+    Column("policy", JsonText(), nullable=False),  # JSON: the policy as signed
     Column("issued_at", UtcTime(), nullable=False),
     Column("expires", BigInteger, nullable=False),  # epoch seconds
     Column("max_downloads", BigInteger, nullable=False),

@@ -31,6 +31,10 @@ def _rows(path: Path) -> dict[str, list[tuple]]:
         return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
 
 
+def test_the_head_the_store_knows_is_alembics() -> None:
+    assert migrations.head() == migrations.HEAD
+
+
 def test_a_hub_made_before_alembic_upgrades_in_place(tmp_path: Path) -> None:
     data = tmp_path / "hub"
     data.mkdir()

@@ -4,7 +4,9 @@ process on either database; restarting PostgreSQL under a running hub gives clea
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -125,3 +127,47 @@ def test_restarting_postgres_gives_503_then_the_hub_recovers(pg_cluster: Cluster
         links = http.get("/api/links").json()
         assert len(links["links"] if isinstance(links, dict) else links) == 2
         http.close()
+
+
+def test_two_hub_processes_on_one_database_race_on_the_same_rows(pg_cluster: Cluster, tmp_path: Path) -> None:
+    """Two replicas (one data dir, one database), 18 requests at once on one user's rows: profile
+    updates, acceptances of one license and downloads of one file through one link. No 5xx, one
+    acceptance, the link's cap exact, every update audited."""
+    db = ["--database-url", pg_cluster.new_database()]
+    data = tmp_path / "hub"
+    token = _start_hub(data, *db)
+    with serving(data, token, *NO_RATE_LIMITS, *db, log=tmp_path / "a.log") as (a, _), \
+            serving(data, token, *NO_RATE_LIMITS, *db, log=tmp_path / "b.log") as (b, _):
+        http = _user(a.url)
+        auth = {"Authorization": http.headers["Authorization"]}
+        link = http.post("/api/links", json={"variant": "llama-debug-2-chat", "max_downloads": 3}).json()
+        path = "llama-debug-2-chat/params.json"
+        barrier = threading.Barrier(18)
+
+        def work(i: int) -> int:
+            base = (a, b)[i % 2].url
+            barrier.wait()
+            if i % 3 == 0:
+                body = {"mau": 1_000 + i, "intended_uses": ["chatbot"]}
+                return httpx.put(f"{base}/api/profile", headers=auth, json=body, timeout=60).status_code
+            if i % 3 == 1:
+                return httpx.post(f"{base}/api/licenses/llama2/accept", headers=auth, timeout=60).status_code
+            return httpx.get(file_url(link["url"], path).replace(a.url, base), timeout=60).status_code
+
+        with ThreadPoolExecutor(18) as pool:
+            codes = list(pool.map(work, range(18)))
+        puts, accepts, gets = codes[0::3], codes[1::3], codes[2::3]
+        assert puts == [200] * 6, codes
+        assert sorted(accepts) == [200] * 5 + [201], codes
+        assert sorted(gets) == [200] * 3 + [403] * 3, codes
+        audit = hub_audit(a.url, token)
+        assert audit.count("profile.update") == 2 + 6 and audit.count("license.accept") == 2
+        assert audit.count("download.start") == 1
+        http.close()
+
+
+def hub_audit(url: str, admin_token: str) -> list[str]:
+    response = httpx.get(f"{url}/api/admin/audit", params={"limit": 1000},
+                         headers={"Authorization": f"Bearer {admin_token}"})
+    assert response.status_code == 200, response.text
+    return [e["action"] for e in response.json()["entries"]]

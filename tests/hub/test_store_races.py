@@ -129,3 +129,23 @@ def test_grants_and_links_at_once(stores: list[Store]) -> None:
     assert {g["max_mau"] for g in stores[0].grants(org)} == {5_000_000_000}
     assert len(_actions(stores[0], "grant.create")) == THREADS // 2
     assert len(_actions(stores[0], "link.issue")) == THREADS // 2
+
+
+def test_replicas_starting_at_once_make_the_schema_once(db_url: str) -> None:
+    """Every replica upgrades the schema at start: on a new database one makes it, the rest wait."""
+    from llamahub.hub import migrations
+
+    opened: list[Store] = []
+
+    def start(_: Store | None, i: int) -> tuple[str | None, str | None]:
+        store = Store(db_url)
+        opened.append(store)
+        return store.create_all()
+
+    try:
+        results = _race([None], start, n=4)  # type: ignore[list-item]
+    finally:
+        for store in opened:
+            store.close()
+    head = migrations.head()
+    assert results.count((None, head)) == 1 and results.count((head, head)) == 3, results
