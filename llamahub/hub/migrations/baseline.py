@@ -82,7 +82,7 @@ tokens = Table(
     Column("user_id", String(32), ForeignKey("users.id"), nullable=True),
     Column("created_at", String(32), nullable=False),
     Column("revoked_at", String(32), nullable=True),
-    Column("operator_id", String(32), nullable=True),  # admin tokens: whose (added by migrate.py)
+    Column("operator_id", String(32), nullable=True),  # admin tokens: whose (added after d32997c: legacy.py)
 )
 
 profiles = Table(
@@ -93,7 +93,7 @@ profiles = Table(
     Column("certifications", Text, nullable=False),  # JSON list
     Column("eu_domiciled", Boolean, nullable=False),
     Column("updated_at", String(32), nullable=False),
-    # false while only other fields were set: an undeclared MAU is not 0 (added by migrate.py)
+    # false while only other fields were set: an undeclared MAU is not 0 (added after d32997c: legacy.py)
     Column("mau_declared", Boolean, nullable=False, server_default=true()),
 )
 
@@ -135,7 +135,7 @@ grants = Table(
     Column("expires", String(32), nullable=True),
     Column("created_at", String(32), nullable=False),
     Column("revoked_at", String(32), nullable=True),
-    Column("org_id", String(32), nullable=True, index=True),  # the organisation record (migrate.py)
+    Column("org_id", String(32), nullable=True, index=True),  # the organisation record (legacy.py)
     Column("variants", Text, nullable=True),  # JSON list: only these variants of the families ([]: all)
     Column("uses", Text, nullable=True),  # JSON list: AUP categories permitted by exception
 )
@@ -153,7 +153,7 @@ enterprise_requests = Table(
     Column("decided_at", String(32), nullable=True),
     Column("decision_note", Text, nullable=True),
     Column("grant_id", String(32), ForeignKey("grants.id"), nullable=True),
-    Column("org_id", String(32), nullable=True, index=True),  # the organisation record (migrate.py)
+    Column("org_id", String(32), nullable=True, index=True),  # the organisation record (legacy.py)
     Column("uses", Text, nullable=True),  # JSON list: AUP categories asked for by exception
     Column("variants", Text, nullable=True),  # JSON list
     Column("info_request", Text, nullable=True),  # the reviewer's question (status needs_info)
@@ -213,7 +213,7 @@ links = Table(
     Column("expires", Integer, nullable=False),  # epoch seconds
     Column("max_downloads", Integer, nullable=False),
     Column("revoked_at", String(32), nullable=True),
-    Column("grant_ids", Text, nullable=True),  # JSON list: grants the link relied on (migrate.py)
+    Column("grant_ids", Text, nullable=True),  # JSON list: grants the link relied on (legacy.py)
 )
 
 served = Table(  # bytes of each file served (or about to be) through each link: the download cap
