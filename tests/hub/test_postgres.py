@@ -120,6 +120,7 @@ def test_restarting_postgres_gives_503_then_the_hub_recovers(pg_cluster: Cluster
             assert response.status_code == 503, response.text
             error = response.json()["error"]
             assert error["code"] == "database_unavailable" and "retry" in error["hint"]
+            assert response.headers["Retry-After"] == "2" and "postgres" not in response.text.lower()
         assert proc.poll() is None  # the hub kept running
         after = http.post("/api/links", json={"variant": "llama-debug-2-chat"})
         assert after.status_code == 201, after.text
