@@ -16,7 +16,11 @@ folder under ``<variant>/``. The source folder is kept in ``--work`` and reused.
 
 Each figure is the median (min-max) of ``--runs`` runs; MB = 10^6 bytes.
 
-    .venv/bin/python bench/bench_hub.py
+``--backends sqlite,postgres`` measures both in the same run, one after the other, each on a fresh
+hub: the same blobs on disk, the store on SQLite or on PostgreSQL (``--database-url``, else a
+throwaway cluster started from Debian's binaries with fsync on, as tests/pgcluster.py does).
+
+    .venv/bin/python bench/bench_hub.py --backends sqlite,postgres
     .venv/bin/python bench/bench_hub.py --size-mib 64 --runs 1 --requests 200 --out-dir /tmp/hub-bench
 """
 
@@ -114,8 +118,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# the bench is one user issuing thousands of links from 127.0.0.1: far over the production limits
+NO_RATE_LIMITS = [arg for name in ("register.ip", "link.token", "link.ip")
+                  for arg in ("--rate-limit", f"{name}=off")]
+
+
 class Server:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, db: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data / "server.log"
@@ -123,7 +132,8 @@ class Server:
             # a high per-file cap: every timed transfer goes through one link
             self.proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--host", "127.0.0.1",
                                           "--port", str(self.port), "--log-level", "warning",
-                                          "--max-downloads", "1000"], stdout=out, stderr=subprocess.STDOUT)
+                                          "--max-downloads", "1000", *NO_RATE_LIMITS, *db],
+                                         stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -286,8 +296,11 @@ def _version(package: str) -> str:
         return "absent"
 
 
+BACKEND_NAMES = {"sqlite": "SQLite (WAL, synchronous=FULL)", "postgres": "PostgreSQL (fsync on)"}
+
+
 def markdown(r: dict[str, Any]) -> str:
-    m, a, b = r["machine"], r["issuance"], r["serving"]
+    m = r["machine"]
     lines = [
         "# Hub throughput on loopback",
         "",
@@ -308,11 +321,22 @@ def markdown(r: dict[str, Any]) -> str:
         r["command"],
         "```",
         "",
-        "## (a) Link issuance: `POST /api/links`",
+    ]
+    for backend, figures in r["backends"].items():
+        lines += backend_section(r, BACKEND_NAMES.get(backend, backend), figures["issuance"],
+                                 figures["serving"])
+    return "\n".join(lines)
+
+
+def backend_section(r: dict[str, Any], store: str, a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [
+        f"## The store on {store}",
+        "",
+        "### (a) Link issuance: `POST /api/links`",
         "",
         f"{a['workers']} client threads (one keep-alive httpx client each), {a['requests_per_run']:,} "
         f"requests per run (after {a['warmup']} untimed); every request a 201 with a signed link "
-        "(gates, Ed25519 signature, one SQLite WAL transaction with its audit row, synchronous=FULL). "
+        "(gates, Ed25519 signature, one write transaction with its audit row). "
         "Requests/s = requests ÷ wall time from the common start to the last answer; latency per request.",
         "",
         "| | median (min–max) |",
@@ -321,7 +345,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| latency median, ms | {fmt(a['latency_median_ms'], 1)} |",
         f"| latency p95, ms | {fmt(a['latency_p95_ms'], 1)} |",
         "",
-        f"## (b) Serving a {human(r['file_bytes'])} file ({r['file_bytes']:,} bytes)",
+        f"### (b) Serving a {human(r['file_bytes'])} file ({r['file_bytes']:,} bytes)",
         "",
         f"`{r['file']}` (random bytes, imported with `llamahub hub import` from an HF-format folder) "
         "through one signed link; the hub checks the link, counts the download and streams the blob in "
@@ -340,37 +364,20 @@ def markdown(r: dict[str, Any]) -> str:
         f"Served bytes checked once (untimed) against the source md5 `{r['file_md5']}`.",
         "",
     ]
-    return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size-mib", type=int, default=1024, help="size of the served file")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--workers", type=int, default=8, help="concurrent issuance clients")
-    p.add_argument("--requests", type=int, default=1500, help="link requests per issuance run")
-    p.add_argument("--warmup", type=int, default=100, help="untimed link requests first")
-    p.add_argument("--work", type=Path, default=HERE / "work", help="source folder and hub data dir")
-    p.add_argument("--out-dir", type=Path, default=HERE / "results", help="hub.json and hub.md go here")
-    opts = p.parse_args()
-    if shutil.which("curl") is None:
-        sys.exit("curl is needed (Debian: apt-get install -y curl)")
-    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-    command = shlex.join([exe, *sys.argv])
-    size = opts.size_mib << 20
+def measure(opts: argparse.Namespace, folder: Path, md5: str, size: int, db: list[str]) -> dict[str, Any]:
+    """Issuance and serving on a fresh hub whose store is ``db`` (``[]``: SQLite in the data dir)."""
     served_path = f"{VARIANT}/{blob_name(size)}"
-
-    folder, md5 = source_folder(opts.work.resolve(), size)
     data = opts.work.resolve() / "hub-data"
     shutil.rmtree(data, ignore_errors=True)
-    cli("hub", "init", "--data", str(data), "--json")
+    cli("hub", "init", "--data", str(data), "--json", *db)
     t = time.perf_counter()
-    cli("hub", "import", str(folder), "--variant", VARIANT, "--data", str(data))
+    cli("hub", "import", str(folder), "--variant", VARIANT, "--data", str(data), *db)
     import_s = time.perf_counter() - t
     log(f"imported {folder} in {import_s:.1f} s")
-    os.sync()  # let the writeback of the fresh blob finish before SQLite's fsyncs are timed
-    loadavg = os.getloadavg()[0]
-    server = Server(data)
+    os.sync()  # let the writeback of the fresh blob finish before the database's fsyncs are timed
+    server = Server(data, db)
     try:
         auth = account(server.url)
         log(f"issuance: {opts.warmup} warm-up, then {opts.runs} x {opts.requests} requests, "
@@ -392,17 +399,68 @@ def main() -> None:
         served = serving(url, blob, size, opts.runs)
     finally:
         server.stop()
-    shutil.rmtree(data, ignore_errors=True)  # the 1 GiB blob copy; the source folder is kept
+    shutil.rmtree(data, ignore_errors=True)  # the blob copy; the source folder is kept
+    return {"import_seconds": import_s, "serving": served,
+            "issuance": {"workers": opts.workers, "requests_per_run": opts.requests, "warmup": opts.warmup,
+                         **{k: summary([r[k] for r in runs_a]) for k in
+                            ("requests_per_s", "latency_median_ms", "latency_p95_ms", "seconds")},
+                         "runs": runs_a}}
 
+
+def postgres_url(opts: argparse.Namespace, cleanup: list[Callable[[], None]]) -> str:
+    """``--database-url``, else a fresh database in a throwaway cluster (removed at the end)."""
+    if opts.database_url:
+        return opts.database_url
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from pgcluster import start_cluster
+
+    cluster = start_cluster(durable=True)
+    cleanup.append(cluster.remove)
+    log(f"started a throwaway PostgreSQL cluster from {cluster.bindir}")
+    return cluster.new_database()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size-mib", type=int, default=1024, help="size of the served file")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--workers", type=int, default=8, help="concurrent issuance clients")
+    p.add_argument("--requests", type=int, default=1500, help="link requests per issuance run")
+    p.add_argument("--warmup", type=int, default=100, help="untimed link requests first")
+    p.add_argument("--backends", default="sqlite", help="stores to measure, in turn: sqlite,postgres")
+    p.add_argument("--database-url", help="the PostgreSQL database for --backends postgres (it must be "
+                                          "empty); default: a throwaway cluster")
+    p.add_argument("--work", type=Path, default=HERE / "work", help="source folder and hub data dir")
+    p.add_argument("--out-dir", type=Path, default=HERE / "results", help="hub.json and hub.md go here")
+    opts = p.parse_args()
+    backends = [b.strip() for b in opts.backends.split(",") if b.strip()]
+    if not backends or set(backends) - {"sqlite", "postgres"}:
+        sys.exit(f"--backends takes sqlite and/or postgres, not {opts.backends!r}")
+    if shutil.which("curl") is None:
+        sys.exit("curl is needed (Debian: apt-get install -y curl)")
+    exe = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+    command = shlex.join([exe, *sys.argv])
+    size = opts.size_mib << 20
+
+    folder, md5 = source_folder(opts.work.resolve(), size)
+    loadavg = os.getloadavg()[0]
+    cleanup: list[Callable[[], None]] = []
+    figures = {}
+    try:
+        for backend in backends:
+            db = ["--database-url", postgres_url(opts, cleanup)] if backend == "postgres" else []
+            log(f"--- store on {backend}")
+            figures[backend] = measure(opts, folder, md5, size, db)
+    finally:
+        for done in cleanup:
+            done()
+    first = figures[backends[0]]
     result = {
         "benchmark": "hub", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command, "machine": machine_info(), "loadavg_before": loadavg, "runs": opts.runs,
-        "file": served_path, "file_bytes": size, "file_md5": md5, "import_seconds": import_s,
-        "issuance": {"workers": opts.workers, "requests_per_run": opts.requests, "warmup": opts.warmup,
-                     **{k: summary([r[k] for r in runs_a]) for k in
-                        ("requests_per_s", "latency_median_ms", "latency_p95_ms", "seconds")},
-                     "runs": runs_a},
-        "serving": served,
+        "file": f"{VARIANT}/{blob_name(size)}", "file_bytes": size, "file_md5": md5,
+        "import_seconds": first["import_seconds"], "issuance": first["issuance"], "serving": first["serving"],
+        "backends": figures,
     }
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     (opts.out_dir / "hub.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -49,7 +49,10 @@ def _opened(data: Path | None, database_url: str | None,
 
 data_option = click.option("--data", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_ENV,
                            help=f"the hub's data directory (default: the user data dir; env {DATA_ENV})")
-db_option = click.option("--database-url", help="SQLAlchemy URL (default: sqlite in --data)")
+db_option = click.option("--database-url", envvar="LLAMAHUB_HUB_DATABASE_URL", metavar="URL",
+                         help="SQLAlchemy URL: postgresql+psycopg://user@host/db (pip install "
+                              "'llamahub[postgres]'); default: sqlite in --data "
+                              "(env LLAMAHUB_HUB_DATABASE_URL)")
 blobs_option = click.option("--blobs", "blobs_url", envvar="LLAMAHUB_HUB_BLOBS", metavar="URL",
                             help="where file contents live: s3://bucket/prefix (boto3's credentials and "
                                  "AWS_ENDPOINT_URL; pip install 'llamahub[s3]'); default: --data's blobs/ "
@@ -89,6 +92,26 @@ def init_cmd(data: Path | None, database_url: str | None, blobs_url: str | None,
     click.echo(f"admin token  {token}")
     click.echo("  (shown once: the hub stores only its sha256; keep it somewhere safe)")
     click.echo(f"next: llamahub hub seed-demo --data {data_dir} && llamahub hub serve --data {data_dir}")
+
+
+@hub.command("migrate")
+@data_option
+@db_option
+def migrate_cmd(data: Path | None, database_url: str | None) -> None:
+    """Upgrade the hub's database schema in place to this version's (every start does it too)."""
+    from llamahub.hub.context import is_hub
+    from llamahub.hub.errors import NotInitialisedError
+    from llamahub.hub.store import Store
+
+    data_dir = _data(data)
+    if not is_hub(data_dir, database_url):
+        raise NotInitialisedError(f"{data_dir} is not a hub", hint="check --data and --database-url")
+    store = Store(database_url) if database_url else Store.for_dir(data_dir)
+    try:
+        before, after = store.create_all()
+    finally:
+        store.close()
+    click.echo(f"database at revision {after} (was {before or 'made before Alembic'})")
 
 
 @hub.command("serve")

@@ -74,3 +74,11 @@ class BlobStoreError(HubError):
     """The blob store cannot be reached, refused a request or is full (try again later)."""
 
     status = 503
+
+
+class DatabaseUnavailableError(HubError):
+    """The hub's database cannot be reached (restarting, overloaded): try again shortly."""
+
+    code = "database_unavailable"
+    status = 503
+    headers = {"Retry-After": "2"}  # noqa: RUF012 (read only, by the app's error handler)

@@ -1,8 +1,8 @@
 """The hub's database: SQLAlchemy Core over SQLite (WAL, the default) or PostgreSQL (same code).
 
 Every public write method is ONE transaction that also appends its audit row, so a request that
-fails half-way leaves nothing behind. On SQLite, writes take the lock up front (``BEGIN
-IMMEDIATE``) so read-then-write sequences never race; reads are ordinary deferred transactions.
+fails half-way leaves nothing behind. Writes never race (see
+:mod:`store_base`: SQLite's ``BEGIN IMMEDIATE``, PostgreSQL advisory locks); reads are ordinary.
 Rows come back as plain dicts. API tokens are stored only as their sha256.
 """
 
@@ -149,7 +149,7 @@ class Store(AccountStore, ProfileStore, GrantStore):
     def create_link(self, link_id: str, user_id: str, family: str, kid: str, policy: dict,
                     expires: int, max_downloads: int, *, grants: Sequence[str] = (), **detail: Any) -> None:
         """A link and the grants it relied on (a revoked one stops the link at download)."""
-        with self.write() as conn:
+        with self.write(lock=()) as conn:  # a new row only: beside any other write
             conn.execute(insert(t.links).values(
                 id=link_id, user_id=user_id, family=family, key_id=kid,
                 policy=json.dumps(policy, sort_keys=True), issued_at=utcnow(), expires=expires,
@@ -189,7 +189,7 @@ class Store(AccountStore, ProfileStore, GrantStore):
         """
         now = utcnow()
         key = (t.served.c.link_id == link_id) & (t.served.c.path == path)
-        with self.write() as conn:
+        with self.write(lock=[f"served:{link_id}:{path}"]) as conn:
             row = conn.execute(select(t.served.c.bytes).where(key)).first()
             used = row.bytes if row else 0
             if used + need > allowance:
@@ -209,7 +209,7 @@ class Store(AccountStore, ProfileStore, GrantStore):
     def release_bytes(self, link_id: str, path: str, unsent: int) -> None:
         """Give back bytes counted by :meth:`reserve_bytes` that were never sent (a client went away)."""
         key = (t.served.c.link_id == link_id) & (t.served.c.path == path)
-        with self.write() as conn:
+        with self.write(lock=[f"served:{link_id}:{path}"]) as conn:
             conn.execute(update(t.served).where(key).values(
                 bytes=case((t.served.c.bytes > unsent, t.served.c.bytes - unsent), else_=0)))
 

@@ -78,7 +78,7 @@ class AccountStore(OrgStore):
 
         Accepting a version already accepted returns the existing record unchanged.
         """
-        with self.write() as conn:
+        with self.write(lock=[f"accept:{user_id}:{license_id}"]) as conn:
             existing = self._acceptance(conn, user_id, license_id)
             if existing is not None:
                 return existing, False

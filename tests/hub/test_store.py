@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,25 @@ from llamahub.hub.store import Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.for_dir(tmp_path)
+def store(db_url: str) -> Iterator[Store]:
+    """A new store on SQLite, and one on PostgreSQL (conftest.py's ``db_url``)."""
+    s = Store(db_url)
     s.create_all()
     yield s
     s.close()
 
 
-def test_sqlite_runs_in_wal_with_foreign_keys(store: Store) -> None:
+def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
+    store = Store.for_dir(tmp_path)
+    store.create_all()
     with store.read() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
     with pytest.raises(IntegrityError), store.write() as conn:
         conn.execute(insert(schema.tokens).values(token_sha256="x" * 64, role="user", user_id="nobody",
-                                                  created_at="now"))
+                                                  created_at="2026-12-02T00:00:00+00:00"))
+    store.close()
 
 
 def _fail_on(action: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,7 +80,8 @@ def test_acceptance_is_unique_per_user_and_license(store: Store) -> None:
     assert created and not created_again and second == first
     with pytest.raises(IntegrityError), store.write() as conn:
         conn.execute(insert(schema.acceptances).values(id="a_dup", user_id=user["id"], license_id="llama3",
-                                                       text_sha256="00" * 32, accepted_at="now"))
+                                                       text_sha256="00" * 32,
+                                                       accepted_at="2026-12-02T00:00:00+00:00"))
 
 
 @pytest.mark.parametrize("statement", [

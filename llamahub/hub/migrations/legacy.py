@@ -1,20 +1,21 @@
-"""Bring a database made by an older hub up to the current schema, in place.
+"""Part of revision 0001: bring a database made by a hub older than 7e6b78a to the baseline, in place.
 
-``metadata.create_all`` creates missing tables but never changes existing ones; the columns
-added since are listed here and added with ``ALTER TABLE ... ADD COLUMN`` (SQLite and PostgreSQL
-alike), then :func:`backfill` moves old rows into the new shape. Each step is idempotent, so it
-runs on every start. (A move to Alembic replaces this file with revisions.)
+Those hubs made their tables with ``metadata.create_all`` (without Alembic) and added columns as
+they went; the columns added since d32997c are listed here and added with ``ALTER TABLE ... ADD
+COLUMN`` (SQLite and PostgreSQL alike), then the backfills move old rows into the new shape.
+Each step is idempotent. The tables are the frozen :mod:`baseline`, never today's schema.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Callable
 
 from sqlalchemy import Connection, insert, inspect, select, update
 
-from llamahub.hub import schema as t
+from llamahub.hub.migrations import baseline as t
 
 MIGRATION = "operator:migration"
 
@@ -115,3 +116,10 @@ def upgrade(conn: Connection) -> list[str]:
     for step in BACKFILLS:
         step(conn)
     return added
+
+
+def record(conn: Connection, added: list[str]) -> None:
+    """The audit row of an upgrade that added columns."""
+    if added:
+        conn.execute(insert(t.audit).values(at=_now(), actor="operator", action="schema.upgrade", target=None,
+                                            detail=json.dumps({"added": added}, sort_keys=True)))
