@@ -17,7 +17,7 @@ each file served
 exactly once (its size in bytes); the script exits 1, loudly, if any count differs.
 
     .venv/bin/python bench/bench_hub_replicas.py                          # 32 clients, 25 MB variant
-    .venv/bin/python bench/bench_hub_replicas.py --blobs s3 --database-url postgresql+psycopg://...
+    .venv/bin/python bench/bench_hub_replicas.py --blobs s3 --postgres   # or --database-url postgresql+psycopg://...
     .venv/bin/python bench/bench_hub_replicas.py --clients 4 --ops 8 --variant llama-debug-2-chat \\
         --out-dir /tmp/replicas-smoke                                      # a smoke run (seconds)
 """
@@ -322,6 +322,17 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def throwaway_postgres(stack: contextlib.ExitStack) -> str:
+    """A fresh database in a durable throwaway cluster (tests/pgcluster.py), removed at the end."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from pgcluster import start_cluster
+
+    cluster = start_cluster(durable=True)
+    stack.callback(cluster.remove)
+    log(f"started a throwaway PostgreSQL cluster from {cluster.bindir}")
+    return cluster.new_database()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -330,6 +341,8 @@ def main() -> int:
     parser.add_argument("--variant", default="llama-debug-big-25m", help="what each operation downloads")
     parser.add_argument("--blobs", choices=["local", "s3"], default="local")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default: a SQLite file in the data dir)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="a throwaway PostgreSQL cluster (fsync on) as the database")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out-dir", type=Path, default=HERE / "results")
     parser.add_argument("--name", default="hub-replicas", help="results file name (.json, .md)")
@@ -341,6 +354,8 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         if args.blobs == "s3":
             env.update(stack.enter_context(s3_endpoint(work)))
+        if args.postgres and not args.database_url:
+            args.database_url = throwaway_postgres(stack)
         result = measure(args, work, env)
     result.update(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                   machine=f"{platform.machine()}, {os.cpu_count()} cores", command=command)
