@@ -104,3 +104,52 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
         step = torch.tensor([[3]])
         assert (bf(step, 0) - bf_slow(step, 0)).abs().max().item() < 0.05
 
+
+
+def test_decode_kernel_takes_up_to_8_rows_each_exactly_as_alone() -> None:
+    """A batched decode step (the server's) reads each weight once for all its rows, and every
+    row's sum is the very sum of that row alone; 9 rows and more (prompts) go to aten."""
+    from llamahub_cpu.kernels import DecodeLinear, kernel
+
+    gemv = kernel()
+    if isinstance(gemv, str):
+        pytest.skip(f"decode kernel unavailable: {gemv}")
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(70, 100, generator=gen).to(dtype)  # 100 columns: blocks of 32 and a tail
+        x = torch.randn(8, 100, generator=gen)
+        alone = torch.cat([gemv.gemv(x[r:r + 1], w) for r in range(8)])
+        for rows in range(1, 9):
+            assert torch.equal(gemv.gemv(x[:rows], w), alone[:rows])
+        assert (alone - x @ w.float().T).abs().max().item() < 1e-4
+        assert gemv.gemv(x[:6].view(2, 3, 100), w).shape == (2, 3, 70)
+        with pytest.raises(RuntimeError, match="1 to 8 rows"):
+            gemv.gemv(torch.randn(9, 100), w)
+    layer = DecodeLinear(w.float(), gemv)
+    many = torch.randn(12, 100, generator=gen)
+    assert (layer(many) - many @ w.float().T).abs().max().item() < 1e-4  # aten's GEMM
+    assert layer(torch.randn(0, 100)).shape == (0, 70)
+
+
+def test_batched_slots_on_the_kernel_give_the_tokens_of_each_sequence_alone(
+        llama3_debug_folder: Path, tmp_path: Path) -> None:
+    """Eight sequences decoded together through the kernel (one step, 8 rows) generate, token for
+    token, what each generates alone (bf16 weights: the server's default)."""
+    from llamahub.model.batching import TransformerSlots
+
+    ref = _ref(llama3_debug_folder, tmp_path)
+    prompts = [[1 + i, 7, 3 + 2 * i, 11][: 2 + i % 3] for i in range(8)]
+
+    def greedy(slots: TransformerSlots, which: list[int], steps: int) -> dict[int, list[int]]:
+        last = {s: int(slots.prefill(s, prompts[s]).argmax()) for s in which}
+        out = {s: [last[s]] for s in which}
+        for step in range(steps):
+            logits = slots.decode(which, [last[s] for s in which], [len(prompts[s]) + step for s in which])
+            for row, s in enumerate(which):
+                last[s] = int(logits[row].argmax())
+                out[s].append(last[s])
+        return out
+
+    together = greedy(TransformerSlots(build_decoder(ref.reader, "bf16"), 8), list(range(8)), 12)
+    for s in range(8):
+        assert greedy(TransformerSlots(build_decoder(ref.reader, "bf16"), 8), [s], 12)[s] == together[s]
