@@ -3,7 +3,7 @@
 Bounded: every client sends ``--requests`` completions of ``--tokens`` tokens (EOS ignored) and
 the whole run stops after ``--timeout`` seconds. Per scenario: aggregate tok/s (completion tokens
 / wall time), p50/p99 time to first token and inter-token latency, errors. With llama-cpp-python
-installed (and its server's dependencies: ``pip install 'llama-cpp-python[server]'``), the same
+installed with its server's dependencies (the ``llamacpp-server`` extra), the same
 clients run against llama.cpp's own server, ``python -m llama_cpp.server``, on the same weights:
 converted to GGUF by our own converter (f32 for fp32, f16 for bf16) unless ``--gguf FILE`` names
 one; ``--gguf none`` skips it. ``--md FILE`` writes the table of both (serve.md).
