@@ -153,3 +153,35 @@ def test_batched_slots_on_the_kernel_give_the_tokens_of_each_sequence_alone(
     together = greedy(TransformerSlots(build_decoder(ref.reader, "bf16"), 8), list(range(8)), 12)
     for s in range(8):
         assert greedy(TransformerSlots(build_decoder(ref.reader, "bf16"), 8), [s], 12)[s] == together[s]
+
+
+def test_the_avx512_loops_give_the_very_sums_of_the_avx2_ones(tmp_path: Path) -> None:
+    """Each 16-lane accumulator holds two of the AVX2 loop's 8-lane ones: the same numbers, on
+    any CPU (``LLAMAHUB_CPU_AVX512=0`` runs the AVX2 loops in this process's child)."""
+    import os
+    import subprocess
+    import sys
+
+    from llamahub_cpu.kernels import kernel
+
+    if isinstance(kernel(), str):
+        pytest.skip(f"decode kernel unavailable: {kernel()}")
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX-512: only the AVX2 loops run here")
+    script = """
+import sys, torch
+from llamahub_cpu.kernels import kernel
+gen = torch.Generator().manual_seed(0)
+out = []
+for dtype in (torch.float32, torch.bfloat16):
+    for k in (100, 768):
+        w = torch.randn(50, k, generator=gen).to(dtype)
+        x = torch.randn(8, k, generator=gen)
+        out += [kernel().gemv(x[:rows], w) for rows in (1, 3, 8)]
+torch.save(out, sys.argv[1])
+"""
+    for name, env in (("wide", {}), ("avx2", {"LLAMAHUB_CPU_AVX512": "0"})):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True,
+                       env={**os.environ, **env}, timeout=600)
+    wide, avx2 = torch.load(tmp_path / "wide"), torch.load(tmp_path / "avx2")
+    assert len(wide) == 12 and all(torch.equal(a, b) for a, b in zip(wide, avx2, strict=True))

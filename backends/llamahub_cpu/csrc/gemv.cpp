@@ -3,11 +3,14 @@
 // step); y [..., N] comes back in x's dtype (accumulated in fp32). Each weight is read once per
 // call whatever the number of rows, so a batched step costs little more than a single token.
 // Rows are split over torch's intra-op threads, so both cores stream weights (aten's fp32 GEMV
-// uses one core in this torch build). AVX2 + FMA.
+// uses one core in this torch build). AVX2 + FMA; AVX-512 when the CPU has it (the same sums;
+// LLAMAHUB_CPU_AVX512=0 keeps AVX2).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -58,17 +61,82 @@ inline void dot_rows(const T* w, const float* x, int64_t k, float* y, int64_t y_
   }
   for (int r = 0; r < R; ++r) {
     float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
-    for (int64_t t = i; t < k; ++t) s += to_float(w[t]) * x[r * k + t];
+    for (int64_t t = i; t < k; ++t) s = std::fma(to_float(w[t]), x[r * k + t], s);  // one rounding, in both ISAs
     y[r * y_stride] = s;
   }
 }
 
-// y [rows, n] = x [rows, k] W^T, weight rows split over the threads; rows in groups of up to 3.
+// AVX-512 (chosen at run time): the very sums of dot_rows, with half the instructions. Each
+// 16-lane accumulator is two of dot_rows' 8-lane ones side by side (lanes never mix until the
+// end), split back into those four before the same horizontal sum; 32 registers hold all 8 rows.
+#define AVX512 __attribute__((target("avx512f")))
+
+AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+
+AVX512 inline __m512 load16(const uint16_t* p) {
+  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+AVX512 inline __m256 high8(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+template <typename T, int R>
+AVX512 void dot_rows512(const T* w, const float* x, int64_t k, float* y, int64_t y_stride) {
+  __m512 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m512 w0 = load16(w + i), w1 = load16(w + i + 16);
+    for (int r = 0; r < R; ++r) {
+      lo[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + r * k + i), lo[r]);
+      hi[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + r * k + i + 16), hi[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const __m256 a0 = _mm512_castps512_ps256(lo[r]), a1 = high8(lo[r]);
+    const __m256 a2 = _mm512_castps512_ps256(hi[r]), a3 = high8(hi[r]);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (int64_t t = i; t < k; ++t) s = std::fma(to_float(w[t]), x[r * k + t], s);  // one rounding, in both ISAs
+    y[r * y_stride] = s;
+  }
+}
+
+template <typename T>
+void dot_rows512_any(const T* w, const float* x, int64_t k, float* y, int64_t y_stride, int64_t rows) {
+  switch (rows) {
+    case 1: return dot_rows512<T, 1>(w, x, k, y, y_stride);
+    case 2: return dot_rows512<T, 2>(w, x, k, y, y_stride);
+    case 3: return dot_rows512<T, 3>(w, x, k, y, y_stride);
+    case 4: return dot_rows512<T, 4>(w, x, k, y, y_stride);
+    case 5: return dot_rows512<T, 5>(w, x, k, y, y_stride);
+    case 6: return dot_rows512<T, 6>(w, x, k, y, y_stride);
+    case 7: return dot_rows512<T, 7>(w, x, k, y, y_stride);
+    default: return dot_rows512<T, 8>(w, x, k, y, y_stride);
+  }
+}
+
+bool use_avx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && [] {
+    const char* v = std::getenv("LLAMAHUB_CPU_AVX512");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return yes;
+}
+
+// y [rows, n] = x [rows, k] W^T, weight rows split over the threads; AVX-512 takes all rows at once,
+// AVX2 groups of up to 3.
 template <typename T>
 void gemv_rows(const T* w, const float* x, float* y, int64_t rows, int64_t n, int64_t k) {
+  const bool wide = use_avx512();
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const T* wo = w + o * k;
+      if (wide) {
+        dot_rows512_any(wo, x, k, y + o, n, rows);
+        continue;
+      }
       int64_t r = 0;
       for (; r + 3 <= rows; r += 3) dot_rows<T, 3>(wo, x + r * k, k, y + r * n + o, n);
       if (rows - r == 2) dot_rows<T, 2>(wo, x + r * k, k, y + r * n + o, n);
