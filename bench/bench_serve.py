@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -231,6 +232,23 @@ def run_llama_cpp(opts: argparse.Namespace, folder: Path) -> list[dict[str, Any]
         stop(proc)
 
 
+def machine() -> str:
+    """CPU, cores, library versions and the commit measured."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    versions = []
+    for dist in ("torch", "llama-cpp-python"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{dist} {version(dist)}")
+    commit = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    python = f"Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores; {python}, {', '.join(versions)}; llamahub {commit}"
+
+
 def markdown(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> str:
     """serve.md: both servers in one table, with the run's settings."""
     lines = [
@@ -238,6 +256,7 @@ def markdown(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> str:
         "",
         "Written by `bench/bench_serve.py --md`; the rows are also in the JSON lines file (`--out`).",
         "",
+        f"- Machine: {stamp['machine']}.",
         f"- When: {stamp['when']}; load average at the end {stamp['load1']:.2f}.",
         f"- Command: `{stamp['command']}`",
         f"- Setup: {stamp['config']} random weights, {stamp['dtype']}, greedy, EOS ignored (banned through "
@@ -295,7 +314,8 @@ def main() -> None:
     rows = run_llamahub(opts, folder) + run_llama_cpp(opts, folder)
     stamp = {"when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
              "config": opts.config, "dtype": opts.dtype, "tokens": opts.tokens, "requests": opts.requests,
-             "threads": opts.threads, "load1": os.getloadavg()[0], "command": " ".join(sys.argv)}
+             "threads": opts.threads, "load1": os.getloadavg()[0], "command": " ".join(sys.argv),
+             "machine": machine()}
     if opts.out:
         with opts.out.open("a") as f:
             for row in rows:

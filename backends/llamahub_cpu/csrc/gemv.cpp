@@ -169,6 +169,8 @@ torch::Tensor gemv(torch::Tensor x, torch::Tensor w) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("gemv", &gemv, "y = x W^T for 1 to 8 rows of x (fp32 or bf16 weights; result in x's dtype)");
+  // Without the GIL, as aten's own ops run: the server's event loop streams tokens meanwhile.
+  m.def("gemv", &gemv, "y = x W^T for 1 to 8 rows of x (fp32 or bf16 weights; result in x's dtype)",
+        py::call_guard<py::gil_scoped_release>());
   m.attr("max_rows") = kMaxRows;
 }
