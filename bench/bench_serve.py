@@ -3,11 +3,15 @@
 Bounded: every client sends ``--requests`` completions of ``--tokens`` tokens (EOS ignored) and
 the whole run stops after ``--timeout`` seconds. Per scenario: aggregate tok/s (completion tokens
 / wall time), p50/p99 time to first token and inter-token latency, errors. With llama-cpp-python
-installed and ``--gguf FILE`` (the same weights as GGUF), the same clients run against
-``python -m llama_cpp.server`` too.
+installed with its server's dependencies (the ``llamacpp-server`` extra), the same
+clients run against llama.cpp's own server, ``python -m llama_cpp.server``, on the same weights:
+converted to GGUF by our own converter (f32 for fp32, f16 for bf16) unless ``--gguf FILE`` names
+one; ``--gguf none`` skips it. ``--md FILE`` writes the table of both (serve.md).
 
-    python bench/bench_serve.py --config 110m --dtype fp32 --out bench/results/serve.jsonl
-    python bench/bench_serve.py --config tiny --tokens 16 --requests 1 --out /tmp/serve.jsonl  # smoke
+    python bench/bench_serve.py --config 110m --dtype fp32 --out bench/results/serve.jsonl \
+        --md bench/results/serve.md
+    python bench/bench_serve.py --config tiny --tokens 16 --requests 1 --work /tmp/bw \
+        --out /tmp/serve.jsonl --md /tmp/serve.md  # smoke
 
 Weights: bench_cpu.py's random checkpoints (``bench/work/<config>-<dtype>``) with the real Llama 2
 tokenizer (``--tokenizer``, default ../shared/data/llama2-tokenizer.model) beside them.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -38,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 TOKENIZER = HERE.parents[1] / "shared" / "data" / "llama2-tokenizer.model"
 PROMPT = "Once upon a time, in a quiet valley high in the mountains, there lived a herd of llamas"
 EOS = 2  # Llama 2's </s>: banned through logit_bias where a server has no ignore_eos
+GGUF_QUANTS = {"fp32": "f32", "bf16": "f16"}  # our dtype -> the GGUF our converter writes
 
 
 @dataclass
@@ -185,17 +191,32 @@ def run_llamahub(opts: argparse.Namespace, folder: Path) -> list[dict[str, Any]]
         stop(proc)
 
 
-def run_llama_cpp(opts: argparse.Namespace) -> list[dict[str, Any]]:
+def make_gguf(opts: argparse.Namespace, folder: Path) -> Path:
+    """The serve folder's weights as GGUF, written once by our converter (llamahub_llamacpp)."""
+    from llamahub_llamacpp.derive import derived_gguf
+
+    from llamahub.reference import folder_artifacts, identify_folder
+    from llamahub.registry import Registry
+
+    arts = folder_artifacts(folder, opts.work / "cache")
+    variant = identify_folder(folder, None, Registry([]))
+    return derived_gguf(arts, variant, GGUF_QUANTS[opts.dtype], threads=opts.threads)
+
+
+def run_llama_cpp(opts: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
+    if str(opts.gguf) == "none":
+        return []
     if importlib.util.find_spec("llama_cpp") is None:
         print("llama_cpp is not installed: llama.cpp's server skipped", file=sys.stderr)
-        return []
-    if opts.gguf is None:
-        print("no --gguf FILE: llama.cpp's server skipped", file=sys.stderr)
-        return []
+        return [{"server": "llama.cpp", "clients": 0, "error": "llama-cpp-python is not installed"}]
+    gguf = make_gguf(opts, folder) if str(opts.gguf) == "auto" else opts.gguf
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(opts.gguf), "--host", "127.0.0.1",
-           "--port", str(port), "--n_threads", str(opts.threads), "--n_ctx", "1024"]
+    cmd = [sys.executable, str(HERE / "llama_cpp_server.py"), "--model", str(gguf), "--host", "127.0.0.1",
+           "--port", str(port), "--n_threads", str(opts.threads), "--n_threads_batch", str(opts.threads),
+           "--n_ctx", "1024", "--flash_attn", "true",
+           # by default a new request interrupts the one streaming: the other clients would fail
+           "--interrupt_requests", "false"]
     try:
         proc = start(cmd, url, opts.work / "serve-llama-cpp.log")
     except RuntimeError as e:  # e.g. llama-cpp-python without its [server] extra
@@ -203,9 +224,70 @@ def run_llama_cpp(opts: argparse.Namespace) -> list[dict[str, Any]]:
         return [{"server": "llama.cpp", "clients": 0, "error": str(e).splitlines()[0]}]
     try:
         model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-        return measure("llama.cpp", url, model, opts)
+        rows = measure("llama.cpp", url, model, opts)
+        for row in rows:
+            row["gguf"] = str(gguf)
+        return rows
     finally:
         stop(proc)
+
+
+def machine() -> str:
+    """CPU, cores, library versions and the commit measured."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    versions = []
+    for dist in ("torch", "llama-cpp-python"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{dist} {version(dist)}")
+    commit = subprocess.run(["git", "-C", str(HERE), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    python = f"Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores; {python}, {', '.join(versions)}; llamahub {commit}"
+
+
+def markdown(rows: list[dict[str, Any]], stamp: dict[str, Any]) -> str:
+    """serve.md: both servers in one table, with the run's settings."""
+    lines = [
+        "# `llamahub serve` under concurrent streaming clients, next to llama.cpp's server",
+        "",
+        "Written by `bench/bench_serve.py --md`; the rows are also in the JSON lines file (`--out`).",
+        "",
+        f"- Machine: {stamp['machine']}.",
+        f"- When: {stamp['when']}; load average at the end {stamp['load1']:.2f}.",
+        f"- Command: `{stamp['command']}`",
+        f"- Setup: {stamp['config']} random weights, {stamp['dtype']}, greedy, EOS ignored (banned through "
+        f"`logit_bias` for llama.cpp), {stamp['tokens']} tokens per request, {stamp['requests']} "
+        f"requests per client, {stamp['threads']} threads. llama.cpp: `python -m llama_cpp.server` on the "
+        "same weights converted to GGUF by our converter, flash attention on (llama.cpp's CPU default), "
+        "its default f16 KV cache, `--interrupt_requests false` (else each new request cuts "
+        "the one streaming); it decodes one request at a time.",
+        "",
+        "| server | clients | tok/s | speedup over 1 client | TTFT p50 / p99 ms | ITL p50 / p99 ms "
+        "| errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        errors = r.get("errors", r.get("error"))
+        lines.append(f"| {r['server']} | {r['clients']} | {r.get('tok_s', '')} | "
+                     f"{_x(r.get('speedup'))} | {_pair(r, 'ttft')} | {_pair(r, 'itl')} | {errors} |")
+    ours = [r for r in rows if r["server"] == "llamahub" and r.get("speedup")]
+    if ours:
+        met = "met" if ours[-1]["speedup"] >= 4 else "**not met**"
+        speedup = _x(ours[-1]["speedup"])
+        lines += ["", f"Target: ≥ 4× aggregate over one client for llamahub: {speedup}, {met}."]
+    return "\n".join(lines) + "\n"
+
+
+def _x(value: float | None) -> str:
+    return f"{value}×" if value else ""
+
+
+def _pair(row: dict[str, Any], key: str) -> str:
+    return f"{row.get(key + '_p50_ms')} / {row.get(key + '_p99_ms')}"
 
 
 def main() -> None:
@@ -218,27 +300,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900, help="seconds for each scenario")
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER)
-    parser.add_argument("--gguf", type=Path, help="the same weights as GGUF, for llama.cpp's server")
+    parser.add_argument("--gguf", default="auto",
+                        help="the same weights as GGUF for llama.cpp's server: 'auto' (converted by our "
+                             "converter), a file, or 'none' (skip llama.cpp)")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, help="append the records here (JSON lines)")
+    parser.add_argument("--md", type=Path, help="write this run's table here (bench/results/serve.md)")
     opts = parser.parse_args()
     if not opts.tokenizer.is_file():
         sys.exit(f"no tokenizer at {opts.tokenizer}: pass --tokenizer tokenizer.model (32000 pieces)")
     opts.work.mkdir(parents=True, exist_ok=True)
-    rows = run_llamahub(opts, model_folder(opts)) + run_llama_cpp(opts)
+    folder = model_folder(opts)
+    rows = run_llamahub(opts, folder) + run_llama_cpp(opts, folder)
     stamp = {"when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
              "config": opts.config, "dtype": opts.dtype, "tokens": opts.tokens, "requests": opts.requests,
-             "threads": opts.threads, "load1": os.getloadavg()[0], "command": " ".join(sys.argv)}
+             "threads": opts.threads, "load1": os.getloadavg()[0], "command": " ".join(sys.argv),
+             "machine": machine()}
     if opts.out:
         with opts.out.open("a") as f:
             for row in rows:
                 f.write(json.dumps(stamp | row) + "\n")
-    print("\n| server | clients | tok/s | speedup | TTFT p50/p99 ms | ITL p50/p99 ms | errors |\n"
-          "|---|---|---|---|---|---|---|")
-    for r in rows:
-        ttft, itl = (f"{r.get(k + '_p50_ms')}/{r.get(k + '_p99_ms')}" for k in ("ttft", "itl"))
-        print(f"| {r['server']} | {r['clients']} | {r.get('tok_s')} | {r.get('speedup', '')} | {ttft} | "
-              f"{itl} | {r.get('errors', r.get('error'))} |")
+    text = markdown(rows, stamp)
+    if opts.md:
+        opts.md.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

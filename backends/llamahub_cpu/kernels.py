@@ -130,7 +130,8 @@ def qkernel() -> ModuleType | str:
 
 
 class DecodeLinear(nn.Module):
-    """A bias-free linear layer that uses the kernel for single-token inputs.
+    """A bias-free linear layer that uses the kernel for 1 to ``gemv.max_rows`` (8) rows: a decode
+    step, alone or batched by the server; longer inputs (prompts) go to aten's GEMM.
 
     It holds the very same weight tensor as the layer it replaces (no copy); swapped in on
     the meta device, it receives its weight when the checkpoint is assigned.
@@ -142,7 +143,7 @@ class DecodeLinear(nn.Module):
         self._gemv = gemv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() != 1 or not self.weight.is_contiguous():
+        if not 1 <= x.shape[:-1].numel() <= self._gemv.max_rows or not self.weight.is_contiguous():
             return F.linear(x, self.weight)
         return self._gemv.gemv(x, self.weight)
 

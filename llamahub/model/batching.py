@@ -45,6 +45,25 @@ class TransformerSlots:
             logits = self.model(ids, torch.tensor([0]), rows=torch.tensor([slot]))
         return logits[0, -1]
 
+    def prefill_many(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Several prompts in one forward, each into its slot from position 0: logits [len(slots),
+        vocab] after each one's last token (one pass over the weights instead of one per prompt).
+
+        Shorter prompts are padded at their end; the padding's keys land past the prompt, where
+        the sequence's own decode steps overwrite each position before anything attends to it.
+        """
+        self._check(slots)
+        if len(slots) == 1:
+            return self.prefill(slots[0], prompts[0])[None]
+        lengths = torch.tensor([len(p) for p in prompts])
+        ids = torch.zeros((len(slots), int(lengths.max())), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long)
+        starts = torch.zeros(len(slots), dtype=torch.long)
+        with torch.inference_mode():
+            logits = self.model(ids, starts, rows=torch.tensor(list(slots)))
+        return logits[torch.arange(len(slots)), lengths - 1]
+
     def decode(self, slots: Sequence[int], tokens: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         self._check(slots)
         ids = torch.tensor(list(tokens), dtype=torch.long)[:, None]

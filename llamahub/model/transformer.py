@@ -210,7 +210,9 @@ class Attention(nn.Module):
                 raise RuntimeError("KV cache not set up: call Transformer.setup_cache first")
             keys, values = self.cache.update(step, k, v)
             q = q.to(keys.dtype)
-            if seqlen == 1 and (step.positions is None or step.rows is not None):
+            # one token alone: plain matmuls; several rows of a server's step (each its own
+            # cache row and length, under a mask): one SDPA call, which parallelizes over them
+            if seqlen == 1 and (step.positions is None or (step.rows is not None and bsz == 1)):
                 out = _decode_attention(q, keys, values, step.mask)
             else:
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask, enable_gqa=gqa)

@@ -68,6 +68,7 @@ class Stats:
     max_rows: int = 0
     rows: int = 0
     prefills: int = 0
+    prefill_steps: int = 0  # forwards that prefilled them (several prompts share one when they can)
     tokens: int = 0
     finished: int = 0
     cancelled: int = 0
@@ -196,21 +197,43 @@ class BatchEngine(_Engine):
             self._step()
 
     def _admit(self) -> None:
-        while len(self.running) < self.slots:
-            job = self._next_job(wait=not self.running)
+        """Waiting jobs take the free slots; their prompts are prefilled together in one forward
+        when the decoder can (``prefill_many``), else one by one."""
+        free = sorted(set(range(self.slots)) - set(self.running))
+        new: list[_Sequence] = []
+        while len(new) < len(free):
+            job = self._next_job(wait=not self.running and not new)
             if job is None:
-                return
-            slot = min(set(range(self.slots)) - set(self.running))
-            seq = _Sequence(job, self.model.tokenizer.decode, slot=slot, gen=job.sampling.generator())
+                break
+            new.append(_Sequence(job, self.model.tokenizer.decode, slot=free[len(new)],
+                                 gen=job.sampling.generator()))
+        if not new:
+            return
+        many = getattr(self.decoder, "prefill_many", None)
+        if many is not None and len(new) > 1:
             try:
-                logits = self.decoder.prefill(slot, job.prompt)
+                logits = many([s.slot for s in new], [s.job.prompt for s in new])
+                self.stats.prefill_steps += 1
+            except Exception:  # one at a time below: only a prompt that fails alone fails
+                log.exception("batched prefill failed; prefilling one by one")
+            else:
+                for seq, row in zip(new, logits, strict=True):
+                    self._join(seq, row)
+                return
+        for seq in new:
+            try:
+                logits = self.decoder.prefill(seq.slot, seq.job.prompt)
+                self.stats.prefill_steps += 1
             except Exception as e:
                 self._fail(seq, e)
                 continue
-            self.stats.prefills += 1
-            seq.position = len(job.prompt)
-            self.running[slot] = seq
-            self._take(seq, logits)
+            self._join(seq, logits)
+
+    def _join(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        self.stats.prefills += 1
+        seq.position = len(seq.job.prompt)
+        self.running[seq.slot] = seq
+        self._take(seq, logits)
 
     def _drop_cancelled(self) -> None:
         for slot in [s for s, seq in self.running.items() if seq.job.cancelled]:

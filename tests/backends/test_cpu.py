@@ -104,3 +104,84 @@ def test_decode_kernel_matches_reference_exactly_enough(llama3_debug_folder: Pat
         step = torch.tensor([[3]])
         assert (bf(step, 0) - bf_slow(step, 0)).abs().max().item() < 0.05
 
+
+
+def test_decode_kernel_takes_up_to_8_rows_each_exactly_as_alone() -> None:
+    """A batched decode step (the server's) reads each weight once for all its rows, and every
+    row's sum is the very sum of that row alone; 9 rows and more (prompts) go to aten."""
+    from llamahub_cpu.kernels import DecodeLinear, kernel
+
+    gemv = kernel()
+    if isinstance(gemv, str):
+        pytest.skip(f"decode kernel unavailable: {gemv}")
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(70, 100, generator=gen).to(dtype)  # 100 columns: blocks of 32 and a tail
+        x = torch.randn(8, 100, generator=gen)
+        alone = torch.cat([gemv.gemv(x[r:r + 1], w) for r in range(8)])
+        for rows in range(1, 9):
+            assert torch.equal(gemv.gemv(x[:rows], w), alone[:rows])
+        assert (alone - x @ w.float().T).abs().max().item() < 1e-4
+        assert gemv.gemv(x[:6].view(2, 3, 100), w).shape == (2, 3, 70)
+        with pytest.raises(RuntimeError, match="1 to 8 rows"):
+            gemv.gemv(torch.randn(9, 100), w)
+    layer = DecodeLinear(w.float(), gemv)
+    many = torch.randn(12, 100, generator=gen)
+    assert (layer(many) - many @ w.float().T).abs().max().item() < 1e-4  # aten's GEMM
+    assert layer(torch.randn(0, 100)).shape == (0, 70)
+
+
+def test_batched_slots_on_the_kernel_give_the_tokens_of_each_sequence_alone(
+        llama3_debug_folder: Path, tmp_path: Path) -> None:
+    """Eight sequences decoded together through the kernel (one step, 8 rows) generate, token for
+    token, what each generates alone (bf16 weights: the server's default)."""
+    from llamahub.model.batching import TransformerSlots
+
+    ref = _ref(llama3_debug_folder, tmp_path)
+    prompts = [[1 + i, 7, 3 + 2 * i, 11][: 2 + i % 3] for i in range(8)]
+
+    def greedy(slots: TransformerSlots, which: list[int], steps: int) -> dict[int, list[int]]:
+        last = {s: int(slots.prefill(s, prompts[s]).argmax()) for s in which}
+        out = {s: [last[s]] for s in which}
+        for step in range(steps):
+            logits = slots.decode(which, [last[s] for s in which], [len(prompts[s]) + step for s in which])
+            for row, s in enumerate(which):
+                last[s] = int(logits[row].argmax())
+                out[s].append(last[s])
+        return out
+
+    together = greedy(TransformerSlots(build_decoder(ref.reader, "bf16"), 8), list(range(8)), 12)
+    for s in range(8):
+        assert greedy(TransformerSlots(build_decoder(ref.reader, "bf16"), 8), [s], 12)[s] == together[s]
+
+
+def test_the_avx512_loops_give_the_very_sums_of_the_avx2_ones(tmp_path: Path) -> None:
+    """Each 16-lane accumulator holds two of the AVX2 loop's 8-lane ones: the same numbers, on
+    any CPU (``LLAMAHUB_CPU_AVX512=0`` runs the AVX2 loops in this process's child)."""
+    import os
+    import subprocess
+    import sys
+
+    from llamahub_cpu.kernels import kernel
+
+    if isinstance(kernel(), str):
+        pytest.skip(f"decode kernel unavailable: {kernel()}")
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU has no AVX-512: only the AVX2 loops run here")
+    script = """
+import sys, torch
+from llamahub_cpu.kernels import kernel
+gen = torch.Generator().manual_seed(0)
+out = []
+for dtype in (torch.float32, torch.bfloat16):
+    for k in (100, 768):
+        w = torch.randn(50, k, generator=gen).to(dtype)
+        x = torch.randn(8, k, generator=gen)
+        out += [kernel().gemv(x[:rows], w) for rows in (1, 3, 8)]
+torch.save(out, sys.argv[1])
+"""
+    for name, env in (("wide", {}), ("avx2", {"LLAMAHUB_CPU_AVX512": "0"})):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True,
+                       env={**os.environ, **env}, timeout=600)
+    wide, avx2 = torch.load(tmp_path / "wide"), torch.load(tmp_path / "avx2")
+    assert len(wide) == 12 and all(torch.equal(a, b) for a, b in zip(wide, avx2, strict=True))

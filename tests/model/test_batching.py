@@ -87,3 +87,23 @@ def test_slots_outside_the_range_are_refused(state) -> None:
         dec.prefill(2, [1, 2])
     with pytest.raises(ValueError, match="distinct"):
         dec.decode([0, 0], [1, 2], [3, 3])
+
+
+def test_prompts_prefilled_together_decode_as_each_alone(state) -> None:
+    """One forward over prompts of different lengths (the shorter padded at their end): each
+    slot's logits, and those of the steps that follow, are the prompt's own alone."""
+    prompts = {1: _prompt(3, 7), 3: _prompt(11, 8), 0: _prompt(6, 9)}
+    refs = {slot: _alone(state, p, 5) for slot, p in prompts.items()}
+    dec = TransformerSlots(build_model(ARGS, state), 4)
+    order = list(prompts)
+    logits = dec.prefill_many(order, [prompts[s] for s in order])
+    assert logits.shape == (3, ARGS.vocab_size)
+    pos = {s: len(prompts[s]) for s in order}
+    for step in range(5):
+        for row, s in enumerate(order):
+            assert (logits[row] - refs[s][step]).abs().max() < 1e-4
+            assert int(logits[row].argmax()) == int(refs[s][step].argmax())
+        logits = dec.decode(order, [int(logits[row].argmax()) for row in range(3)], [pos[s] for s in order])
+        pos = {s: p + 1 for s, p in pos.items()}
+    single = dec.prefill_many([2], [prompts[3]])  # one prompt: the plain prefill
+    assert torch.equal(single[0], refs[3][0])

@@ -65,6 +65,30 @@ def test_the_fallback_engine_answers_as_the_batching_engine(model: LlamaModel) -
         serial.close()
 
 
+def test_prompts_waiting_together_are_prefilled_in_one_forward(model: LlamaModel) -> None:
+    prompts = [model.tokenizer.encode(p, bos=True) for p in ("Once upon a time", "The llama", "Hi", "A")]
+    serial = make_engine(_generator_only(model), "serial", slots=1)
+    batch = BatchEngine(model, "batch", slots=4)  # not started: the four jobs wait together
+    try:
+        alone = _run(serial, prompts, 12, ignore_eos=True)
+        sinks: list[queue.Queue[Event]] = [queue.Queue() for _ in prompts]
+        for prompt, sink in zip(prompts, sinks, strict=True):
+            batch.submit(Job(prompt, 12, Sampling(temperature=0), frozenset({2}), sink.put, ignore_eos=True))
+        batch.start()
+        together = []
+        for sink in sinks:
+            text = ""
+            while not isinstance(event := sink.get(timeout=60), Done):
+                text += event.text
+            together.append((text, event))
+        assert together == alone
+        stats = batch.snapshot()
+        assert stats["prefills"] == 4 and stats["prefill_steps"] == 1
+    finally:
+        batch.close()
+        serial.close()
+
+
 @pytest.mark.parametrize("kind", ["batch", "serial"])
 def test_a_cancelled_sequence_stops_and_frees_its_slot(model: LlamaModel, kind: str) -> None:
     engine = make_engine(model if kind == "batch" else _generator_only(model), kind, slots=1)
