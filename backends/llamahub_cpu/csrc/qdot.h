@@ -29,8 +29,9 @@ inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 // block and lane its scale d and -sum(q) (repeated over the block's 8 lanes, so a vector of 16
 // lanes holds two blocks' values; int4's 8 lanes then add up to -8 sum(q), its offset, exactly).
 struct Acts {
-  int64_t rows = 0, nb = 0, kq = 0;
+  int64_t rows = 0, nb = 0, kq = 0, ng = 0;
   std::vector<int8_t> q;
+  std::vector<float> dblock;    // [rows][ng]: d once per block, zeros up to a multiple of 16
   std::vector<float> d;         // [rows][nb * LANES]
   std::vector<int32_t> negsum;  // [rows][nb * LANES]
 };
@@ -42,6 +43,8 @@ inline void quantize_acts(const float* x, int64_t rows, int64_t k, int64_t ldx, 
   a.nb = (used + 1) / 2 * 2;
   a.kq = a.nb * BLOCK;
   a.q.assign(rows * a.kq, 0);
+  a.ng = (used + 15) / 16 * 16;
+  a.dblock.assign(rows * a.ng, 0.0f);
   a.d.assign(rows * a.nb * LANES, 0.0f);
   a.negsum.assign(rows * a.nb * LANES, 0);
   for (int64_t m = 0; m < rows; ++m) {
@@ -61,6 +64,7 @@ inline void quantize_acts(const float* x, int64_t rows, int64_t k, int64_t ldx, 
       float* dl = a.d.data() + (m * a.nb + b) * LANES;
       int32_t* sl = a.negsum.data() + (m * a.nb + b) * LANES;
       std::fill(dl, dl + LANES, d);
+      a.dblock[m * a.ng + b] = d;
       std::fill(sl, sl + LANES, -sum);
     }
   }
@@ -136,37 +140,40 @@ QDOT_VNNI inline __m512i weights_vnni(const uint8_t* qr, int64_t b, bool two) {
   }
 }
 
+// Groups of 16 blocks share one load of their weight scales, multiplied by each row's activation
+// scales once; a permute then spreads a pair of them over the 16 lanes of each dot product.
 template <int BITS, int M>
 QDOT_VNNI void rows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, float* y, int64_t r0,
                          int64_t r1, int64_t n, int64_t nbw) {
   constexpr int64_t stride = BITS == 8 ? BLOCK : BLOCK / 2;
-  const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i zero = _mm512_setzero_si512();
+  const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i next = _mm512_set1_epi32(2), zero = _mm512_setzero_si512();
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* qr = q + r * nbw * stride;
     const uint16_t* sr = s + r * nbw;
     __m512 acc[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nbw; b += 2) {
-      const bool two = b + 1 < nbw;
-      const __m512i w = weights_vnni<BITS>(qr, b, two);
-      uint32_t bits = sr[b];
-      if (two) std::memcpy(&bits, sr + b, sizeof bits);
-      const __m512 sw = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(
-          _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)))));
-      __m512i aw = w;
-      __mmask64 neg = 0;
-      if constexpr (BITS == 8) {
-        aw = _mm512_abs_epi8(w);
-        neg = _mm512_movepi8_mask(w);
-      }
-      for (int m = 0; m < M; ++m) {
-        __m512i xv = _mm512_loadu_si512(a.q.data() + m * a.kq + b * BLOCK);
-        if constexpr (BITS == 8) xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
-        const int64_t at = (m * a.nb + b) * LANES;
-        const __m512i start = BITS == 8 ? zero : _mm512_loadu_si512(a.negsum.data() + at);
-        const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, aw, xv));
-        acc[m] = _mm512_fmadd_ps(dot, _mm512_mul_ps(sw, _mm512_loadu_ps(a.d.data() + at)), acc[m]);
+    for (int64_t g = 0; g < nbw; g += 16) {
+      const int64_t left = std::min<int64_t>(16, nbw - g);
+      const __m512 sw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << left) - 1), sr + g));
+      __m512 sd[M];
+      for (int m = 0; m < M; ++m) sd[m] = _mm512_mul_ps(sw, _mm512_loadu_ps(a.dblock.data() + m * a.ng + g));
+      __m512i spread = first;
+      for (int64_t b = g; b < g + left; b += 2, spread = _mm512_add_epi32(spread, next)) {
+        const __m512i w = weights_vnni<BITS>(qr, b, b + 1 < nbw);
+        __m512i aw = w;
+        __mmask64 neg = 0;
+        if constexpr (BITS == 8) {
+          aw = _mm512_abs_epi8(w);
+          neg = _mm512_movepi8_mask(w);
+        }
+        for (int m = 0; m < M; ++m) {
+          __m512i xv = _mm512_loadu_si512(a.q.data() + m * a.kq + b * BLOCK);
+          if constexpr (BITS == 8) xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
+          const __m512i start = BITS == 8 ? zero : _mm512_loadu_si512(a.negsum.data() + (m * a.nb + b) * LANES);
+          const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, aw, xv));
+          acc[m] = _mm512_fmadd_ps(dot, _mm512_permutexvar_ps(spread, sd[m]), acc[m]);
+        }
       }
     }
     for (int m = 0; m < M; ++m) y[m * n + r] = _mm512_reduce_add_ps(acc[m]);
