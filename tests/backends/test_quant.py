@@ -115,12 +115,13 @@ def test_gemv_matches_torch_on_odd_shapes(ops: ModuleType, isa: str, scheme: str
         ops.set_isa("avx512" if quant_isa() == "AVX-512" else "avx2")
 
 
-def _rounded(x: torch.Tensor, k: int) -> torch.Tensor:
-    """x as qgemv_int rounds it (float64): per block of 32, d = max|x| / 127, q = round(x / d)."""
+def _rounded(x: torch.Tensor, k: int, limit: int) -> torch.Tensor:
+    """x as qgemv_int rounds it (float64): per block of 32, d = max|x| / limit, q = round(x / d)
+    (limit 127 for int4 weights, 32767 for int8)."""
     rows, kp = x.shape[0], padded_k(k)
     blocks = F.pad(x, (0, kp - k)).view(rows, -1, BLOCK)
-    d = blocks.abs().amax(-1, keepdim=True) / 127
-    xq = (blocks * torch.where(d != 0, 1 / d, torch.zeros_like(d))).round().clamp(-127, 127)
+    d = blocks.abs().amax(-1, keepdim=True) / limit
+    xq = (blocks * torch.where(d != 0, 1 / d, torch.zeros_like(d))).round().clamp(-limit, limit)
     return (xq.double() * d.double()).view(rows, kp)[:, :k]
 
 
@@ -129,14 +130,16 @@ def _rounded(x: torch.Tensor, k: int) -> torch.Tensor:
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_integer_gemv_matches_float64_on_odd_shapes(ops: ModuleType, isa: str, scheme: str, n_threads: int,
                                                     threads: None) -> None:
-    """8-bit activations, integer dots: AVX2 (maddubs) and AVX-512 VNNI (dpbusd; odd block counts
-    take its one-block tail), against float64 on the same rounded activations."""
+    """Integer activations (8 bits for int4, 16 for int8) and dots: AVX2 (maddubs/madd) and AVX-512
+    VNNI (dpbusd/dpwssd; odd block counts take its one-block tail), against float64 on the same
+    rounded activations."""
     from llamahub_cpu import quant_isa
 
     if isa == "avx512" and quant_isa() != "AVX-512":
         pytest.skip("no AVX-512 on this CPU")
     torch.set_num_threads(n_threads)
     bits = 8 if scheme == "int8" else 4
+    limit = 32767 if scheme == "int8" else 127
     ops.set_isa(isa)
     try:
         for n, k in [(1, 32), (17, 96), (53, 100), (250, 64 * 5 + 7), (1000, 256), (3, 2048)]:
@@ -147,12 +150,12 @@ def test_integer_gemv_matches_float64_on_odd_shapes(ops: ModuleType, isa: str, s
                 x[-1] *= 1e3
                 y = ops.qgemv_int(x, q, s, bits)
                 w = dequantize(q, s, scheme, k).double()
-                ref = _rounded(x, k) @ w.T
+                ref = _rounded(x, k, limit) @ w.T
                 assert y.shape == (rows, n)
-                scale = _rounded(x, k).abs() @ w.abs().T  # the sum of |terms|: float32 rounding
+                scale = _rounded(x, k, limit).abs() @ w.abs().T  # the sum of |terms|: float32 rounding
                 assert ((y.double() - ref).abs() <= 1e-5 * scale + 1e-6).all(), (n, k, rows)
                 # and off the unrounded product by at most half a step of each activation
-                half_step = F.pad(x, (0, padded_k(k) - k)).view(rows, -1, BLOCK).abs().amax(-1) / 254
+                half_step = F.pad(x, (0, padded_k(k) - k)).view(rows, -1, BLOCK).abs().amax(-1) / (2 * limit)
                 bound = half_step.double().repeat_interleave(BLOCK, 1)[:, :k] @ \
                     dequantize(q, s, scheme, k).double().abs().T
                 assert ((y.double() - _reference(x, q, s, scheme, k)).abs() <= bound * 1.001 + 1e-5).all()
@@ -195,7 +198,7 @@ def test_quant_linear_kernel_and_plain_torch_paths_agree(ops: ModuleType, scheme
         layer.load_state_dict({"q": q, "scales": s}, assign=True)
     for shape in [(1, 1, 70), (2, 3, 70), (1, 20, 70)]:  # decode, batched decode, prefill
         x = torch.randn(*shape)
-        # decode rounds the activations to 8 bits (see the integer gemv test), prefill does not
+        # decode rounds the activations to integers (see the integer gemv test), prefill does not
         tol = 1e-2 if shape[1] * shape[0] <= 8 else 1e-5
         assert (fast(x) - plain(x)).norm() <= tol * plain(x).norm()
         assert fast(x).shape == (*shape[:-1], 40)

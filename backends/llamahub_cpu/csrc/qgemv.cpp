@@ -227,14 +227,15 @@ torch::Tensor qgemv(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t b
   return y;
 }
 
-// The same with 8-bit activations and integer dot products (qdot.h), on AVX-512 VNNI or AVX2.
+// The same with activations rounded to integers (8 bits for int4 weights, 16 for int8: qdot.h)
+// and integer dot products, on AVX-512 VNNI or AVX2.
 torch::Tensor qgemv_int(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t bits) {
   const Shapes sh = check(x, q, s, bits);
   const int64_t m = x.size(0);
   TORCH_CHECK(m >= 1 && m <= MAX_ROWS, "qgemv takes 1 to ", MAX_ROWS, " rows, not ", m);
   auto xc = x.contiguous();
   qdot::Acts acts;
-  qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts);
+  qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts, bits == 8);
   auto y = torch::empty({m, sh.n}, x.options());
   const bool vnni = use_vnni && qdot::has_vnni();
   const qdot::RowsFn fn = bits == 8 ? qdot::pick<8>(m, vnni) : qdot::pick<4>(m, vnni);
@@ -257,7 +258,7 @@ torch::Tensor qffn_int(torch::Tensor x, torch::Tensor q1, torch::Tensor s1, torc
   TORCH_CHECK(m >= 1 && m <= MAX_ROWS, "qffn takes 1 to ", MAX_ROWS, " rows, not ", m);
   auto xc = x.contiguous();
   qdot::Acts acts;
-  qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts);
+  qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts, bits == 8);
   auto gate = torch::empty({m, hidden}, x.options()), up = torch::empty({m, hidden}, x.options());
   const bool vnni = use_vnni && qdot::has_vnni();
   const qdot::RowsFn fn = bits == 8 ? qdot::pick<8>(m, vnni) : qdot::pick<4>(m, vnni);
