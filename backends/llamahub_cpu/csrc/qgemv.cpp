@@ -417,7 +417,11 @@ std::vector<torch::Tensor> quantize(torch::Tensor w, int64_t bits) {
   return {q, s};
 }
 
-std::string isa() { return (use_avx512 && has_avx512()) ? "avx512" : "avx2"; }
+// "avx512-vnni" when decode runs on VNNI's integer dots, else "avx512" or "avx2".
+std::string isa() {
+  if (use_vnni && qdot::has_vnni()) return "avx512-vnni";
+  return (use_avx512 && has_avx512()) ? "avx512" : "avx2";
+}
 
 void set_isa(const std::string& name) {
   TORCH_CHECK(name == "avx2" || name == "avx512", "isa must be avx2 or avx512");
