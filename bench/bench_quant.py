@@ -11,6 +11,8 @@ Per (config, engine), in its own process, after the page cache is warm:
   (what each gives its users);
 - accuracy: next-token logits at each of the same 512 positions; mean KL(fp32 || engine) and
   top-1 agreement, both against llamahub fp32 (llama.cpp f32 next to it shows the engines agree);
+  llamahub int8/int4 also teacher-forced one token at a time over the first 128 positions
+  (decode_kl_mean, decode_top1_agreement: the decode kernels round activations, prefill does not);
 - bandwidth: bytes read per decoded token (all matrices incl. the head, once; not the embedding
   lookup or the KV cache) x tok/s, as a fraction of the ceiling: the higher of the copy bandwidth
   (bench/bandwidth.py) and the best GB/s llama.cpp reaches in this run;
@@ -56,6 +58,7 @@ from bench_llamacpp import CONFIGS_CTX, artifacts, run_direct  # noqa: E402
 ENGINES = ("llamahub:fp32", "llamahub:bf16", "llamahub:int8", "llamahub:int4", "transformers:fp32",
            "transformers:bf16", "llama.cpp:f32", "llama.cpp:f16", "llama.cpp:q8_0", "llama.cpp:q4_0")
 PREFILL, SEQUENCE_SEED = 512, 1
+DECODE_POSITIONS = 128  # int8/int4 decode (integer activations) is also scored one token at a time
 REFERENCE = "llamahub:fp32"
 
 
@@ -113,6 +116,10 @@ def llamahub_child(opts: argparse.Namespace, dtype: str) -> dict[str, Any]:
     with torch.inference_mode():
         out = timed_decode(run, opts.warmup, opts.runs, opts.engine)
         out |= prefill_and_logits(opts, forward)
+        if dtype in ("int8", "int4"):  # the decode kernels round activations: score them too
+            model.reset_cache()
+            steps = [model(seq[:, i:i + 1], i)[0] for i in range(DECODE_POSITIONS)]
+            torch.save(torch.cat(steps).float(), logits_path(opts.work, opts.config, opts.engine + "-decode"))
     return out | info | {"load_s": load_s}
 
 
@@ -251,8 +258,18 @@ def prepare(opts: argparse.Namespace, config: str, engines: list[str]) -> dict[s
 
 
 def accuracy(work: Path, config: str, engine: str) -> dict[str, float]:
+    """KL and top-1 against the reference over the 512 positions (prefill), and for llamahub
+    int8/int4 also over the first DECODE_POSITIONS decoded one at a time (``decode_`` keys)."""
     ref = torch.load(logits_path(work, config, REFERENCE)).double()
-    got = torch.load(logits_path(work, config, engine)).double()
+    out = _scores(ref, torch.load(logits_path(work, config, engine)).double())
+    decoded = logits_path(work, config, engine + "-decode")
+    if decoded.is_file():
+        got = torch.load(decoded).double()
+        out |= {f"decode_{k}": v for k, v in _scores(ref[:got.shape[0]], got).items()}
+    return out
+
+
+def _scores(ref: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
     p_log, q_log = ref.log_softmax(-1), got.log_softmax(-1)
     kl = (p_log.exp() * (p_log - q_log)).sum(-1)
     return {"kl_mean": kl.mean().item(), "kl_max": kl.max().item(),
@@ -286,7 +303,9 @@ def drive(opts: argparse.Namespace) -> None:
             print(f"{config} {e:18} decode {rec['decode_tok_s']['median']:7.1f} tok/s "
                   f"({rec['fraction_of_ceiling']:4.0%} of {ceiling:.1f} GB/s)  prefill "
                   f"{rec['prefill_tok_s']['median']:8.1f} tok/s  KL {rec.get('kl_mean', float('nan')):.5f}  "
-                  f"top-1 {rec.get('top1_agreement', float('nan')):.3f}", file=sys.stderr)
+                  f"top-1 {rec.get('top1_agreement', float('nan')):.3f}"
+                  + (f"  decode KL {rec['decode_kl_mean']:.5f} top-1 {rec['decode_top1_agreement']:.3f}"
+                     if "decode_kl_mean" in rec else ""), file=sys.stderr)
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     with opts.out.open("a") as f:
         for row in rows:

@@ -28,7 +28,8 @@ WORKING_BYTES = 64 * 2**20
 
 
 def quant_isa() -> str | None:
-    """What the int8/int4 kernels would run on here: "AVX-512", "AVX2", or None (plain torch).
+    """What the int8/int4 kernels would run on here: "AVX-512 VNNI", "AVX-512", "AVX2", or None
+    (plain torch).
 
     Read from the CPU's flags without importing torch, so ``llamahub plugins`` stays quick.
     """
@@ -39,7 +40,9 @@ def quant_isa() -> str | None:
         flags = []
     if not {"avx2", "fma", "f16c"} <= set(flags):
         return None
-    return "AVX-512" if {"avx512f", "avx512bw"} <= set(flags) else "AVX2"
+    if not {"avx512f", "avx512bw"} <= set(flags):
+        return "AVX2"
+    return "AVX-512 VNNI" if {"avx512vl", "avx512_vnni"} <= set(flags) else "AVX-512"
 
 
 def weight_bytes(variant: Variant, dtype: str) -> int:

@@ -53,7 +53,8 @@ def quant_kernel_status(scheme: str) -> tuple[ModuleType | None, str]:
     ops = qkernel()
     if isinstance(ops, str):
         return None, f"plain torch {scheme} (dequantize + aten; {ops})"
-    return ops, f"llamahub {scheme} {ops.isa().upper().replace('AVX512', 'AVX-512')} qgemv/qgemm"
+    isa = ops.isa().upper().replace("AVX512", "AVX-512").replace("-VNNI", " VNNI")
+    return ops, f"llamahub {scheme} {isa} qgemv/qgemm"
 
 
 def build_quant_decoder(artifacts: Artifacts, reader: CheckpointReader,

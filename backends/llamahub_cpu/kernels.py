@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -51,6 +52,8 @@ def _build_dir(source: Path = SOURCE, cflags: list[str] = CFLAGS) -> Path:
     """
     with source.open("rb") as f:
         h = hashlib.file_digest(f, "sha256")
+    for name in re.findall(r'^#include "([^"]+)"', source.read_text(), re.MULTILINE):
+        h.update((source.parent / name).read_bytes())  # its own headers: a changed one builds anew
     h.update(" ".join(cflags + LDFLAGS).encode())  # new flags build anew
     digest = h.hexdigest()[:12]
     root = os.environ.get(KERNEL_DIR_ENV)

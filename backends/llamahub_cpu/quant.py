@@ -159,10 +159,31 @@ class QuantLinear(nn.Module):
         if self._ops is None:
             y = F.linear(x2, dequantize(self.q, self.scales, self.scheme, self.in_features))
         elif rows <= MAX_KERNEL_ROWS:
-            y = self._ops.qgemv(x2, self.q, self.scales, self.bits)
+            y = self._ops.qgemv_int(x2, self.q, self.scales, self.bits)
         else:
             y = self._ops.qgemm(x2, self.q, self.scales, self.bits)
         return y.view(*x.shape[:-1], self.out_features)
+
+
+class QuantFeedForward(nn.Module):
+    """The reference's SwiGLU feed-forward over three ``QuantLinear`` (same names: w1, w2, w3).
+
+    1 to 8 rows run as one kernel call (``ops.qffn_int``: w1 and w3 share the rounded input and
+    one pass over the threads, silu and the product happen there); more rows, or no kernel, as
+    the reference does.
+    """
+
+    def __init__(self, w1: QuantLinear, w2: QuantLinear, w3: QuantLinear) -> None:
+        super().__init__()
+        self.w1, self.w2, self.w3 = w1, w2, w3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, ops = x.shape[:-1].numel(), self.w1._ops
+        if ops is None or rows > MAX_KERNEL_ROWS:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        y = ops.qffn_int(x.reshape(rows, -1).float(), self.w1.q, self.w1.scales, self.w3.q, self.w3.scales,
+                         self.w2.q, self.w2.scales, self.w1.bits)
+        return y.view(*x.shape[:-1], self.w2.out_features)
 
 
 class WideEmbedding(nn.Embedding):
@@ -192,3 +213,6 @@ def swap_quantized(model: nn.Module, scheme: str, ops: ModuleType | None) -> Non
                     setattr(parent, name, QuantLinear(child.in_features, child.out_features, s, ops))
                 elif isinstance(child, nn.Embedding):
                     setattr(parent, name, WideEmbedding(child.num_embeddings, child.embedding_dim))
+        for layer in getattr(model, "layers", ()):  # the reference's blocks (state-dict names)
+            ff = layer.feed_forward
+            layer.feed_forward = QuantFeedForward(ff.w1, ff.w2, ff.w3)

@@ -46,14 +46,16 @@ def test_top1_agreement_with_fp32(scheme: str, which: str, request: pytest.Fixtu
     with torch.inference_mode():
         fp32 = build_decoder(ref.reader, "fp32")(tokens, 0)
         model, _ = build_quant_decoder(artifacts, ref.reader, scheme)
-        quant = model(tokens, 0)  # prefill: the GEMM path
-        step = model(tokens[:, -1:], tokens.shape[1] - 1)  # decode: the GEMV path, same position
-    agree = (quant.argmax(-1) == fp32.argmax(-1)).float().mean().item()
-    assert agree >= AGREEMENT[scheme], agree
-    assert torch.allclose(step[0, -1], quant[0, -1], rtol=1e-3, atol=1e-3)
-    kl = torch.nn.functional.kl_div(quant.log_softmax(-1), fp32.log_softmax(-1), log_target=True,
-                                    reduction="none").sum(-1).mean().item()
-    assert kl < MAX_KL[scheme], kl
+        prefill = model(tokens, 0)  # the GEMM path, float activations
+        model.reset_cache()  # decode, one token at a time: 8-bit activations, integer dots
+        decode = torch.cat([model(tokens[:, i:i + 1], i) for i in range(tokens.shape[1])], dim=1)
+    assert (decode - prefill).norm() <= 0.02 * prefill.norm()
+    for quant in (prefill, decode):
+        agree = (quant.argmax(-1) == fp32.argmax(-1)).float().mean().item()
+        assert agree >= AGREEMENT[scheme], agree
+        kl = torch.nn.functional.kl_div(quant.log_softmax(-1), fp32.log_softmax(-1), log_target=True,
+                                        reduction="none").sum(-1).mean().item()
+        assert kl < MAX_KL[scheme], kl
 
 
 def test_model_is_quantized_with_the_stated_precisions(llama3_debug_folder: Path, tmp_path: Path) -> None:
@@ -220,4 +222,7 @@ def test_plain_torch_fallback_is_reported_and_agrees(llama2_debug_folder: Path, 
     assert plain.kernel.startswith("plain torch int4") and "LLAMAHUB_CPU_KERNEL=0" in plain.kernel
     with torch.inference_mode():
         assert torch.allclose(plain(tokens, 0), fast(tokens, 0), rtol=1e-4, atol=1e-4)
-        assert torch.allclose(plain(tokens[:, :1], 0), fast(tokens[:, :1], 0), rtol=1e-4, atol=1e-4)
+        # one token: the kernel rounds activations to 8 bits per block of 32, plain torch does not
+        one, fast_one = plain(tokens[:, :1], 0), fast(tokens[:, :1], 0)
+        assert (fast_one - one).norm() <= 0.02 * one.norm()
+        assert torch.equal(fast_one.argmax(-1), one.argmax(-1))

@@ -51,6 +51,18 @@ def test_build_folder_is_under_the_cache(tmp_path: Path, monkeypatch: pytest.Mon
     assert kernels._build_dir() == tmp_path / "shared" / folder.name
 
 
+def test_a_changed_header_of_the_source_builds_anew(tmp_path: Path) -> None:
+    source, header, other = tmp_path / "k.cpp", tmp_path / "k.h", tmp_path / "unrelated.h"
+    source.write_text('#include <vector>\n#include "k.h"\nint f() { return g(); }\n')
+    header.write_text("inline int g() { return 1; }\n")
+    other.write_text("// not included\n")
+    before = kernels._build_dir(source, ["-O3"])
+    other.write_text("// still not included\n")
+    assert kernels._build_dir(source, ["-O3"]) == before
+    header.write_text("inline int g() { return 2; }\n")
+    assert kernels._build_dir(source, ["-O3"]) != before
+
+
 def test_a_kernel_already_in_the_cache_is_loaded_without_building(tmp_path: Path) -> None:
     _needs_kernel()
     built = Path(kernels.kernel().__file__)  # type: ignore[union-attr]

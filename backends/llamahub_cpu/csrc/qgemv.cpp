@@ -15,6 +15,8 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "qdot.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -154,6 +156,7 @@ bool has_avx512() {
 }
 
 bool use_avx512 = true;  // set_isa("avx2") turns it off (tests compare both paths)
+bool use_vnni = true;
 
 using RowsFn = void (*)(const uint8_t*, const uint16_t*, const float*, float*, int64_t, int64_t, int64_t,
                         int64_t);
@@ -222,6 +225,59 @@ torch::Tensor qgemv(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t b
   const int64_t n = sh.n, kp = sh.kp;
   at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) { fn(qp, sp, xd, yd, begin, end, n, kp); });
   return y;
+}
+
+// The same with activations rounded to integers (8 bits for int4 weights, 16 for int8: qdot.h)
+// and integer dot products, on AVX-512 VNNI or AVX2.
+torch::Tensor qgemv_int(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64_t bits) {
+  const Shapes sh = check(x, q, s, bits);
+  const int64_t m = x.size(0);
+  TORCH_CHECK(m >= 1 && m <= MAX_ROWS, "qgemv takes 1 to ", MAX_ROWS, " rows, not ", m);
+  auto xc = x.contiguous();
+  qdot::Acts acts;
+  qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts, bits == 8);
+  auto y = torch::empty({m, sh.n}, x.options());
+  const bool vnni = use_vnni && qdot::has_vnni();
+  const qdot::RowsFn fn = bits == 8 ? qdot::pick<8>(m, vnni) : qdot::pick<4>(m, vnni);
+  const auto* qp = static_cast<const uint8_t*>(q.data_ptr());
+  const auto* sp = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
+  float* yd = y.data_ptr<float>();
+  const int64_t n = sh.n, nbw = sh.kp / BLOCK;
+  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) { fn(qp, sp, acts, yd, begin, end, n, nbw); });
+  return y;
+}
+
+// The SwiGLU feed-forward of 1..8 rows in one call: w2 (silu(w1 x) * (w3 x)), on qgemv_int's dots;
+// w1 and w3 share x's rounding and one pass over the threads.
+torch::Tensor qffn_int(torch::Tensor x, torch::Tensor q1, torch::Tensor s1, torch::Tensor q3,
+                       torch::Tensor s3, torch::Tensor q2, torch::Tensor s2, int64_t bits) {
+  const Shapes sh = check(x, q1, s1, bits);
+  const Shapes sh3 = check(x, q3, s3, bits);
+  TORCH_CHECK(sh3.n == sh.n, "w1 has ", sh.n, " rows, w3 ", sh3.n);
+  const int64_t m = x.size(0), hidden = sh.n, nbw = sh.kp / BLOCK;
+  TORCH_CHECK(m >= 1 && m <= MAX_ROWS, "qffn takes 1 to ", MAX_ROWS, " rows, not ", m);
+  auto xc = x.contiguous();
+  qdot::Acts acts;
+  qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts, bits == 8);
+  auto gate = torch::empty({m, hidden}, x.options()), up = torch::empty({m, hidden}, x.options());
+  const bool vnni = use_vnni && qdot::has_vnni();
+  const qdot::RowsFn fn = bits == 8 ? qdot::pick<8>(m, vnni) : qdot::pick<4>(m, vnni);
+  const auto* q1p = static_cast<const uint8_t*>(q1.data_ptr());
+  const auto* q3p = static_cast<const uint8_t*>(q3.data_ptr());
+  const auto* s1p = reinterpret_cast<const uint16_t*>(s1.data_ptr<at::Half>());
+  const auto* s3p = reinterpret_cast<const uint16_t*>(s3.data_ptr<at::Half>());
+  float* g = gate.data_ptr<float>();
+  float* u = up.data_ptr<float>();
+  at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
+    fn(q1p, s1p, acts, g, begin, end, hidden, nbw);
+    fn(q3p, s3p, acts, u, begin, end, hidden, nbw);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t r = begin; r < end; ++r) {
+        const float v = g[i * hidden + r];
+        g[i * hidden + r] = v / (1.0f + std::exp(-v)) * u[i * hidden + r];
+      }
+  });
+  return qgemv_int(gate, q2, s2, bits);
 }
 
 // Rows [r0, r1) of W as float32 [r1 - r0, Kp].
@@ -361,15 +417,21 @@ std::vector<torch::Tensor> quantize(torch::Tensor w, int64_t bits) {
   return {q, s};
 }
 
-std::string isa() { return (use_avx512 && has_avx512()) ? "avx512" : "avx2"; }
+// "avx512-vnni" when decode runs on VNNI's integer dots, else "avx512" or "avx2".
+std::string isa() {
+  if (use_vnni && qdot::has_vnni()) return "avx512-vnni";
+  return (use_avx512 && has_avx512()) ? "avx512" : "avx2";
+}
 
 void set_isa(const std::string& name) {
   TORCH_CHECK(name == "avx2" || name == "avx512", "isa must be avx2 or avx512");
-  use_avx512 = name == "avx512";
+  use_avx512 = use_vnni = name == "avx512";
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("qgemv", &qgemv, "y = x W^T for 1..8 rows of x, W int8/int4 in blocks of 32 (fp16 scales)");
+  m.def("qgemv_int", &qgemv_int, "qgemv with activations quantized to int8 per block of 32");
+  m.def("qffn_int", &qffn_int, "w2 (silu(w1 x) * w3 x) for 1..8 rows, as three qgemv_int");
   m.def("qgemm", &qgemm, "y = x W^T for any rows: W widened tile by tile, aten GEMM");
   m.def("dequant", &dequant, "rows r0..r1 of W as float32");
   m.def("quantize", &quantize, "(q, scales) of a weight, as llamahub_cpu.quant.quantize");
