@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -36,14 +37,16 @@ QNAME = "llamahub_qgemv"
 KERNEL_DIR_ENV = "LLAMAHUB_CPU_KERNEL_DIR"
 # -fopenmp: torch's at::parallel_for is OpenMP pragmas in a header; without the flag they are
 # ignored and the kernel runs on one thread (measured: 7.6 → 17.4 GB/s fp32 with 2 threads).
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
-QCFLAGS = [*CFLAGS, "-mf16c"]
-LDFLAGS = ["-fopenmp"]
+# Tuples: torch's load() appends its own flags to the lists it is given, which would change the
+# build folder's hash (below) for every later build in the process.
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp")
+QCFLAGS = (*CFLAGS, "-mf16c")
+LDFLAGS = ("-fopenmp",)
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
 
 
-def _build_dir(source: Path = SOURCE, cflags: list[str] = CFLAGS) -> Path:
+def _build_dir(source: Path = SOURCE, cflags: Sequence[str] = CFLAGS) -> Path:
     """``<cache>/kernels/torch-<version>-<source hash>``: a changed source or torch is rebuilt.
 
     ``<cache>`` is llamahub's cache (``LLAMAHUB_CACHE``, else ``LLAMAHUB_HOME/cache``, else the
@@ -54,7 +57,7 @@ def _build_dir(source: Path = SOURCE, cflags: list[str] = CFLAGS) -> Path:
         h = hashlib.file_digest(f, "sha256")
     for name in re.findall(r'^#include "([^"]+)"', source.read_text(), re.MULTILINE):
         h.update((source.parent / name).read_bytes())  # its own headers: a changed one builds anew
-    h.update(" ".join(cflags + LDFLAGS).encode())  # new flags build anew
+    h.update(" ".join([*cflags, *LDFLAGS]).encode())  # new flags build anew
     digest = h.hexdigest()[:12]
     root = os.environ.get(KERNEL_DIR_ENV)
     base = Path(root).expanduser() if root else cache_dir() / "kernels"
@@ -73,7 +76,7 @@ def _import_built(path: Path) -> ModuleType | None:
     return module
 
 
-def _build(name: str = NAME, source: Path = SOURCE, cflags: list[str] = CFLAGS) -> ModuleType | str:
+def _build(name: str = NAME, source: Path = SOURCE, cflags: Sequence[str] = CFLAGS) -> ModuleType | str:
     if os.environ.get("LLAMAHUB_CPU_KERNEL", "1") == "0":
         return "turned off by LLAMAHUB_CPU_KERNEL=0"
     capability = torch.backends.cpu.get_cpu_capability()
@@ -101,19 +104,19 @@ def _build(name: str = NAME, source: Path = SOURCE, cflags: list[str] = CFLAGS) 
         return _compile(build_dir, name, source, cflags)
 
 
-def _compile(build_dir: Path, name: str, source: Path, cflags: list[str]) -> ModuleType | str:
+def _compile(build_dir: Path, name: str, source: Path, cflags: Sequence[str]) -> ModuleType | str:
     from torch.utils.cpp_extension import load
 
     print(f"llamahub: compiling the CPU decode kernel {source.name} into {build_dir} "
           "(once per cache, about a minute)", file=sys.stderr, flush=True)
     try:
         return load(name=name, sources=[str(source)], build_directory=str(build_dir),
-                    extra_cflags=cflags, extra_ldflags=LDFLAGS, verbose=False)
+                    extra_cflags=list(cflags), extra_ldflags=list(LDFLAGS), verbose=False)
     except Exception as e:  # no compiler, no ninja, ...: run on aten instead
         return f"could not compile {source.name}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
 
 
-def _cached(name: str, source: Path, cflags: list[str]) -> ModuleType | str:
+def _cached(name: str, source: Path, cflags: Sequence[str]) -> ModuleType | str:
     with _lock:
         if name not in _cache:
             _cache[name] = _build(name, source, cflags)

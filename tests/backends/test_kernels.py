@@ -63,6 +63,18 @@ def test_a_changed_header_of_the_source_builds_anew(tmp_path: Path) -> None:
     assert kernels._build_dir(source, ["-O3"]) != before
 
 
+def test_building_one_kernel_leaves_the_others_build_folder_alone() -> None:
+    """torch's load() appends its flags to the lists it gets: the folder each kernel was built in
+    must still be the one a fresh process computes, whichever kernel this process built first."""
+    _needs_kernel()
+    builds = ((kernels.qkernel, kernels.QSOURCE, kernels.QCFLAGS),
+              (kernels.kernel, kernels.SOURCE, kernels.CFLAGS))
+    for build, source, flags in builds:
+        module = build()
+        assert not isinstance(module, str), module
+        assert Path(module.__file__).parent == kernels._build_dir(source, flags)
+
+
 def test_a_kernel_already_in_the_cache_is_loaded_without_building(tmp_path: Path) -> None:
     _needs_kernel()
     built = Path(kernels.kernel().__file__)  # type: ignore[union-attr]
