@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -322,17 +322,6 @@ def markdown(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def throwaway_postgres(stack: contextlib.ExitStack) -> str:
-    """A fresh database in a durable throwaway cluster (tests/pgcluster.py), removed at the end."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from pgcluster import start_cluster
-
-    cluster = start_cluster(durable=True)
-    stack.callback(cluster.remove)
-    log(f"started a throwaway PostgreSQL cluster from {cluster.bindir}")
-    return cluster.new_database()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=32)
@@ -355,7 +344,12 @@ def main() -> int:
         if args.blobs == "s3":
             env.update(stack.enter_context(s3_endpoint(work)))
         if args.postgres and not args.database_url:
-            args.database_url = throwaway_postgres(stack)
+            from bench_hub import postgres_url  # a durable throwaway cluster, removed at the end
+
+            cleanup: list[Callable[[], None]] = []
+            args.database_url = postgres_url(args, cleanup)
+            for remove in cleanup:
+                stack.callback(remove)
         result = measure(args, work, env)
     result.update(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                   machine=f"{platform.machine()}, {os.cpu_count()} cores", command=command)
