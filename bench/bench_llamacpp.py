@@ -103,17 +103,9 @@ def run_llamahub(path: Path, work: Path, config: str, prompt: list[int], threads
 
 def run_direct(path: Path, prompt: list[int], threads: int) -> Any:
     import llama_cpp
-    from llamahub_llamacpp.runtime import has_amx
+    from llama_cpp_server import turn_off_amx_buffers
 
-    if has_amx():  # llama.cpp's AMX weight buffers crash on this CPU: off here too, as in the backend
-        low = llama_cpp.llama_cpp  # the module Llama reads its defaults from
-        default = low.llama_model_default_params
-
-        def no_extra_buffers() -> Any:
-            params = default()
-            params.use_extra_bufts = False
-            return params
-        low.llama_model_default_params = no_extra_buffers
+    turn_off_amx_buffers()
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONFIGS_CTX, n_threads=threads,
                           n_threads_batch=threads, flash_attn=True, verbose=False)
 

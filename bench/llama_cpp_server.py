@@ -10,21 +10,29 @@ from __future__ import annotations
 from typing import Any
 
 
-def main() -> None:
+def turn_off_amx_buffers() -> None:
+    """On a CPU with AMX, make every ``llama_cpp.Llama`` made after this run without llama.cpp's
+    AMX weight buffers (they crash there), as the llamacpp backend does."""
     import llama_cpp
-    from llama_cpp.server.__main__ import main as serve
     from llamahub_llamacpp.runtime import has_amx
 
-    if has_amx():
-        low = llama_cpp.llama_cpp  # the module Llama reads its defaults from
-        default = low.llama_model_default_params
+    if not has_amx():
+        return
+    low = llama_cpp.llama_cpp  # the module Llama reads its defaults from
+    default = low.llama_model_default_params
 
-        def no_extra_buffers() -> Any:
-            params = default()
-            params.use_extra_bufts = False
-            return params
+    def no_extra_buffers() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
 
-        low.llama_model_default_params = no_extra_buffers
+    low.llama_model_default_params = no_extra_buffers
+
+
+def main() -> None:
+    from llama_cpp.server.__main__ import main as serve
+
+    turn_off_amx_buffers()
     serve()
 
 
