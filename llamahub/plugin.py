@@ -60,7 +60,9 @@ if TYPE_CHECKING:
     from llamahub.model.reader import CheckpointReader
     from llamahub.model.tokenizer import Tokenizer
     from llamahub.model.transformer import (
+        Step,
         Transformer,
+        TransformerBlock,
         assign_weights,
         build_meta,
         build_model,
@@ -83,7 +85,8 @@ _LAZY = {
     "SlotDecoder": "llamahub.model.batching", "TransformerSlots": "llamahub.model.batching",
     "CheckpointReader": "llamahub.model.reader",
     "Tokenizer": "llamahub.model.tokenizer",
-    "Transformer": "llamahub.model.transformer", "assign_weights": "llamahub.model.transformer",
+    "Transformer": "llamahub.model.transformer", "TransformerBlock": "llamahub.model.transformer",
+    "Step": "llamahub.model.transformer", "assign_weights": "llamahub.model.transformer",
     "build_meta": "llamahub.model.transformer", "build_model": "llamahub.model.transformer",
     "rope_frequencies": "llamahub.model.transformer", "load_licenses": "llamahub.policy.terms",
     "Reference": "llamahub.reference", "context_length": "llamahub.reference",

@@ -24,7 +24,8 @@ from llamahub.plugin import (
     build_meta,
     open_reference,
 )
-from llamahub_cpu.kernels import qkernel, use_decode_kernel
+from llamahub_cpu.block import fuse_blocks
+from llamahub_cpu.kernels import kernel, qkernel, use_decode_kernel
 from llamahub_cpu.quant import SCHEMES, swap_quantized
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -45,7 +46,15 @@ def build_decoder(reader: CheckpointReader, dtype: str = DEFAULT_DTYPE, *,
     model = build_meta(reader.args, layout)
     model.cache_dtype = torch.float32  # see CACHE_BYTES in llamahub_cpu
     model.kernel = use_decode_kernel(model) if kernel else "aten"
+    if kernel and fuse_blocks(model, kernel_module()):
+        model.kernel += " + fused decode block"
     return assign_weights(model, reader.state_dict(layout, dtype=TORCH_DTYPES[dtype]))
+
+
+def kernel_module() -> ModuleType | None:
+    """The fp32/bf16 decode kernel, None when it is unavailable."""
+    gemv = kernel()
+    return None if isinstance(gemv, str) else gemv
 
 
 def quant_kernel_status(scheme: str) -> tuple[ModuleType | None, str]:
@@ -69,6 +78,8 @@ def build_quant_decoder(artifacts: Artifacts, reader: CheckpointReader,
     model.cache_dtype = torch.float32
     ops, model.kernel = quant_kernel_status(scheme)
     swap_quantized(model, scheme, ops)
+    if fuse_blocks(model, ops):
+        model.kernel += " + fused decode block"
     tensors, cache = quantized_weights(artifacts, reader, scheme, ops)
     try:
         model.load_state_dict(tensors, strict=True, assign=True)

@@ -39,8 +39,8 @@ KERNEL_DIR_ENV = "LLAMAHUB_CPU_KERNEL_DIR"
 # ignored and the kernel runs on one thread (measured: 7.6 → 17.4 GB/s fp32 with 2 threads).
 # Tuples: torch's load() appends its own flags to the lists it is given, which would change the
 # build folder's hash (below) for every later build in the process.
-CFLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp")
-QCFLAGS = (*CFLAGS, "-mf16c")
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp")
+QCFLAGS = CFLAGS
 LDFLAGS = ("-fopenmp",)
 _lock = threading.Lock()
 _cache: dict[str, ModuleType | str] = {}
@@ -55,13 +55,27 @@ def _build_dir(source: Path = SOURCE, cflags: Sequence[str] = CFLAGS) -> Path:
     """
     with source.open("rb") as f:
         h = hashlib.file_digest(f, "sha256")
-    for name in re.findall(r'^#include "([^"]+)"', source.read_text(), re.MULTILINE):
-        h.update((source.parent / name).read_bytes())  # its own headers: a changed one builds anew
+    for header in _own_headers(source):
+        h.update(header.read_bytes())  # a changed header builds anew
     h.update(" ".join([*cflags, *LDFLAGS]).encode())  # new flags build anew
     digest = h.hexdigest()[:12]
     root = os.environ.get(KERNEL_DIR_ENV)
     base = Path(root).expanduser() if root else cache_dir() / "kernels"
     return base / f"torch-{torch.__version__}-{digest}"
+
+
+def _own_headers(source: Path) -> list[Path]:
+    """The ``#include "..."`` files of ``source``, and theirs, each once, in the order met."""
+    found: list[Path] = []
+    todo = [source]
+    while todo:
+        text = todo.pop(0).read_text()
+        for name in re.findall(r'^#include "([^"]+)"', text, re.MULTILINE):
+            path = source.parent / name
+            if path not in found:
+                found.append(path)
+                todo.append(path)
+    return found
 
 
 def _import_built(path: Path) -> ModuleType | None:

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "qdot.h"
+#include "block.h"
 
 #include <algorithm>
 #include <cmath>
@@ -437,4 +438,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize", &quantize, "(q, scales) of a weight, as llamahub_cpu.quant.quantize");
   m.def("isa", &isa, "the instruction set the kernels run on");
   m.def("set_isa", &set_isa, "use avx2 even where avx512 is available (or back)");
+  m.def("decode_block", &decode_block, "one token through one transformer block (csrc/block.h)",
+        py::call_guard<py::gil_scoped_release>());
 }
