@@ -85,7 +85,8 @@ def _pair(args: ModelArgs, dtype: str, layout: str, ops: object) -> tuple[Transf
                     tensors[name] = t.bfloat16()
                 else:
                     q, s = quantize(t, "int8" if name == "output.weight" else dtype)
-                    tensors[name.removesuffix("weight") + "q"], tensors[name.removesuffix("weight") + "scales"] = q, s
+                    stem = name.removesuffix("weight")
+                    tensors[stem + "q"], tensors[stem + "scales"] = q, s
             if fused:
                 assert fuse_blocks(model, ops)
             model.load_state_dict(tensors, strict=True, assign=True)
@@ -122,7 +123,8 @@ def test_fused_decode_gives_the_reference_logits(dtype: str, layout: str, gemv: 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int4"])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_odd_widths_and_threads(dtype: str, n_threads: int, gemv: object, qops: object, threads: None) -> None:
+def test_odd_widths_and_threads(dtype: str, n_threads: int, gemv: object, qops: object,
+                                threads: None) -> None:
     """Widths that are not whole blocks of 32 (quantized: padded) nor of 8 lanes, MHA, 1 and 2 threads."""
     torch.set_num_threads(n_threads)
     args = _args(dim=60, n_heads=3, n_kv_heads=3, ffn_dim=70)  # head_dim 20
@@ -150,7 +152,7 @@ def test_a_cache_row_of_the_servers_slots(gemv: object) -> None:
 
 
 def test_steps_aside_for_prompts_batches_and_foreign_linears(gemv: object) -> None:
-    fused, ref = _pair(_args(), "fp32", "interleaved", gemv)
+    fused, _ = _pair(_args(), "fp32", "interleaved", gemv)
     block = fused.layers[0]
     calls: list[int] = []
     real = block._ops

@@ -103,10 +103,19 @@ inline void rows(const Lin& l, const Input& in, float* y, int64_t r0, int64_t r1
 }
 
 // y_j = W_j x for several linears of the same input, their rows split over the threads as one range.
+inline int64_t row_bytes(const Lin& l) {
+  switch (l.kind) {
+    case 0: return l.k * 4;
+    case 1: return l.k * 2;
+    case 8: return l.k + l.nbw * 2;
+    default: return l.k / 2 + l.nbw * 2;
+  }
+}
+
 inline void products(const Lin* const* ls, float* const* ys, int count, const Input& in) {
   int64_t total = 0;
   for (int j = 0; j < count; ++j) total += ls[j]->n;
-  at::parallel_for(0, total, 16, [&](int64_t begin, int64_t end) {
+  gemvk::parallel_rows(total, row_bytes(*ls[0]), [&](int64_t begin, int64_t end) {
     int64_t base = 0;
     for (int j = 0; j < count; ++j) {
       const int64_t lo = std::max(begin, base), hi = std::min(end, base + ls[j]->n);
@@ -118,7 +127,7 @@ inline void products(const Lin* const* ls, float* const* ys, int count, const In
 
 // silu(w1 x) * (w3 x) into gate: w1 and w3 over the same rows in each thread, then the product there.
 inline void gated(const Lin& w1, const Lin& w3, const Input& in, float* gate, float* up, bool bf16) {
-  at::parallel_for(0, w1.n, 16, [&](int64_t begin, int64_t end) {
+  gemvk::parallel_rows(w1.n, 2 * row_bytes(w1), [&](int64_t begin, int64_t end) {
     rows(w1, in, gate, begin, end);
     rows(w3, in, up, begin, end);
     for (int64_t r = begin; r < end; ++r) {

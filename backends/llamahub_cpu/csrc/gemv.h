@@ -11,10 +11,13 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace gemvk {
 
@@ -106,6 +109,33 @@ AVX512 inline void dot_rows512(const T* w, const float* x, int64_t k, float* y, 
   }
 }
 
+// One row of x times N rows of W (a lone token's decode): N weight streams in flight at once read
+// memory faster than one (measured on the 2-core Xeon, 2048 columns: fp32 19.5 → 24.1 GB/s, bf16
+// 15.7 → 20.6 with 4), and each row's sum is computed exactly as dot_rows512<T, 1> computes it.
+// bf16 also prefetches the next N rows (768 columns: 11.1 → 15.5 GB/s; fp32 measured slower with it).
+template <typename T, int N>
+AVX512 inline void dot_wrows512(const T* w, const float* x, int64_t k, float* y) {
+  __m512 lo[N], hi[N];
+  for (int j = 0; j < N; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+    for (int j = 0; j < N; ++j) {
+      if constexpr (N > 1 && std::is_same_v<T, uint16_t>)  // the same place N rows on: bf16 rows of 1-2 KiB
+        _mm_prefetch(reinterpret_cast<const char*>(w + (j + N) * k + i), _MM_HINT_T0);  // are too short a stream
+      lo[j] = _mm512_fmadd_ps(load16(w + j * k + i), x0, lo[j]);
+      hi[j] = _mm512_fmadd_ps(load16(w + j * k + i + 16), x1, hi[j]);
+    }
+  }
+  for (int j = 0; j < N; ++j) {
+    const __m256 a0 = _mm512_castps512_ps256(lo[j]), a1 = high8(lo[j]);
+    const __m256 a2 = _mm512_castps512_ps256(hi[j]), a3 = high8(hi[j]);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (int64_t t = i; t < k; ++t) s = std::fma(to_float(w[j * k + t]), x[t], s);
+    y[j] = s;
+  }
+}
+
 template <typename T>
 void dot_rows512_any(const T* w, const float* x, int64_t k, float* y, int64_t y_stride, int64_t rows) {
   switch (rows) {
@@ -134,6 +164,12 @@ template <typename T>
 void gemv_range(const T* w, const float* x, float* y, int64_t rows, int64_t n, int64_t k, int64_t begin,
                 int64_t end) {
   const bool wide = use_avx512();
+  if (wide && rows == 1) {
+    int64_t o = begin;
+    for (; o + 4 <= end; o += 4) dot_wrows512<T, 4>(w + o * k, x, k, y + o);
+    for (; o < end; ++o) dot_wrows512<T, 1>(w + o * k, x, k, y + o);
+    return;
+  }
   for (int64_t o = begin; o < end; ++o) {
     const T* wo = w + o * k;
     if (wide) {
@@ -147,10 +183,30 @@ void gemv_range(const T* w, const float* x, float* y, int64_t rows, int64_t n, i
   }
 }
 
+// f(begin, end) over [0, total) in chunks that torch's intra-op threads take in turn until none is
+// left: a thread slowed by another process (2 vCPUs) does fewer chunks instead of holding up the
+// whole product, as a static split in halves would. Chunks of about 64 KiB of weights.
+template <typename F>
+void parallel_rows(int64_t total, int64_t row_bytes, const F& f) {
+  const int64_t chunk = std::max<int64_t>(4, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes));
+  const int64_t chunks = (total + chunk - 1) / chunk;
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
+  if (workers <= 1) {
+    if (total > 0) f(int64_t{0}, total);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t wb, int64_t we) {
+    for (int64_t w = wb; w < we; ++w)
+      for (int64_t r0; (r0 = next.fetch_add(chunk)) < total;) f(r0, std::min(total, r0 + chunk));
+  });
+}
+
 // y [rows, n] = x [rows, k] W^T, weight rows split over torch's intra-op threads.
 template <typename T>
 void gemv_rows(const T* w, const float* x, float* y, int64_t rows, int64_t n, int64_t k) {
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) { gemv_range(w, x, y, rows, n, k, begin, end); });
+  parallel_rows(n, k * static_cast<int64_t>(sizeof(T)),
+                [&](int64_t begin, int64_t end) { gemv_range(w, x, y, rows, n, k, begin, end); });
 }
 
 }  // namespace gemvk

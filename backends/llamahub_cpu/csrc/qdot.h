@@ -211,6 +211,65 @@ QDOT_VNNI void rows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, flo
   }
 }
 
+// M = 1 (a lone token's decode), N weight rows r.. at once: the activations are loaded once for
+// all N, and N weight streams are in flight (faster reads, as in gemv.h). Each row's sum is
+// computed exactly as rows_vnni<BITS, 1> computes it.
+template <int BITS, int N>
+QDOT_VNNI void wrows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, float* y, int64_t r, int64_t nbw) {
+  constexpr int64_t stride = BITS == 8 ? BLOCK : BLOCK / 2;
+  const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i next = _mm512_set1_epi32(2), zero = _mm512_setzero_si512();
+  __m512 acc[N];
+  for (int j = 0; j < N; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < nbw; g += 16) {
+    const int64_t left = std::min<int64_t>(16, nbw - g);
+    const __m512 ad = _mm512_loadu_ps(a.dblock.data() + g);
+    __m512 sd[N];
+    for (int j = 0; j < N; ++j)
+      sd[j] = _mm512_mul_ps(
+          _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << left) - 1), s + (r + j) * nbw + g)),
+          ad);
+    __m512i spread = first;
+    for (int64_t b = g; b < g + left; b += 2, spread = _mm512_add_epi32(spread, next)) {
+      __m512i x0, x1;
+      if constexpr (BITS == 8) {
+        const int16_t* xr = a.q16.data() + b * BLOCK;
+        x0 = _mm512_loadu_si512(xr);
+        x1 = _mm512_loadu_si512(xr + 32);
+      } else {
+        x0 = _mm512_loadu_si512(a.q.data() + b * BLOCK);
+        x1 = _mm512_loadu_si512(a.negsum.data() + b * LANES);
+      }
+      for (int j = 0; j < N; ++j) {
+        // the same place in the next N rows: a row is only 1-2 KiB, too short a stream for the
+        // hardware prefetcher to run far enough ahead (prefetches never fault past the end)
+        _mm_prefetch(reinterpret_cast<const char*>(q + (r + j + N) * nbw * stride + b * stride), _MM_HINT_T0);
+        const __m512i w = weights_vnni<BITS>(q + (r + j) * nbw * stride, b, b + 1 < nbw);
+        __m512i dot;
+        if constexpr (BITS == 8) {
+          const __m256i lo = _mm512_castsi512_si256(w), hi = _mm512_extracti64x4_epi64(w, 1);
+          const __m512i w0 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x20));
+          const __m512i w1 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x31));
+          dot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w0, x0), w1, x1);
+        } else {
+          dot = _mm512_dpbusd_epi32(x1, w, x0);
+        }
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(spread, sd[j]), acc[j]);
+      }
+    }
+  }
+  for (int j = 0; j < N; ++j) y[r + j] = _mm512_reduce_add_ps(acc[j]);
+}
+
+// Rows [r0, r1) of W times one row of activations, four weight rows at a time.
+template <int BITS>
+QDOT_VNNI void rows_vnni_one(const uint8_t* q, const uint16_t* s, const Acts& a, float* y, int64_t r0,
+                             int64_t r1, int64_t, int64_t nbw) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) wrows_vnni<BITS, 4>(q, s, a, y, r, nbw);
+  for (; r < r1; ++r) wrows_vnni<BITS, 1>(q, s, a, y, r, nbw);
+}
+
 inline bool has_vnni() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -222,6 +281,9 @@ using RowsFn = void (*)(const uint8_t*, const uint16_t*, const Acts&, float*, in
 
 template <int BITS, int M>
 RowsFn pick_m(bool vnni) {
+  if constexpr (M == 1) {
+    if (vnni) return rows_vnni_one<BITS>;
+  }
   return vnni ? rows_vnni<BITS, M> : rows_avx2<BITS, M>;
 }
 

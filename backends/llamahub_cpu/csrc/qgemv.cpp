@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "gemv.h"
 #include "qdot.h"
 #include "block.h"
 
@@ -244,7 +245,8 @@ torch::Tensor qgemv_int(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64
   const auto* sp = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
   float* yd = y.data_ptr<float>();
   const int64_t n = sh.n, nbw = sh.kp / BLOCK;
-  at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) { fn(qp, sp, acts, yd, begin, end, n, nbw); });
+  const int64_t row_bytes = (bits == 8 ? sh.kp : sh.kp / 2) + nbw * 2;
+  gemvk::parallel_rows(n, row_bytes, [&](int64_t begin, int64_t end) { fn(qp, sp, acts, yd, begin, end, n, nbw); });
   return y;
 }
 
@@ -269,7 +271,8 @@ torch::Tensor qffn_int(torch::Tensor x, torch::Tensor q1, torch::Tensor s1, torc
   const auto* s3p = reinterpret_cast<const uint16_t*>(s3.data_ptr<at::Half>());
   float* g = gate.data_ptr<float>();
   float* u = up.data_ptr<float>();
-  at::parallel_for(0, hidden, 16, [&](int64_t begin, int64_t end) {
+  const int64_t row_bytes = 2 * ((bits == 8 ? sh.kp : sh.kp / 2) + nbw * 2);
+  gemvk::parallel_rows(hidden, row_bytes, [&](int64_t begin, int64_t end) {
     fn(q1p, s1p, acts, g, begin, end, hidden, nbw);
     fn(q3p, s3p, acts, u, begin, end, hidden, nbw);
     for (int64_t i = 0; i < m; ++i)
