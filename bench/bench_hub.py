@@ -124,7 +124,7 @@ NO_RATE_LIMITS = [arg for name in ("register.ip", "link.token", "link.ip")
 
 
 class Server:
-    def __init__(self, data: Path, db: list[str]) -> None:
+    def __init__(self, data: Path, db: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data / "server.log"
@@ -132,7 +132,7 @@ class Server:
             # a high per-file cap: every timed transfer goes through one link
             self.proc = subprocess.Popen([*CLI, "hub", "serve", "--data", str(data), "--host", "127.0.0.1",
                                           "--port", str(self.port), "--log-level", "warning",
-                                          "--max-downloads", "1000", *NO_RATE_LIMITS, *db],
+                                          "--max-downloads", "1000", *NO_RATE_LIMITS, *(db or [])],
                                          stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
