@@ -63,6 +63,18 @@ def test_a_changed_header_of_the_source_builds_anew(tmp_path: Path) -> None:
     assert kernels._build_dir(source, ["-O3"]) != before
 
 
+def test_a_changed_header_of_a_header_builds_anew(tmp_path: Path) -> None:
+    """gemv.cpp includes block.h, which includes qdot.h: a change two includes deep counts too."""
+    source, outer, inner = tmp_path / "k.cpp", tmp_path / "outer.h", tmp_path / "inner.h"
+    source.write_text('#include "outer.h"\nint f() { return g(); }\n')
+    outer.write_text('#pragma once\n#include "inner.h"\ninline int g() { return h(); }\n')
+    inner.write_text("#pragma once\ninline int h() { return 1; }\n")
+    before = kernels._build_dir(source, ["-O3"])
+    inner.write_text("#pragma once\ninline int h() { return 2; }\n")
+    assert kernels._build_dir(source, ["-O3"]) != before
+    assert kernels._own_headers(source) == [outer, inner]
+
+
 def test_building_one_kernel_leaves_the_others_build_folder_alone() -> None:
     """torch's load() appends its flags to the lists it gets: the folder each kernel was built in
     must still be the one a fresh process computes, whichever kernel this process built first."""

@@ -165,6 +165,19 @@ def test_integer_gemv_matches_float64_on_odd_shapes(ops: ModuleType, isa: str, s
 
 
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_row_alone_gets_the_very_sums_it_gets_in_a_batch(ops: ModuleType, scheme: str) -> None:
+    """A lone token runs four weight rows per pass (its own loop); a server's batched step one
+    weight row for all its tokens. Each token's result must not depend on which ran it."""
+    bits = 8 if scheme == "int8" else 4
+    for n, k in [(70, 100), (7, 64 * 5 + 7), (1001, 256)]:  # rows not a multiple of 4, odd block counts
+        q, s = quantize(_weights(n, k, seed=k), scheme)
+        x = torch.randn(8, k, generator=torch.Generator().manual_seed(n))
+        together = ops.qgemv_int(x, q, s, bits)
+        for r in range(8):
+            assert torch.equal(ops.qgemv_int(x[r:r + 1], q, s, bits)[0], together[r]), (n, k, r)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_gemm_matches_torch_for_long_inputs(ops: ModuleType, scheme: str, n_threads: int,
                                             threads: None) -> None:

@@ -188,7 +188,8 @@ void gemv_range(const T* w, const float* x, float* y, int64_t rows, int64_t n, i
 // whole product, as a static split in halves would. Chunks of about 64 KiB of weights.
 template <typename F>
 void parallel_rows(int64_t total, int64_t row_bytes, const F& f) {
-  const int64_t chunk = std::max<int64_t>(4, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes));
+  // a multiple of 4 rows: a lone token's loops take weight rows four at a time
+  const int64_t chunk = std::max<int64_t>(4, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes) / 4 * 4);
   const int64_t chunks = (total + chunk - 1) / chunk;
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
   if (workers <= 1) {
