@@ -5,7 +5,6 @@ what it does not run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,29 +25,6 @@ from llamahub.registry import shipped
 # a value across a rounding boundary: bf16's, and the quantized models' activations (rounded to
 # 16 bits for int8 weights, 8 for int4, at every linear).
 TOLERANCE = {"fp32": 1e-5, "int8": 1e-3, "int4": 2e-2, "bf16": 2e-2}
-
-
-@pytest.fixture(scope="module")
-def gemv() -> object:
-    built = kernels.kernel()
-    if isinstance(built, str):
-        pytest.skip(f"decode kernel unavailable: {built}")
-    return built
-
-
-@pytest.fixture(scope="module")
-def qops() -> object:
-    built = kernels.qkernel()
-    if isinstance(built, str):
-        pytest.skip(f"quantized kernels unavailable: {built}")
-    return built
-
-
-@pytest.fixture
-def threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def _args(**kw: object) -> ModelArgs:
@@ -107,9 +83,8 @@ def _decode(model: Transformer, tokens: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8", "int4"])
 @pytest.mark.parametrize("layout", ["interleaved", "half"])
-def test_fused_decode_gives_the_reference_logits(dtype: str, layout: str, gemv: object, qops: object) -> None:
-    ops = qops if dtype in ("int8", "int4") else gemv
-    fused, ref = _pair(_args(), dtype, layout, ops)
+def test_fused_decode_gives_the_reference_logits(dtype: str, layout: str, gemv: object, ops: object) -> None:
+    fused, ref = _pair(_args(), dtype, layout, ops if dtype in ("int8", "int4") else gemv)
     assert isinstance(fused.layers[0], FusedBlock) and type(ref.layers[0]) is TransformerBlock
     tokens = [int(t) for t in torch.randint(0, 101, (40,), generator=torch.Generator().manual_seed(1))]
     a, b = _decode(fused, tokens), _decode(ref, tokens)
@@ -123,12 +98,12 @@ def test_fused_decode_gives_the_reference_logits(dtype: str, layout: str, gemv: 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int4"])
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_odd_widths_and_threads(dtype: str, n_threads: int, gemv: object, qops: object,
+def test_odd_widths_and_threads(dtype: str, n_threads: int, gemv: object, ops: object,
                                 threads: None) -> None:
     """Widths that are not whole blocks of 32 (quantized: padded) nor of 8 lanes, MHA, 1 and 2 threads."""
     torch.set_num_threads(n_threads)
     args = _args(dim=60, n_heads=3, n_kv_heads=3, ffn_dim=70)  # head_dim 20
-    fused, ref = _pair(args, dtype, "interleaved", qops if dtype == "int4" else gemv)
+    fused, ref = _pair(args, dtype, "interleaved", ops if dtype == "int4" else gemv)
     tokens = list(range(1, 30))
     a, b = _decode(fused, tokens), _decode(ref, tokens)
     assert (a - b).abs().max().item() <= TOLERANCE[dtype] * b.std().item()
@@ -203,7 +178,7 @@ def test_kernel_rejects_what_does_not_fit(gemv: object) -> None:
 @pytest.mark.parametrize("dtype", ["bf16", "int8"])
 def test_loaded_models_use_it_and_match_transformers_order(dtype: str, llama3_debug_folder: Path,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             gemv: object, qops: object) -> None:
+                                                             gemv: object, ops: object) -> None:
     """A loaded debug variant runs the fused blocks, and greedy decoding gives the tokens of the
     same model with them turned off."""
     artifacts = folder_artifacts(llama3_debug_folder, tmp_path)

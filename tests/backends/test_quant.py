@@ -3,29 +3,12 @@ odd shapes, 1 to 8 rows (decode) and many (prefill), 1 and 2 threads, AVX2 and A
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
-from llamahub_cpu import kernels
 from llamahub_cpu.quant import BLOCK, QuantFeedForward, QuantLinear, dequantize, padded_k, quantize
-
-
-@pytest.fixture(scope="module")
-def ops() -> ModuleType:
-    built = kernels.qkernel()
-    if isinstance(built, str):
-        pytest.skip(f"quantized kernels unavailable: {built}")
-    return built
-
-
-@pytest.fixture
-def threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def _weights(n: int, k: int, seed: int = 0) -> torch.Tensor:

@@ -33,14 +33,6 @@ constexpr int MAX_ROWS = 8;
 
 inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
 
-inline float hsum256(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_hadd_ps(lo, lo);
-  lo = _mm_hadd_ps(lo, lo);
-  return _mm_cvtss_f32(lo);
-}
-
 // --- widening one block of 32 weights to signed 8-bit lanes -------------------------------------
 
 // The block's 32 values as two 16-byte vectors of int8 (elements 0..15, 16..31).
@@ -90,7 +82,7 @@ void rows_avx2(const uint8_t* q, const uint16_t* s, const float* x, float* y, in
     for (int m = 0; m < M; ++m) {
       __m256 t = acc[m][0];
       for (int c = 1; c < C; ++c) t = _mm256_add_ps(t, acc[m][c]);
-      y[m * n + r] = hsum256(t);
+      y[m * n + r] = gemvk::hsum(t);
     }
   }
 }
