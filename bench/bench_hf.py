@@ -61,7 +61,7 @@ def via_hf(server: Server, token: str, variant: str, work: Path, *, original: bo
             "large": sorted(n for n in sizes if n >= total / 8)}
 
 
-NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).is_file()), None)
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")  # root's PATH may lack sbin
 
 
 class StaticNginx:

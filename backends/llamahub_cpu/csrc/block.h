@@ -93,7 +93,7 @@ inline void prepare(Input& in, const float* x, int64_t k, const Lin& l) {
 
 // Rows [r0, r1) of y = W x on the calling thread.
 inline void rows(const Lin& l, const Input& in, float* y, int64_t r0, int64_t r1) {
-  static const bool vnni = qdot::has_vnni();
+  const bool vnni = qdot::use_vnni();
   switch (l.kind) {
     case 0: return gemvk::gemv_range(static_cast<const float*>(l.w), in.x, y, 1, l.n, l.k, r0, r1);
     case 1: return gemvk::gemv_range(static_cast<const uint16_t*>(l.w), in.x, y, 1, l.n, l.k, r0, r1);
@@ -102,16 +102,11 @@ inline void rows(const Lin& l, const Input& in, float* y, int64_t r0, int64_t r1
   }
 }
 
-// y_j = W_j x for several linears of the same input, their rows split over the threads as one range.
 inline int64_t row_bytes(const Lin& l) {
-  switch (l.kind) {
-    case 0: return l.k * 4;
-    case 1: return l.k * 2;
-    case 8: return l.k + l.nbw * 2;
-    default: return l.k / 2 + l.nbw * 2;
-  }
+  return l.kind == 0 ? l.k * 4 : l.kind == 1 ? l.k * 2 : qdot::row_bytes(l.kind, l.k);
 }
 
+// y_j = W_j x for several linears of the same input, their rows split over the threads as one range.
 inline void products(const Lin* const* ls, float* const* ys, int count, const Input& in) {
   int64_t total = 0;
   for (int j = 0; j < count; ++j) total += ls[j]->n;

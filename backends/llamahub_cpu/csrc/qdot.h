@@ -166,6 +166,14 @@ QDOT_VNNI inline __m512i weights_vnni(const uint8_t* qr, int64_t b, bool two) {
   }
 }
 
+// int8 weights of two blocks (weights_vnni's 64 bytes) as int16: values 0..15 of both blocks in
+// w0, 16..31 in w1, the order of the 16-bit activations (Acts::q16).
+QDOT_VNNI inline void widen_int8(__m512i w, __m512i& w0, __m512i& w1) {
+  const __m256i lo = _mm512_castsi512_si256(w), hi = _mm512_extracti64x4_epi64(w, 1);
+  w0 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x20));
+  w1 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x31));
+}
+
 // Groups of 16 blocks share one load of their weight scales, multiplied by each row's activation
 // scales once; a permute then spreads a pair of them over the 16 lanes of each dot product.
 template <int BITS, int M>
@@ -188,11 +196,7 @@ QDOT_VNNI void rows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, flo
       for (int64_t b = g; b < g + left; b += 2, spread = _mm512_add_epi32(spread, next)) {
         const __m512i w = weights_vnni<BITS>(qr, b, b + 1 < nbw);
         __m512i w0 = w, w1 = w;
-        if constexpr (BITS == 8) {  // values 0..15 of both blocks, then 16..31, widened to int16
-          const __m256i lo = _mm512_castsi512_si256(w), hi = _mm512_extracti64x4_epi64(w, 1);
-          w0 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x20));
-          w1 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x31));
-        }
+        if constexpr (BITS == 8) widen_int8(w, w0, w1);
         for (int m = 0; m < M; ++m) {
           __m512i dot;
           if constexpr (BITS == 8) {
@@ -213,7 +217,7 @@ QDOT_VNNI void rows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, flo
 
 // M = 1 (a lone token's decode), N weight rows r.. at once: the activations are loaded once for
 // all N, and N weight streams are in flight (faster reads, as in gemv.h). Each row's sum is
-// computed exactly as rows_vnni<BITS, 1> computes it.
+// computed exactly as rows_vnni computes it for each of a batch's rows.
 template <int BITS, int N>
 QDOT_VNNI void wrows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, float* y, int64_t r, int64_t nbw) {
   constexpr int64_t stride = BITS == 8 ? BLOCK : BLOCK / 2;
@@ -247,9 +251,8 @@ QDOT_VNNI void wrows_vnni(const uint8_t* q, const uint16_t* s, const Acts& a, fl
         const __m512i w = weights_vnni<BITS>(q + (r + j) * nbw * stride, b, b + 1 < nbw);
         __m512i dot;
         if constexpr (BITS == 8) {
-          const __m256i lo = _mm512_castsi512_si256(w), hi = _mm512_extracti64x4_epi64(w, 1);
-          const __m512i w0 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x20));
-          const __m512i w1 = _mm512_cvtepi8_epi16(_mm256_permute2x128_si256(lo, hi, 0x31));
+          __m512i w0, w1;
+          widen_int8(w, w0, w1);
           dot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w0, x0), w1, x1);
         } else {
           dot = _mm512_dpbusd_epi32(x1, w, x0);
@@ -276,15 +279,24 @@ inline bool has_vnni() {
   return yes;
 }
 
+inline bool allow_vnni = true;  // qgemv's set_isa("avx2") turns it off (tests compare both paths)
+
+// Whether the integer dots run on VNNI: the CPU has it and set_isa allows it.
+inline bool use_vnni() { return allow_vnni && has_vnni(); }
+
+// Bytes of one weight row of kp (padded) values: the values and a fp16 scale per block.
+inline int64_t row_bytes(int bits, int64_t kp) { return (bits == 8 ? kp : kp / 2) + kp / BLOCK * 2; }
+
 using RowsFn = void (*)(const uint8_t*, const uint16_t*, const Acts&, float*, int64_t, int64_t, int64_t,
                         int64_t);
 
 template <int BITS, int M>
 RowsFn pick_m(bool vnni) {
   if constexpr (M == 1) {
-    if (vnni) return rows_vnni_one<BITS>;
+    return vnni ? rows_vnni_one<BITS> : rows_avx2<BITS, 1>;
+  } else {
+    return vnni ? rows_vnni<BITS, M> : rows_avx2<BITS, M>;
   }
-  return vnni ? rows_vnni<BITS, M> : rows_avx2<BITS, M>;
 }
 
 template <int BITS>

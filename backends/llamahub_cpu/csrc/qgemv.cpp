@@ -150,7 +150,6 @@ bool has_avx512() {
 }
 
 bool use_avx512 = true;  // set_isa("avx2") turns it off (tests compare both paths)
-bool use_vnni = true;
 
 using RowsFn = void (*)(const uint8_t*, const uint16_t*, const float*, float*, int64_t, int64_t, int64_t,
                         int64_t);
@@ -231,14 +230,13 @@ torch::Tensor qgemv_int(torch::Tensor x, torch::Tensor q, torch::Tensor s, int64
   qdot::Acts acts;
   qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts, bits == 8);
   auto y = torch::empty({m, sh.n}, x.options());
-  const bool vnni = use_vnni && qdot::has_vnni();
+  const bool vnni = qdot::use_vnni();
   const qdot::RowsFn fn = bits == 8 ? qdot::pick<8>(m, vnni) : qdot::pick<4>(m, vnni);
   const auto* qp = static_cast<const uint8_t*>(q.data_ptr());
   const auto* sp = reinterpret_cast<const uint16_t*>(s.data_ptr<at::Half>());
   float* yd = y.data_ptr<float>();
   const int64_t n = sh.n, nbw = sh.kp / BLOCK;
-  const int64_t row_bytes = (bits == 8 ? sh.kp : sh.kp / 2) + nbw * 2;
-  gemvk::parallel_rows(n, row_bytes, [&](int64_t begin, int64_t end) { fn(qp, sp, acts, yd, begin, end, n, nbw); });
+  gemvk::parallel_rows(n, qdot::row_bytes(static_cast<int>(bits), sh.kp), [&](int64_t begin, int64_t end) { fn(qp, sp, acts, yd, begin, end, n, nbw); });
   return y;
 }
 
@@ -255,7 +253,7 @@ torch::Tensor qffn_int(torch::Tensor x, torch::Tensor q1, torch::Tensor s1, torc
   qdot::Acts acts;
   qdot::quantize_acts(xc.data_ptr<float>(), m, sh.k, sh.k, acts, bits == 8);
   auto gate = torch::empty({m, hidden}, x.options()), up = torch::empty({m, hidden}, x.options());
-  const bool vnni = use_vnni && qdot::has_vnni();
+  const bool vnni = qdot::use_vnni();
   const qdot::RowsFn fn = bits == 8 ? qdot::pick<8>(m, vnni) : qdot::pick<4>(m, vnni);
   const auto* q1p = static_cast<const uint8_t*>(q1.data_ptr());
   const auto* q3p = static_cast<const uint8_t*>(q3.data_ptr());
@@ -263,8 +261,7 @@ torch::Tensor qffn_int(torch::Tensor x, torch::Tensor q1, torch::Tensor s1, torc
   const auto* s3p = reinterpret_cast<const uint16_t*>(s3.data_ptr<at::Half>());
   float* g = gate.data_ptr<float>();
   float* u = up.data_ptr<float>();
-  const int64_t row_bytes = 2 * ((bits == 8 ? sh.kp : sh.kp / 2) + nbw * 2);
-  gemvk::parallel_rows(hidden, row_bytes, [&](int64_t begin, int64_t end) {
+  gemvk::parallel_rows(hidden, 2 * qdot::row_bytes(static_cast<int>(bits), sh.kp), [&](int64_t begin, int64_t end) {
     fn(q1p, s1p, acts, g, begin, end, hidden, nbw);
     fn(q3p, s3p, acts, u, begin, end, hidden, nbw);
     for (int64_t i = 0; i < m; ++i)
@@ -415,13 +412,13 @@ std::vector<torch::Tensor> quantize(torch::Tensor w, int64_t bits) {
 
 // "avx512-vnni" when decode runs on VNNI's integer dots, else "avx512" or "avx2".
 std::string isa() {
-  if (use_vnni && qdot::has_vnni()) return "avx512-vnni";
+  if (qdot::use_vnni()) return "avx512-vnni";
   return (use_avx512 && has_avx512()) ? "avx512" : "avx2";
 }
 
 void set_isa(const std::string& name) {
   TORCH_CHECK(name == "avx2" || name == "avx512", "isa must be avx2 or avx512");
-  use_avx512 = use_vnni = name == "avx512";
+  use_avx512 = qdot::allow_vnni = name == "avx512";
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
