@@ -109,6 +109,23 @@ def test_odd_widths_and_threads(dtype: str, n_threads: int, gemv: object, ops: o
     assert (a - b).abs().max().item() <= TOLERANCE[dtype] * b.std().item()
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "int8"])
+def test_the_numbers_do_not_depend_on_how_the_threads_share_the_rows(dtype: str, gemv: object, ops: object,
+                                                                     threads: None) -> None:
+    """Each row is summed whole by one thread, whichever thread takes it (its own share, or from the
+    back of another's): 1, 2, 3 and 40 threads (more than the 4-row groups of every product here, so
+    most only take from others) decode the very same logits, through the blocks and the head."""
+    fused, _ = _pair(_args(dim=64, n_heads=4, n_kv_heads=2, ffn_dim=72), dtype, "interleaved",
+                     ops if dtype == "int8" else gemv)
+    tokens = list(range(1, 12))
+    runs = []
+    for n in (1, 2, 3, 40):
+        torch.set_num_threads(n)
+        fused.reset_cache()
+        runs.append(_decode(fused, tokens))
+    assert all(torch.equal(runs[0], other) for other in runs[1:])
+
+
 def test_a_cache_row_of_the_servers_slots(gemv: object) -> None:
     """One sequence in slot 2 of the server's slots steps through the fused block at its own row
     and positions, and generates what the reference blocks generate there."""

@@ -19,10 +19,13 @@
 #include "gemv.h"
 #include "qdot.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace block {
@@ -106,11 +109,32 @@ inline int64_t row_bytes(const Lin& l) {
   return l.kind == 0 ? l.k * 4 : l.kind == 1 ? l.k * 2 : qdot::row_bytes(l.kind, l.k);
 }
 
-// y_j = W_j x for several linears of the same input, their rows split over the threads as one range.
-inline void products(const Lin* const* ls, float* const* ys, int count, const Input& in) {
+// The threads of one block's step: a single OpenMP team runs the whole block, its phases separated
+// by barriers, instead of a parallel region per product (and the team's fork and join for each).
+// Thread 0 (the lead) does the short serial steps and sets the rows' shares (gemvk::Shares) for
+// the product that follows them.
+struct Team {
+  int t = 0, n = 1;  // this thread, the team's size
+  gemvk::Shares* shares = nullptr;
+
+  // This thread's static share [begin, end) of `total` items (attention's heads).
+  std::pair<int64_t, int64_t> share(int64_t total) const {
+    const int64_t per = total / n, extra = total % n;
+    const int64_t begin = t * per + std::min<int64_t>(t, extra);
+    return {begin, begin + per + (t < extra ? 1 : 0)};
+  }
+};
+
+inline int64_t total_rows(const Lin* const* ls, int count) {
   int64_t total = 0;
   for (int j = 0; j < count; ++j) total += ls[j]->n;
-  gemvk::parallel_rows(total, row_bytes(*ls[0]), [&](int64_t begin, int64_t end) {
+  return total;
+}
+
+// y_j = W_j x for several linears of the same input, their rows shared by the team as one range
+// (the lead set the shares for total_rows(ls, count) rows).
+inline void products(const Lin* const* ls, float* const* ys, int count, const Input& in, const Team& team) {
+  team.shares->run(team.t, [&](int64_t begin, int64_t end) {
     int64_t base = 0;
     for (int j = 0; j < count; ++j) {
       const int64_t lo = std::max(begin, base), hi = std::min(end, base + ls[j]->n);
@@ -120,9 +144,11 @@ inline void products(const Lin* const* ls, float* const* ys, int count, const In
   });
 }
 
-// silu(w1 x) * (w3 x) into gate: w1 and w3 over the same rows in each thread, then the product there.
-inline void gated(const Lin& w1, const Lin& w3, const Input& in, float* gate, float* up, bool bf16) {
-  gemvk::parallel_rows(w1.n, 2 * row_bytes(w1), [&](int64_t begin, int64_t end) {
+// silu(w1 x) * (w3 x) into gate: w1 and w3 over the same rows in each thread, then the product there
+// (the lead set the shares for w1's rows, each row counted as two).
+inline void gated(const Lin& w1, const Lin& w3, const Input& in, float* gate, float* up, bool bf16,
+                  const Team& team) {
+  team.shares->run(team.t, [&](int64_t begin, int64_t end) {
     rows(w1, in, gate, begin, end);
     rows(w3, in, up, begin, end);
     for (int64_t r = begin; r < end; ++r) {
@@ -181,34 +207,33 @@ inline float dot(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-// out [heads, d]: each query head over keys/values [len, d] of its KV head (GQA groups).
+// out [heads, d]: each query head over keys/values [len, d] of its KV head (GQA groups); the team
+// splits the heads.
 inline void attend(const float* q, const float* keys, const float* values, int64_t heads, int64_t kv_heads,
-                   int64_t len, int64_t stride, int64_t d, float* out) {
+                   int64_t len, int64_t stride, int64_t d, float* out, const Team& team) {
   const int64_t group = heads / kv_heads;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  const int64_t grain = heads * len * d < (int64_t{1} << 16) ? heads : 1;  // small: one thread
-  at::parallel_for(0, heads, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(len);
-    for (int64_t h = begin; h < end; ++h) {
-      const float* kh = keys + (h / group) * stride;
-      const float* vh = values + (h / group) * stride;
-      const float* qh = q + h * d;
-      float peak = -INFINITY;
-      for (int64_t t = 0; t < len; ++t) {
-        p[t] = dot(qh, kh + t * d, d) * scale;
-        peak = std::max(peak, p[t]);
-      }
-      float sum = 0.0f;
-      for (int64_t t = 0; t < len; ++t) sum += (p[t] = std::exp(p[t] - peak));
-      float* o = out + h * d;
-      std::fill(o, o + d, 0.0f);
-      for (int64_t t = 0; t < len; ++t) {
-        const float w = p[t] / sum;
-        const float* vt = vh + t * d;
-        for (int64_t i = 0; i < d; ++i) o[i] += w * vt[i];
-      }
+  const auto [begin, end] = team.share(heads);
+  std::vector<float> p(len);
+  for (int64_t h = begin; h < end; ++h) {
+    const float* kh = keys + (h / group) * stride;
+    const float* vh = values + (h / group) * stride;
+    const float* qh = q + h * d;
+    float peak = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) {
+      p[t] = dot(qh, kh + t * d, d) * scale;
+      peak = std::max(peak, p[t]);
     }
-  });
+    float sum = 0.0f;
+    for (int64_t t = 0; t < len; ++t) sum += (p[t] = std::exp(p[t] - peak));
+    float* o = out + h * d;
+    std::fill(o, o + d, 0.0f);
+    for (int64_t t = 0; t < len; ++t) {
+      const float w = p[t] / sum;
+      const float* vt = vh + t * d;
+      for (int64_t i = 0; i < d; ++i) o[i] += w * vt[i];
+    }
+  }
 }
 
 }  // namespace block
@@ -256,40 +281,69 @@ inline torch::Tensor decode_block(torch::Tensor x, torch::Tensor norm1, torch::T
   auto xf = x.to(torch::kFloat).contiguous();
   std::memcpy(h.data(), xf.data_ptr<float>(), dim * sizeof(float));
 
-  // attention
-  rmsnorm(h.data(), dim, norm1, eps, bf16, normed.data());
-  Input in;
-  prepare(in, normed.data(), dim, wq);
-  const Lin* qkv[3] = {&wq, &wk, &wv};
-  float* qkv_out[3] = {q.data(), k.data(), v.data()};
-  products(qkv, qkv_out, 3, in);
-  round_all(q.data(), wq.n, bf16);
-  round_all(k.data(), wk.n, bf16);
-  round_all(v.data(), wv.n, bf16);
   const float* tab = table.data_ptr<float>();
-  rope(q.data(), heads, d, tab, interleaved);
-  rope(k.data(), kv_heads, d, tab, interleaved);
   float* ck = cache_k.data_ptr<float>() + row * kv_heads * length * d;
   float* cv = cache_v.data_ptr<float>() + row * kv_heads * length * d;
-  for (int64_t g = 0; g < kv_heads; ++g) {
-    std::memcpy(ck + (g * length + pos) * d, k.data() + g * d, d * sizeof(float));
-    std::memcpy(cv + (g * length + pos) * d, v.data() + g * d, d * sizeof(float));
-  }
-  attend(q.data(), ck, cv, heads, kv_heads, pos + 1, length * d, d, att.data());
-  round_all(att.data(), wq.n, bf16);
-  prepare(in, att.data(), wq.n, wo);
+  const Lin* qkv[3] = {&wq, &wk, &wv};
+  float* qkv_out[3] = {q.data(), k.data(), v.data()};
   const Lin* one[1] = {&wo};
-  float* o_out[1] = {o.data()};
-  products(one, o_out, 1, in);
-  for (int64_t i = 0; i < dim; ++i) h[i] = bf16 ? bf16_round(h[i] + bf16_round(o[i])) : h[i] + o[i];
-
-  // feed-forward
-  rmsnorm(h.data(), dim, norm2, eps, bf16, normed.data());
-  prepare(in, normed.data(), dim, w1);
-  gated(w1, w3, in, gate.data(), up.data(), bf16);
-  prepare(in, gate.data(), hidden, w2);
   const Lin* down[1] = {&w2};
-  products(down, o_out, 1, in);
+  float* o_out[1] = {o.data()};
+  Input in;
+  gemvk::Shares shares;
+  // One team for the block; the lead (thread 0) does the short serial steps between the products.
+#pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
+  {
+    const Team team{omp_get_thread_num(), omp_get_num_threads(), &shares};
+    const bool lead = team.t == 0;
+    // attention
+    if (lead) {
+      rmsnorm(h.data(), dim, norm1, eps, bf16, normed.data());
+      prepare(in, normed.data(), dim, wq);
+      shares.set(total_rows(qkv, 3), row_bytes(wq), team.n);
+    }
+#pragma omp barrier
+    products(qkv, qkv_out, 3, in, team);
+#pragma omp barrier
+    if (lead) {
+      round_all(q.data(), wq.n, bf16);
+      round_all(k.data(), wk.n, bf16);
+      round_all(v.data(), wv.n, bf16);
+      rope(q.data(), heads, d, tab, interleaved);
+      rope(k.data(), kv_heads, d, tab, interleaved);
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        std::memcpy(ck + (g * length + pos) * d, k.data() + g * d, d * sizeof(float));
+        std::memcpy(cv + (g * length + pos) * d, v.data() + g * d, d * sizeof(float));
+      }
+    }
+#pragma omp barrier
+    attend(q.data(), ck, cv, heads, kv_heads, pos + 1, length * d, d, att.data(), team);
+#pragma omp barrier
+    if (lead) {
+      round_all(att.data(), wq.n, bf16);
+      prepare(in, att.data(), wq.n, wo);
+      shares.set(wo.n, row_bytes(wo), team.n);
+    }
+#pragma omp barrier
+    products(one, o_out, 1, in, team);
+#pragma omp barrier
+    // feed-forward
+    if (lead) {
+      for (int64_t i = 0; i < dim; ++i) h[i] = bf16 ? bf16_round(h[i] + bf16_round(o[i])) : h[i] + o[i];
+      rmsnorm(h.data(), dim, norm2, eps, bf16, normed.data());
+      prepare(in, normed.data(), dim, w1);
+      shares.set(w1.n, 2 * row_bytes(w1), team.n);
+    }
+#pragma omp barrier
+    gated(w1, w3, in, gate.data(), up.data(), bf16, team);
+#pragma omp barrier
+    if (lead) {
+      prepare(in, gate.data(), hidden, w2);
+      shares.set(w2.n, row_bytes(w2), team.n);
+    }
+#pragma omp barrier
+    products(down, o_out, 1, in, team);
+  }
   auto out = torch::empty({dim}, xf.options());
   float* res = out.data_ptr<float>();
   for (int64_t i = 0; i < dim; ++i) res[i] = bf16 ? bf16_round(h[i] + bf16_round(o[i])) : h[i] + o[i];

@@ -186,23 +186,88 @@ void gemv_range(const T* w, const float* x, float* y, int64_t rows, int64_t n, i
   }
 }
 
-// f(begin, end) over [0, total) in chunks that torch's intra-op threads take in turn until none is
-// left: a thread slowed by another process (2 vCPUs) does fewer chunks instead of holding up the
-// whole product, as a static split in halves would. Chunks of about 64 KiB of weights.
+// Rows [0, total) shared by a team of threads: each thread owns one contiguous share and takes it
+// from the front in chunks of about 64 KiB of weights (whole groups of 4 rows: a lone token's loops
+// take weight rows four at a time), so it reads one long stream; a thread done with its own share
+// takes chunks from the back of the others'. A thread slowed by another process (2 vCPUs) then does
+// less instead of holding up the product, and without that the threads read as with a static split.
+// One long stream per thread read the 110M model's short products (2-6 MB) about 8% faster than
+// chunks handed out in turn from one counter.
+class Shares {
+ public:
+  static constexpr int kMax = 64;  // more threads share the rows of the first 64
+
+  // Before the team starts (or behind a barrier): `team` shares of `total` rows.
+  void set(int64_t total, int64_t row_bytes, int team) {
+    total_ = total;
+    const int64_t groups = (total + 3) / 4;
+    n_ = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({team, kMax, groups})));
+    chunk_ = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 4 * row_bytes));
+    const int64_t per = groups / n_, extra = groups % n_;
+    for (int t = 0, g = 0; t < n_; ++t) {
+      const int64_t len = per + (t < extra ? 1 : 0);
+      slot_[t].range.store(pack(g, g + len), std::memory_order_relaxed);
+      g += len;
+    }
+  }
+
+  // Thread t's part of f(begin, end) over the rows: its own share, then what it can take from others.
+  template <typename F>
+  void run(int t, const F& f) {
+    int64_t g0, g1;
+    if (t < n_)  // threads past the shares (more threads than groups of rows) only take from others
+      while (take_front(t, g0, g1)) f(std::min(total_, g0 * 4), std::min(total_, g1 * 4));
+    for (int k = 1; k <= n_; ++k) {
+      const int other = (t + k) % n_;
+      if (other != t)
+        while (take_back(other, g0, g1)) f(std::min(total_, g0 * 4), std::min(total_, g1 * 4));
+    }
+  }
+
+  int size() const { return n_; }
+
+ private:
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> range{0};  // [lo, hi) in groups of 4 rows, lo in the high half
+  };
+  static uint64_t pack(int64_t lo, int64_t hi) { return static_cast<uint64_t>(lo) << 32 | static_cast<uint64_t>(hi); }
+
+  bool take_front(int t, int64_t& g0, int64_t& g1) {
+    uint64_t cur = slot_[t].range.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t lo = static_cast<int64_t>(cur >> 32), hi = static_cast<int64_t>(cur & 0xffffffffu);
+      if (lo >= hi) return false;
+      g0 = lo;
+      g1 = std::min(hi, lo + chunk_);
+      if (slot_[t].range.compare_exchange_weak(cur, pack(g1, hi), std::memory_order_relaxed)) return true;
+    }
+  }
+
+  bool take_back(int t, int64_t& g0, int64_t& g1) {
+    uint64_t cur = slot_[t].range.load(std::memory_order_relaxed);
+    for (;;) {
+      const int64_t lo = static_cast<int64_t>(cur >> 32), hi = static_cast<int64_t>(cur & 0xffffffffu);
+      if (lo >= hi) return false;
+      g1 = hi;
+      g0 = std::max(lo, hi - chunk_);
+      if (slot_[t].range.compare_exchange_weak(cur, pack(lo, g0), std::memory_order_relaxed)) return true;
+    }
+  }
+
+  Slot slot_[kMax];
+  int64_t total_ = 0, chunk_ = 1;
+  int n_ = 1;
+};
+
+// f(begin, end) over [0, total), rows shared by torch's intra-op threads (Shares).
 template <typename F>
 void parallel_rows(int64_t total, int64_t row_bytes, const F& f) {
-  // a multiple of 4 rows: a lone token's loops take weight rows four at a time
-  const int64_t chunk = std::max<int64_t>(4, (int64_t{1} << 16) / std::max<int64_t>(1, row_bytes) / 4 * 4);
-  const int64_t chunks = (total + chunk - 1) / chunk;
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
-  if (workers <= 1) {
-    if (total > 0) f(int64_t{0}, total);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t wb, int64_t we) {
-    for (int64_t w = wb; w < we; ++w)
-      for (int64_t r0; (r0 = next.fetch_add(chunk)) < total;) f(r0, std::min(total, r0 + chunk));
+  if (total <= 0) return;
+  Shares shares;
+  shares.set(total, row_bytes, at::get_num_threads());
+  if (shares.size() <= 1) return f(int64_t{0}, total);
+  at::parallel_for(0, shares.size(), 1, [&](int64_t wb, int64_t we) {
+    for (int64_t w = wb; w < we; ++w) shares.run(static_cast<int>(w), f);
   });
 }
 
