@@ -197,14 +197,16 @@ class Shares {
  public:
   static constexpr int kMax = 64;  // more threads share the rows of the first 64
 
-  // Before the team starts (or behind a barrier): `team` shares of `total` rows.
+  // Before the team starts (or behind a barrier): up to `team` shares of `total` rows.
   void set(int64_t total, int64_t row_bytes, int team) {
     total_ = total;
     const int64_t groups = (total + 3) / 4;
-    n_ = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({team, kMax, groups})));
     chunk_ = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 4 * row_bytes));
+    const int64_t chunks = (groups + chunk_ - 1) / chunk_;  // rows of one chunk or less: one thread
+    n_ = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({team, kMax, chunks})));
     const int64_t per = groups / n_, extra = groups % n_;
-    for (int t = 0, g = 0; t < n_; ++t) {
+    int64_t g = 0;
+    for (int t = 0; t < n_; ++t) {
       const int64_t len = per + (t < extra ? 1 : 0);
       slot_[t].range.store(pack(g, g + len), std::memory_order_relaxed);
       g += len;
