@@ -118,11 +118,7 @@ struct Team {
   gemvk::Shares* shares = nullptr;
 
   // This thread's static share [begin, end) of `total` items (attention's heads).
-  std::pair<int64_t, int64_t> share(int64_t total) const {
-    const int64_t per = total / n, extra = total % n;
-    const int64_t begin = t * per + std::min<int64_t>(t, extra);
-    return {begin, begin + per + (t < extra ? 1 : 0)};
-  }
+  std::pair<int64_t, int64_t> share(int64_t total) const { return gemvk::even_part(total, n, t); }
 };
 
 inline int64_t total_rows(const Lin* const* ls, int count) {
@@ -161,6 +157,11 @@ inline void gated(const Lin& w1, const Lin& w3, const Input& in, float* gate, fl
       }
     }
   });
+}
+
+// out = h + o, the residual sum (bf16: o and the sum rounded, as the reference's bf16 tensors are).
+inline void residual(const float* h, const float* o, int64_t n, bool bf16, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16 ? bf16_round(h[i] + bf16_round(o[i])) : h[i] + o[i];
 }
 
 inline float weight_at(const torch::Tensor& w, int64_t i) {
@@ -329,7 +330,7 @@ inline torch::Tensor decode_block(torch::Tensor x, torch::Tensor norm1, torch::T
 #pragma omp barrier
     // feed-forward
     if (lead) {
-      for (int64_t i = 0; i < dim; ++i) h[i] = bf16 ? bf16_round(h[i] + bf16_round(o[i])) : h[i] + o[i];
+      residual(h.data(), o.data(), dim, bf16, h.data());
       rmsnorm(h.data(), dim, norm2, eps, bf16, normed.data());
       prepare(in, normed.data(), dim, w1);
       shares.set(w1.n, 2 * row_bytes(w1), team.n);
@@ -346,6 +347,6 @@ inline torch::Tensor decode_block(torch::Tensor x, torch::Tensor norm1, torch::T
   }
   auto out = torch::empty({dim}, xf.options());
   float* res = out.data_ptr<float>();
-  for (int64_t i = 0; i < dim; ++i) res[i] = bf16 ? bf16_round(h[i] + bf16_round(o[i])) : h[i] + o[i];
+  residual(h.data(), o.data(), dim, bf16, res);
   return out.to(x.scalar_type()).view(x.sizes());
 }

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 namespace gemvk {
 
@@ -186,6 +187,13 @@ void gemv_range(const T* w, const float* x, float* y, int64_t rows, int64_t n, i
   }
 }
 
+// Part i of `total` items cut into `parts` contiguous parts whose sizes differ by one at most.
+inline std::pair<int64_t, int64_t> even_part(int64_t total, int64_t parts, int64_t i) {
+  const int64_t per = total / parts, extra = total % parts;
+  const int64_t begin = i * per + std::min(i, extra);
+  return {begin, begin + per + (i < extra ? 1 : 0)};
+}
+
 // Rows [0, total) shared by a team of threads: each thread owns one contiguous share and takes it
 // from the front in chunks of about 64 KiB of weights (whole groups of 4 rows: a lone token's loops
 // take weight rows four at a time), so it reads one long stream; a thread done with its own share
@@ -204,12 +212,9 @@ class Shares {
     chunk_ = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 4 * row_bytes));
     const int64_t chunks = (groups + chunk_ - 1) / chunk_;  // rows of one chunk or less: one thread
     n_ = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({team, kMax, chunks})));
-    const int64_t per = groups / n_, extra = groups % n_;
-    int64_t g = 0;
     for (int t = 0; t < n_; ++t) {
-      const int64_t len = per + (t < extra ? 1 : 0);
-      slot_[t].range.store(pack(g, g + len), std::memory_order_relaxed);
-      g += len;
+      const auto [lo, hi] = even_part(groups, n_, t);
+      slot_[t].range.store(pack(lo, hi), std::memory_order_relaxed);
     }
   }
 
